@@ -1,0 +1,141 @@
+//! `gpushare`: the operators' command.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use gpushare::config::Config;
+use gpushare::inventory::Inventory;
+use gpushare::ledger::Ledger;
+use gpushare::{report, simulate};
+
+#[derive(Parser)]
+#[command(
+    name = "gpushare",
+    version,
+    about = "Share a node's NVIDIA GPUs between containers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make a simulated GPU node (device nodes, inventory, config) for demos and tests.
+    Simulate {
+        /// How many GPUs.
+        #[arg(long)]
+        gpus: u32,
+        /// The GPU model name.
+        #[arg(long, default_value = "Tesla T4")]
+        model: String,
+        /// Where to make the node.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// The GPUs this node has, from the configured source.
+    Inventory {
+        #[arg(long)]
+        json: bool,
+    },
+    /// What create would do with a bundle, without doing it.
+    Explain {
+        /// The bundle directory (holding config.json).
+        #[arg(long, short)]
+        bundle: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which container holds which GPU.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop ledger entries whose container is gone.
+    Gc,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("gpushare: {}", e.one_line());
+            std::process::exit(e.exit_code());
+        }
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON serialises")
+    );
+}
+
+fn run(command: Command) -> gpushare::Result<i32> {
+    match command {
+        Command::Simulate { gpus, model, dir } => {
+            let s = simulate::simulate(gpus, &model, &dir)?;
+            eprintln!(
+                "simulated node with {} × {model} in {}",
+                s.inventory.gpus.len(),
+                s.dir.display()
+            );
+            println!(
+                "export {}={}",
+                gpushare::config::ENV_VAR,
+                s.config.display()
+            );
+        }
+        Command::Inventory { json } => {
+            let inv = Inventory::load(&Config::load()?)?;
+            if json {
+                print_json(&serde_json::json!({ "gpus": inv.gpus }));
+            } else {
+                for g in &inv.gpus {
+                    let mem = g.memory_mib.map_or("-".into(), |m| format!("{m} MiB"));
+                    println!(
+                        "{}  {}  {}  {}  /dev/nvidia{}  {mem}",
+                        g.index, g.name, g.uuid, g.pci_bus_id, g.minor
+                    );
+                }
+                eprintln!("source: {}", inv.source);
+            }
+        }
+        Command::Explain { bundle, json } => {
+            let e = report::explain(&bundle, &Config::load()?)?;
+            if json {
+                print_json(&e.json);
+            } else {
+                print!("{}", report::explain_text(&e.json));
+            }
+            if e.refused {
+                eprintln!(
+                    "gpushare: {}",
+                    e.json["reason"].as_str().unwrap_or("refused")
+                );
+                return Ok(gpushare::error::EXIT_REFUSED);
+            }
+        }
+        Command::Status { json } => {
+            let doc = report::status(&Config::load()?)?;
+            if json {
+                print_json(&doc);
+            } else {
+                print!("{}", report::status_text(&doc));
+            }
+        }
+        Command::Gc => {
+            let cfg = Config::load()?;
+            let mut locked = Ledger::new(&cfg.runtime.state_dir).lock()?;
+            let gone = locked.drop_stale(cfg.runtime.reservation_timeout_seconds, true);
+            locked.commit()?;
+            for e in &gone {
+                println!("dropped {} ({})", e.id, e.gpus.join(","));
+            }
+            eprintln!("{} entries dropped", gone.len());
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,412 @@
+//! `ContainerEdits`: the one value that says what a GPU container gets.
+//! The shim applies it to the spec, the hook applies it live, and `explain`
+//! prints it, so what `explain` shows is what happens.
+
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{major, minor, SFlag};
+use oci_spec::runtime::{
+    HookBuilder, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::decide::Assignment;
+use crate::request::{PINNED_MEM_LIMIT, THREAD_PERCENTAGE, VISIBLE_DEVICES};
+
+/// The annotation the shim leaves on specs it rewrote: the assigned UUIDs.
+/// The hook reads it from the OCI state, without opening config.json.
+pub const ANNOTATION_GPUS: &str = "gpushare/gpus";
+
+#[derive(Debug, Error)]
+pub enum EditsError {
+    #[error("device node {path} is missing: {source}; load the NVIDIA driver (nvidia-modprobe -u -c=0 creates the uvm nodes) or fix devices.root in the config")]
+    MissingNode {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{path} is not a character device; devices.root must point at the real /dev (or `gpushare simulate`'s)")]
+    NotCharDevice { path: PathBuf },
+    #[error("config.json: {0} has an unexpected type; the bundle's config.json must be an OCI runtime spec")]
+    Shape(&'static str),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceEdit {
+    /// Path inside the container.
+    pub path: String,
+    /// The host node it stands for.
+    pub host_path: PathBuf,
+    pub major: u64,
+    pub minor: u64,
+    pub file_mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MountEdit {
+    pub destination: String,
+    pub source: PathBuf,
+    #[serde(rename = "type")]
+    pub typ: String,
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct ContainerEdits {
+    pub devices: Vec<DeviceEdit>,
+    pub mounts: Vec<MountEdit>,
+    /// `KEY=VALUE`; each replaces every earlier entry of its key.
+    pub env: Vec<String>,
+    #[serde(skip)]
+    pub annotations: Vec<(String, String)>,
+}
+
+/// Our hook as the shim writes it into a spec.
+#[derive(Debug, Clone)]
+pub struct HookSpec {
+    pub path: PathBuf,
+    /// The hook's whole environment: runc passes its own environment to a
+    /// hook whose `env` is empty, and the hook must not inherit that.
+    pub env: Vec<String>,
+    pub timeout_seconds: i64,
+}
+
+impl HookSpec {
+    pub fn for_config(hook_path: PathBuf, cfg: &Config) -> HookSpec {
+        let mut env = vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
+        if let Some(src) = &cfg.source {
+            env.push(format!("{}={}", crate::config::ENV_VAR, src.display()));
+        }
+        HookSpec {
+            path: hook_path,
+            env,
+            timeout_seconds: 10,
+        }
+    }
+}
+
+/// The host nodes every GPU container needs besides its GPU's own.
+const CONTROL_NODES: &[&str] = &["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"];
+
+impl ContainerEdits {
+    /// What an assignment gives: its GPUs' nodes and the control nodes
+    /// (with the host's real numbers), and the environment that names them.
+    pub fn for_assignment(a: &Assignment, cfg: &Config) -> Result<ContainerEdits, EditsError> {
+        let mut edits = ContainerEdits::default();
+        if a.gpus.is_empty() {
+            return Ok(edits);
+        }
+        let dev = cfg.devices.root.join("dev");
+        let names = a
+            .gpus
+            .iter()
+            .map(|g| format!("nvidia{}", g.minor))
+            .chain(CONTROL_NODES.iter().map(|s| s.to_string()));
+        for name in names {
+            edits
+                .devices
+                .push(device_edit(&dev.join(&name), &format!("/dev/{name}"))?);
+        }
+        let uuids: Vec<&str> = a.gpus.iter().map(|g| g.uuid.as_str()).collect();
+        edits
+            .env
+            .push(format!("{VISIBLE_DEVICES}={}", uuids.join(",")));
+        if let Some(p) = &a.thread_percentage {
+            edits.env.push(format!("{THREAD_PERCENTAGE}={}", p.text));
+        }
+        if let Some(l) = &a.pinned_mem_limit {
+            edits.env.push(format!("{PINNED_MEM_LIMIT}={l}"));
+        }
+        edits
+            .annotations
+            .push((ANNOTATION_GPUS.to_owned(), uuids.join(",")));
+        Ok(edits)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty() && self.mounts.is_empty() && self.env.is_empty()
+    }
+
+    /// Applies the edits to a spec. Idempotent: every entry gpushare adds
+    /// first replaces any equal one, so applying twice equals applying once.
+    pub fn apply_to_spec(
+        &self,
+        spec: &mut Value,
+        hook: Option<&HookSpec>,
+    ) -> Result<(), EditsError> {
+        let root = spec
+            .as_object_mut()
+            .ok_or(EditsError::Shape("the top level"))?;
+
+        let linux = object_at(root, "linux", "linux")?;
+        let devices = array_at(linux, "devices", "linux.devices")?;
+        for d in &self.devices {
+            devices.retain(|v| v.get("path").and_then(Value::as_str) != Some(&d.path));
+            let dev = LinuxDeviceBuilder::default()
+                .path(&d.path)
+                .typ(LinuxDeviceType::C)
+                .major(d.major as i64)
+                .minor(d.minor as i64)
+                .file_mode(d.file_mode)
+                .uid(0u32)
+                .gid(0u32)
+                .build()
+                .expect("device fields are set");
+            devices.push(serde_json::to_value(dev).expect("device serialises"));
+        }
+        let resources = object_at(linux, "resources", "linux.resources")?;
+        let rules = array_at(resources, "devices", "linux.resources.devices")?;
+        for d in &self.devices {
+            let rule = serde_json::to_value(
+                LinuxDeviceCgroupBuilder::default()
+                    .allow(true)
+                    .typ(LinuxDeviceType::C)
+                    .major(d.major as i64)
+                    .minor(d.minor as i64)
+                    .access("rw")
+                    .build()
+                    .expect("rule fields are set"),
+            )
+            .expect("rule serialises");
+            rules.retain(|v| *v != rule);
+            // Ref: runc applies device rules in order, the last match
+            // winning, so allows go after the usual leading deny-all.
+            rules.push(rule);
+        }
+
+        if !self.mounts.is_empty() {
+            let mounts = array_at(root, "mounts", "mounts")?;
+            for m in &self.mounts {
+                mounts.retain(|v| {
+                    v.get("destination").and_then(Value::as_str) != Some(&m.destination)
+                });
+                mounts.push(json!({
+                    "destination": m.destination,
+                    "type": m.typ,
+                    "source": m.source,
+                    "options": m.options,
+                }));
+            }
+        }
+
+        let process = object_at(root, "process", "process")?;
+        let env = array_at(process, "env", "process.env")?;
+        for kv in &self.env {
+            let key = &kv[..=kv.find('=').expect("edits hold KEY=VALUE")];
+            env.retain(|v| !v.as_str().is_some_and(|s| s.starts_with(key)));
+            env.push(Value::String(kv.clone()));
+        }
+
+        if !self.annotations.is_empty() {
+            let ann = object_at(root, "annotations", "annotations")?;
+            for (k, v) in &self.annotations {
+                ann.insert(k.clone(), Value::String(v.clone()));
+            }
+        }
+
+        if let Some(h) = hook {
+            let hooks = object_at(root, "hooks", "hooks")?;
+            for (stage, what) in [
+                ("createRuntime", "hooks.createRuntime"),
+                ("poststop", "hooks.poststop"),
+            ] {
+                let list = array_at(hooks, stage, what)?;
+                list.retain(|v| v.get("path").and_then(Value::as_str) != h.path.to_str());
+                let built = HookBuilder::default()
+                    .path(&h.path)
+                    .args(vec!["gpushare-hook".to_owned(), stage.to_owned()])
+                    .env(h.env.clone())
+                    .timeout(h.timeout_seconds)
+                    .build()
+                    .expect("hook fields are set");
+                list.push(serde_json::to_value(built).expect("hook serialises"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn device_edit(host: &Path, container: &str) -> Result<DeviceEdit, EditsError> {
+    let st = nix::sys::stat::stat(host).map_err(|source| EditsError::MissingNode {
+        path: host.to_owned(),
+        source,
+    })?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFCHR {
+        return Err(EditsError::NotCharDevice {
+            path: host.to_owned(),
+        });
+    }
+    Ok(DeviceEdit {
+        path: container.to_owned(),
+        host_path: host.to_owned(),
+        major: major(st.st_rdev),
+        minor: minor(st.st_rdev),
+        file_mode: st.st_mode & 0o777,
+    })
+}
+
+fn object_at<'a>(
+    parent: &'a mut Map<String, Value>,
+    key: &str,
+    what: &'static str,
+) -> Result<&'a mut Map<String, Value>, EditsError> {
+    let v = parent
+        .entry(key)
+        .or_insert_with(|| Value::Object(Map::new()));
+    if v.is_null() {
+        *v = Value::Object(Map::new());
+    }
+    v.as_object_mut().ok_or(EditsError::Shape(what))
+}
+
+fn array_at<'a>(
+    parent: &'a mut Map<String, Value>,
+    key: &str,
+    what: &'static str,
+) -> Result<&'a mut Vec<Value>, EditsError> {
+    let v = parent
+        .entry(key)
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if v.is_null() {
+        *v = Value::Array(Vec::new());
+    }
+    v.as_array_mut().ok_or(EditsError::Shape(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edits() -> ContainerEdits {
+        ContainerEdits {
+            devices: vec![DeviceEdit {
+                path: "/dev/nvidia1".into(),
+                host_path: "/sim/dev/nvidia1".into(),
+                major: 195,
+                minor: 1,
+                file_mode: 0o666,
+            }],
+            mounts: vec![],
+            env: vec![
+                "NVIDIA_VISIBLE_DEVICES=GPU-1".into(),
+                "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=2G".into(),
+            ],
+            annotations: vec![(ANNOTATION_GPUS.into(), "GPU-1".into())],
+        }
+    }
+
+    fn hook() -> HookSpec {
+        HookSpec {
+            path: "/usr/bin/gpushare-hook".into(),
+            env: vec!["PATH=/bin".into()],
+            timeout_seconds: 10,
+        }
+    }
+
+    #[test]
+    fn unknown_fields_survive_and_applying_twice_equals_once() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/config-unknown-fields.json"
+        ))
+        .unwrap();
+        let original: Value = serde_json::from_str(&text).unwrap();
+        let mut once = original.clone();
+        edits().apply_to_spec(&mut once, Some(&hook())).unwrap();
+        let mut twice = once.clone();
+        edits().apply_to_spec(&mut twice, Some(&hook())).unwrap();
+        assert_eq!(once, twice);
+
+        // Everything not ours is unchanged, the unknown fields included.
+        for key in [
+            "ociVersion",
+            "root",
+            "hostname",
+            "mounts",
+            "x-vendor-extension",
+        ] {
+            assert_eq!(once[key], original[key], "{key}");
+        }
+        assert_eq!(
+            once["linux"]["x-future-field"],
+            original["linux"]["x-future-field"]
+        );
+        assert_eq!(once["process"]["args"], original["process"]["args"]);
+        assert_eq!(
+            once["process"]["x-process-extra"],
+            original["process"]["x-process-extra"]
+        );
+        assert_eq!(once["hooks"]["prestart"], original["hooks"]["prestart"]);
+        let env: Vec<&str> = once["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(env.contains(&"PATH=/usr/bin:/bin"));
+        assert_eq!(
+            env.iter()
+                .filter(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES="))
+                .count(),
+            1
+        );
+        assert!(env.contains(&"NVIDIA_VISIBLE_DEVICES=GPU-1"));
+        assert!(env.contains(&"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=2G"));
+        let devs = once["linux"]["devices"].as_array().unwrap();
+        assert_eq!(devs.len(), 2, "the fixture's own device plus ours");
+        assert_eq!(
+            devs[1],
+            json!({"path": "/dev/nvidia1", "type": "c", "major": 195, "minor": 1, "fileMode": 438, "uid": 0, "gid": 0})
+        );
+        let rules = once["linux"]["resources"]["devices"].as_array().unwrap();
+        assert_eq!(rules[0], json!({"allow": false, "access": "rwm"}));
+        assert_eq!(
+            rules.last().unwrap(),
+            &json!({"allow": true, "type": "c", "major": 195, "minor": 1, "access": "rw"})
+        );
+        assert_eq!(once["annotations"][ANNOTATION_GPUS], "GPU-1");
+        assert_eq!(once["annotations"]["org.example"], "kept");
+        let cr = once["hooks"]["createRuntime"].as_array().unwrap();
+        assert_eq!(cr.len(), 1);
+        assert_eq!(cr[0]["args"], json!(["gpushare-hook", "createRuntime"]));
+        assert_eq!(cr[0]["env"], json!(["PATH=/bin"]));
+        assert_eq!(once["hooks"]["poststop"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_minimal_spec_gains_the_sections_it_lacks() {
+        let mut spec = json!({"ociVersion": "1.0.2", "process": {"args": ["sh"]}, "linux": null});
+        edits().apply_to_spec(&mut spec, None).unwrap();
+        assert_eq!(spec["linux"]["devices"].as_array().unwrap().len(), 1);
+        assert!(spec.get("hooks").is_none());
+    }
+
+    #[test]
+    fn a_spec_of_the_wrong_shape_is_an_error_not_a_panic() {
+        for mut spec in [
+            json!({"linux": []}),
+            json!({"process": {"env": "x"}}),
+            json!({"linux": {"resources": {"devices": {}}}}),
+        ] {
+            let e = edits().apply_to_spec(&mut spec, None).unwrap_err();
+            assert!(e.to_string().contains("unexpected type"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_wrong_node_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = device_edit(&dir.path().join("nvidia0"), "/dev/nvidia0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nvidia0") && e.contains("devices.root"), "{e}");
+        std::fs::write(dir.path().join("nvidiactl"), "").unwrap();
+        let e = device_edit(&dir.path().join("nvidiactl"), "/dev/nvidiactl").unwrap_err();
+        assert!(matches!(e, EditsError::NotCharDevice { .. }));
+        let null = device_edit(Path::new("/dev/null"), "/dev/null").unwrap();
+        assert_eq!((null.major, null.minor), (1, 3));
+    }
+}

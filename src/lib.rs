@@ -1,0 +1,19 @@
+//! gpushare: an OCI runtime shim and hook that let many containers share a
+//! node's NVIDIA GPUs. Data flows one way: request → decision → edits →
+//! apply (to the spec in the shim, live in the hook).
+
+pub mod bundle;
+pub mod config;
+pub mod decide;
+pub mod edits;
+pub mod error;
+pub mod hook;
+pub mod inventory;
+pub mod ledger;
+pub mod report;
+pub mod request;
+pub mod runtime_args;
+pub mod shim;
+pub mod simulate;
+
+pub use error::{Error, Result};
