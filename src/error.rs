@@ -38,6 +38,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Request(_) | Error::Refused(_) => EXIT_REFUSED,
             Error::Shim(crate::shim::ShimError::NoRuntime { .. }) => EXIT_REFUSED,
+            Error::Simulate(crate::simulate::SimulateError::Count(_)) => EXIT_REFUSED,
             Error::Inventory(e) if e.is_refusal() => EXIT_REFUSED,
             _ => EXIT_FAILURE,
         }

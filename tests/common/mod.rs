@@ -1,0 +1,172 @@
+//! A node for the binaries to work on without root: device "nodes" are
+//! symlinks to /dev/null (a real character device, so the shim's stat sees
+//! one), an inventory file, a config, and a recording fake runtime.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+
+pub const BIN_RUNTIME: &str = env!("CARGO_BIN_EXE_gpushare-runtime");
+pub const BIN_HOOK: &str = env!("CARGO_BIN_EXE_gpushare-hook");
+pub const BIN_CLI: &str = env!("CARGO_BIN_EXE_gpushare");
+
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+pub fn uuid(i: u32) -> String {
+    format!("GPU-{:08x}-5a7e-4d00-8000-{:012x}", 0x4a1c_9d20 + i, i)
+}
+
+impl Node {
+    /// A node with `gpus` GPUs, whose runtime is the recording fake, and
+    /// `extra` appended to the config.
+    pub fn new(gpus: u32, extra: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("dev")).unwrap();
+        let mut names: Vec<String> = (0..gpus).map(|i| format!("nvidia{i}")).collect();
+        names.extend(["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"].map(String::from));
+        for n in names {
+            std::os::unix::fs::symlink("/dev/null", root.join("dev").join(n)).unwrap();
+        }
+        let mut inv = String::new();
+        for i in 0..gpus {
+            inv.push_str(&format!(
+                "[[gpu]]\nindex = {i}\nuuid = \"{}\"\nname = \"Tesla T4\"\npci_bus_id = \"00000000:{:02X}:00.0\"\nminor = {i}\nmemory_mib = 15360\ncompute_capability = \"7.5\"\n\n",
+                uuid(i),
+                0x17 + i * 0x10
+            ));
+        }
+        std::fs::write(root.join("inventory.toml"), inv).unwrap();
+        let fake = root.join("fake-runc");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\n# Records its argv, one argument a line, and exits as told.\nprintf '%s\\n' \"$0\" \"$@\" > \"$FAKE_ARGV\"\nexit \"${FAKE_EXIT:-0}\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = root.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[runtime]\npath = \"{}\"\nstate_dir = \"{}\"\n[devices]\nroot = \"{}\"\ninventory = \"file:{}\"\n{extra}",
+                fake.display(),
+                root.join("state").display(),
+                root.display(),
+                root.join("inventory.toml").display()
+            ),
+        )
+        .unwrap();
+        Node { dir, config }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn argv_file(&self) -> PathBuf {
+        self.path().join("argv")
+    }
+
+    /// The fake runtime's recorded argv, argv[0] first; None if it never ran.
+    pub fn recorded(&self) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(self.argv_file()).ok()?;
+        Some(text.lines().map(String::from).collect())
+    }
+
+    pub fn command(&self, bin: &str) -> Command {
+        let mut c = Command::new(bin);
+        c.env("GPUSHARE_CONFIG", &self.config)
+            .env("FAKE_ARGV", self.argv_file())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn runtime(&self, args: &[&str]) -> Output {
+        self.command(BIN_RUNTIME).args(args).output().unwrap()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command(BIN_CLI).args(args).output().unwrap()
+    }
+
+    /// Runs the hook with `state` on stdin.
+    pub fn hook(&self, stage: &str, state: &Value) -> Output {
+        let mut child = self
+            .command(BIN_HOOK)
+            .arg(stage)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(state.to_string().as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn ledger(&self) -> Vec<Value> {
+        match std::fs::read_to_string(self.path().join("state/ledger")) {
+            Ok(t) => serde_json::from_str::<Value>(&t).unwrap()["entries"]
+                .as_array()
+                .unwrap()
+                .clone(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// A bundle named `name` whose process has `env`.
+    pub fn bundle(&self, name: &str, env: &[&str]) -> PathBuf {
+        let b = self.path().join(name);
+        std::fs::create_dir_all(b.join("rootfs")).unwrap();
+        let mut spec: Value = serde_json::from_str(&fixture("config-unknown-fields.json")).unwrap();
+        let mut all_env = vec![json!("PATH=/bin")];
+        all_env.extend(env.iter().map(|e| json!(e)));
+        spec["process"]["env"] = Value::Array(all_env);
+        std::fs::write(
+            b.join("config.json"),
+            serde_json::to_vec_pretty(&spec).unwrap(),
+        )
+        .unwrap();
+        b
+    }
+}
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn spec(bundle: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap()
+}
+
+pub fn env_of(spec: &Value) -> Vec<String> {
+    spec["process"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}

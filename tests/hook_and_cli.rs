@@ -1,0 +1,286 @@
+//! gpushare-hook fed OCI states, and the operator commands (explain,
+//! status, inventory, gc) on a node without root.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn state(id: &str, pid: u32, gpus: Option<&str>) -> Value {
+    let mut s =
+        json!({"ociVersion": "1.0.2", "id": id, "status": "creating", "pid": pid, "bundle": "/b"});
+    if let Some(g) = gpus {
+        s["annotations"] = json!({"gpushare/gpus": g, "io.kubernetes.cri.container-name": "infer"});
+    }
+    s
+}
+
+fn create(node: &Node, id: &str, env: &[&str]) {
+    let b = node.bundle(id, env);
+    let out = node.runtime(&["create", "--bundle", b.to_str().unwrap(), id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn the_hook_binds_the_pid_then_releases_the_entry() {
+    let node = Node::new(2, "");
+    create(&node, "c1", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let me = std::process::id();
+    let out = node.hook("createRuntime", &state("c1", me, Some(&uuid(0))));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let l = node.ledger();
+    assert_eq!(l[0]["pid"], me);
+    assert!(l[0]["pid_start"].as_u64().is_some());
+
+    let status: Value = serde_json::from_str(&stdout(&node.cli(&["status", "--json"]))).unwrap();
+    let c = &status["gpus"][0]["containers"][0];
+    assert_eq!(
+        (c["id"].as_str(), c["pid"].as_u64(), c["state"].as_str()),
+        (Some("c1"), Some(me as u64), Some("running"))
+    );
+
+    let out = node.hook("poststop", &state("c1", 0, Some(&uuid(0))));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(node.ledger().is_empty());
+    // Releasing twice is harmless.
+    assert!(node
+        .hook("poststop", &state("c1", 0, Some(&uuid(0))))
+        .status
+        .success());
+}
+
+#[test]
+fn a_lost_reservation_is_made_anew_at_bind() {
+    let node = Node::new(1, "");
+    let out = node.hook("prestart", &state("c9", std::process::id(), Some(&uuid(0))));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let l = node.ledger();
+    assert_eq!(l[0]["id"], "c9");
+    assert_eq!(l[0]["names"]["container"], "infer");
+}
+
+#[test]
+fn the_hook_ignores_containers_it_did_not_place_and_refuses_garbage() {
+    let node = Node::new(1, "");
+    // Even with a config that would not load: nothing is read for them.
+    let out = node
+        .command(BIN_HOOK)
+        .env("GPUSHARE_CONFIG", "/nonexistent/dir/")
+        .arg("createRuntime")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "empty stdin is not a state");
+    let out = node.hook("createRuntime", &state("plain", 1, None));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(node.ledger().is_empty());
+    let out = node.hook("bogus", &state("plain", 1, None));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("createRuntime, prestart or poststop"));
+    let out = node.hook("createRuntime", &state("nopid", 0, Some(&uuid(0))));
+    assert!(stderr(&out).contains("no pid"), "{}", stderr(&out));
+}
+
+#[test]
+fn explain_says_what_create_would_do_and_does_nothing() {
+    let node = Node::new(2, "");
+    let b = node.bundle(
+        "b",
+        &[
+            "NVIDIA_VISIBLE_DEVICES=GPU-4a1c9d21",
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=2G",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25",
+        ],
+    );
+    let bytes = std::fs::read(b.join("config.json")).unwrap();
+    let out = node.cli(&["explain", "--bundle", b.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(doc["decision"], "assign");
+    assert_eq!(
+        doc["gpu"],
+        json!({"index": 1, "uuid": uuid(1), "name": "Tesla T4"})
+    );
+    assert_eq!(doc["thread_percentage"], 25.0);
+    assert_eq!(doc["pinned_mem_limit"], "0=2G");
+    assert_eq!(doc["reason"], Value::Null);
+    let env: Vec<&str> = doc["edits"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        env,
+        [
+            format!("NVIDIA_VISIBLE_DEVICES={}", uuid(1)).as_str(),
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25",
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=2G"
+        ]
+    );
+    assert_eq!(doc["edits"]["devices"][0]["path"], "/dev/nvidia1");
+    assert_eq!(std::fs::read(b.join("config.json")).unwrap(), bytes);
+    assert!(node.ledger().is_empty());
+
+    // What explain said is what create does.
+    let out = node.runtime(&["create", "--bundle", b.to_str().unwrap(), "c"]);
+    assert!(out.status.success());
+    let after = spec(&b);
+    for e in env {
+        assert!(env_of(&after).iter().any(|x| x == e), "{e}");
+    }
+
+    let b = node.bundle("two", &["NVIDIA_VISIBLE_DEVICES=0,1"]);
+    let out = node.cli(&["explain", "--bundle", b.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(doc["decision"], "reject");
+    assert!(doc["reason"].as_str().unwrap().contains("at most 1"));
+    assert!(stderr(&out).contains("at most 1"));
+
+    let b = node.bundle("plain", &[]);
+    let out = node.cli(&["explain", "--bundle", b.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).starts_with("decision: untouched"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn explain_counts_the_ledger_as_create_does() {
+    let node = Node::new(2, "");
+    create(&node, "a", &["NVIDIA_VISIBLE_DEVICES=all"]);
+    let b = node.bundle("next", &["NVIDIA_VISIBLE_DEVICES=all"]);
+    let doc: Value = serde_json::from_str(&stdout(&node.cli(&[
+        "explain",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(doc["gpu"]["index"], 1, "GPU 0 already has a holder");
+}
+
+#[test]
+fn status_lists_every_gpu_and_its_holders() {
+    let node = Node::new(2, "");
+    create(
+        &node,
+        "a",
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30",
+        ],
+    );
+    create(&node, "b", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let out = node.cli(&["status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let gpus = doc["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 2);
+    for key in [
+        "index",
+        "uuid",
+        "name",
+        "mps",
+        "memory_used_mib",
+        "memory_total_mib",
+        "utilization_pct",
+        "containers",
+    ] {
+        assert!(gpus[0].get(key).is_some(), "{key}");
+    }
+    assert_eq!(gpus[0]["memory_total_mib"], 15360);
+    assert_eq!(gpus[0]["utilization_pct"], Value::Null);
+    assert!(gpus[0]["telemetry_error"].as_str().is_some());
+    let ids: Vec<&str> = gpus[0]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(gpus[0]["containers"][0]["thread_percentage"], 30.0);
+    assert_eq!(gpus[0]["containers"][0]["state"], "reserved");
+    assert!(gpus[1]["containers"].as_array().unwrap().is_empty());
+
+    let text = stdout(&node.cli(&["status"]));
+    assert!(
+        text.contains("GPU 0  Tesla T4")
+            && text.contains("30%")
+            && text.contains("(no containers)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn gc_drops_entries_whose_container_is_gone() {
+    let node = Node::new(1, "");
+    create(&node, "dead", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    create(&node, "alive", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let mut child = std::process::Command::new("sleep")
+        .arg("1")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    assert!(node
+        .hook("createRuntime", &state("dead", pid, Some(&uuid(0))))
+        .status
+        .success());
+    assert!(node
+        .hook(
+            "createRuntime",
+            &state("alive", std::process::id(), Some(&uuid(0)))
+        )
+        .status
+        .success());
+    let out = node.cli(&["gc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("dropped dead"), "{}", stdout(&out));
+    let ids: Vec<String> = node
+        .ledger()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["alive"]);
+}
+
+#[test]
+fn inventory_and_errors_of_the_operator_command() {
+    let node = Node::new(2, "");
+    let doc: Value = serde_json::from_str(&stdout(&node.cli(&["inventory", "--json"]))).unwrap();
+    assert_eq!(doc["gpus"][1]["uuid"].as_str().unwrap(), uuid(1));
+    assert_eq!(doc["gpus"][1]["compute_capability"], "7.5");
+
+    let out = node.cli(&[
+        "simulate",
+        "--gpus",
+        "0",
+        "--dir",
+        node.path().join("sim").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--gpus 0"));
+    let out = node.cli(&["explain", "--bundle", "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("/nonexistent/config.json"));
+    let out = node
+        .command(BIN_CLI)
+        .env("GPUSHARE_CONFIG", node.path().join("inventory.toml"))
+        .args(["status"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an inventory is not a config: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("unknown key `gpu`"),
+        "{}",
+        stderr(&out)
+    );
+}
