@@ -99,19 +99,12 @@ pub fn explain_text(doc: &Value) -> String {
             g["name"].as_str().unwrap_or("")
         );
     }
-    for (key, label) in [
-        ("thread_percentage", "share:    "),
-        ("pinned_mem_limit", "pinned:   "),
-        ("reason", "reason:   "),
-    ] {
-        match &doc[key] {
-            Value::Null => {}
-            Value::String(s) => {
-                let _ = writeln!(out, "{label}{s}");
-            }
-            v => {
-                let _ = writeln!(out, "{label}{v}");
-            }
+    if let Some(p) = doc["thread_percentage"].as_f64() {
+        let _ = writeln!(out, "share:    {}", percent(p));
+    }
+    for (key, label) in [("pinned_mem_limit", "pinned:   "), ("reason", "reason:   ")] {
+        if let Some(s) = doc[key].as_str() {
+            let _ = writeln!(out, "{label}{s}");
         }
     }
     for d in doc["edits"]["devices"].as_array().into_iter().flatten() {
@@ -136,6 +129,11 @@ pub fn explain_text(doc: &Value) -> String {
         let _ = writeln!(out, "env:      {}", e.as_str().unwrap_or(""));
     }
     out
+}
+
+/// 50 → "50%", 12.5 → "12.5%".
+fn percent(p: f64) -> String {
+    format!("{p}%")
 }
 
 /// Why the utilisation and memory figures are null.
@@ -191,13 +189,15 @@ pub fn status_text(doc: &Value) -> String {
     for g in doc["gpus"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "GPU {}  {}  {}  memory {}/{} MiB  util {}%  mps {}",
+            "GPU {}  {}  {}  memory {}/{} MiB  util {}  mps {}",
             g["index"],
             g["name"].as_str().unwrap_or(""),
             g["uuid"].as_str().unwrap_or(""),
             opt(&g["memory_used_mib"]),
             opt(&g["memory_total_mib"]),
-            opt(&g["utilization_pct"]),
+            g["utilization_pct"]
+                .as_f64()
+                .map_or("-".to_owned(), percent),
             g["mps"].as_str().unwrap_or("")
         );
         let containers = g["containers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
@@ -219,7 +219,7 @@ pub fn status_text(doc: &Value) -> String {
             };
             let share = c["thread_percentage"]
                 .as_f64()
-                .map_or("-".to_owned(), |p| format!("{p}%"));
+                .map_or("-".to_owned(), percent);
             let names: Vec<String> = c["names"]
                 .as_object()
                 .into_iter()

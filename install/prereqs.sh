@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sourced by demo.sh and test.sh: checks for root and installs what the
+# end-to-end runs need (runc, a static busybox for the test rootfs) with
+# apt-get when it is missing.
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "$1: needs root (it makes device nodes and runs containers with runc): run it as root or with sudo" >&2
+    exit 1
+  fi
+}
+
+ensure_packages() {
+  local missing=()
+  command -v runc >/dev/null 2>&1 || missing+=(runc)
+  if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=(busybox-static)
+  fi
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "missing ${missing[*]} and no apt-get to install them: install runc and a static busybox at /bin/busybox by hand" >&2
+    exit 1
+  fi
+  echo "installing ${missing[*]} with apt-get" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
