@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::edits::ANNOTATION_GPUS;
-use crate::ledger::{self, Entry, Ledger};
+use crate::ledger::{self, Entry, Ledger, Record};
 
 /// The state runc writes is a few hundred bytes; anything near this is not
 /// an OCI state.
@@ -71,17 +71,13 @@ pub fn read_state(input: impl Read) -> Result<State, HookError> {
     Ok(state)
 }
 
-/// What the hook did, for tests and the debug log.
+/// What the hook did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Not a container the shim placed: nothing to do.
     NotOurs,
     Bound,
-    /// The reservation had gone (it outlived the timeout): made anew from
-    /// the annotation, because the container really holds the GPU.
-    Rebound,
     Released,
-    NothingToRelease,
 }
 
 pub fn run(stage: Stage, state: &State) -> crate::Result<Outcome> {
@@ -93,12 +89,11 @@ pub fn run(stage: Stage, state: &State) -> crate::Result<Outcome> {
     let cfg = Config::load()?;
     let ledger = Ledger::new(&cfg.runtime.state_dir);
     let id = state.id();
-    let mut locked = ledger.lock()?;
-    let outcome = match stage {
-        Stage::Release => match locked.release(id) {
-            Some(_) => Outcome::Released,
-            None => return Ok(Outcome::NothingToRelease),
-        },
+    match stage {
+        Stage::Release => {
+            ledger.append(&Record::Release { id: id.clone() })?;
+            Ok(Outcome::Released)
+        }
         Stage::Bind => {
             let pid = state
                 .pid()
@@ -107,33 +102,24 @@ pub fn run(stage: Stage, state: &State) -> crate::Result<Outcome> {
                     id: id.clone(),
                     stage: stage.name(),
                 })?;
-            let start = ledger::process_start_time(pid);
-            match locked.get_mut(id) {
-                Some(e) => {
-                    e.pid = Some(pid);
-                    e.pid_start = start;
-                    Outcome::Bound
-                }
-                None => {
-                    locked.reserve(Entry {
-                        id: id.clone(),
-                        gpus: gpus.split(',').map(str::to_owned).collect(),
-                        thread_percentage: None,
-                        pinned_mem_limit: None,
-                        pid: Some(pid),
-                        pid_start: start,
-                        names: ledger::names_from_annotations(
-                            annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                        ),
-                        created: ledger::now(),
-                    });
-                    Outcome::Rebound
-                }
-            }
+            // The whole entry travels with the pid, so a reservation that
+            // outlived its timeout is made anew: the container really holds
+            // the GPU. The shim's own entry, when there, keeps its share.
+            ledger.append(&Record::Bind(Entry {
+                id: id.clone(),
+                gpus: gpus.split(',').map(str::to_owned).collect(),
+                thread_percentage: None,
+                pinned_mem_limit: None,
+                pid: Some(pid),
+                pid_start: ledger::process_start_time(pid),
+                names: ledger::names_from_annotations(
+                    annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                ),
+                created: ledger::now(),
+            }))?;
+            Ok(Outcome::Bound)
         }
-    };
-    locked.commit()?;
-    Ok(outcome)
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,13 @@
 //! because the ledger itself is replaced on every write), and every write is
 //! temp file + fsync + rename + directory fsync, so concurrent creates never
 //! double-book and a crash leaves either the old or the new ledger, whole.
+//!
+//! The hook does not rewrite the ledger: binding a pid and releasing an
+//! entry are appended, under the same lock, to `<state_dir>/ledger.journal`
+//! as one small record each. Readers apply the journal to the ledger; the
+//! next commit folds it in and empties it. A hook then costs the same with
+//! a thousand entries as with one. Replaying a record is idempotent, so a
+//! crash between a commit and the journal's truncation changes nothing.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -83,6 +90,7 @@ pub struct Ledger {
 /// Dropping it without committing leaves the ledger as it was.
 pub struct Locked {
     path: PathBuf,
+    journal: PathBuf,
     _lock: Flock<File>,
     pub entries: Vec<Entry>,
 }
@@ -131,15 +139,18 @@ impl Ledger {
         })
     }
 
+    fn journal_path(&self) -> PathBuf {
+        self.dir.join("ledger.journal")
+    }
+
     /// Takes the exclusive lock and reads the ledger.
     pub fn lock(&self) -> Result<Locked, LedgerError> {
         let lock = self.open_lock(FlockArg::LockExclusive)?;
-        let path = self.path();
-        let entries = read_entries(&path)?;
         Ok(Locked {
-            path,
+            entries: self.read()?,
+            path: self.path(),
+            journal: self.journal_path(),
             _lock: lock,
-            entries,
         })
     }
 
@@ -150,7 +161,71 @@ impl Ledger {
             return Ok(Vec::new());
         }
         let _lock = self.open_lock(FlockArg::LockShared)?;
-        read_entries(&self.path())
+        self.read()
+    }
+
+    fn read(&self) -> Result<Vec<Entry>, LedgerError> {
+        let mut entries = read_entries(&self.path())?;
+        let journal = self.journal_path();
+        match std::fs::read(&journal) {
+            Ok(bytes) => replay(&mut entries, &bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("read", &journal)(e)),
+        }
+        Ok(entries)
+    }
+
+    /// Appends one record to the journal under the exclusive lock.
+    pub fn append(&self, record: &Record) -> Result<(), LedgerError> {
+        let _lock = self.open_lock(FlockArg::LockExclusive)?;
+        let path = self.journal_path();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        // A leading newline ends any torn record a crash left, so this one
+        // always stands on a line of its own.
+        let line = format!(
+            "\n{}\n",
+            serde_json::to_string(record).expect("record serialises")
+        );
+        f.write_all(line.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(io("append to", &path))
+    }
+}
+
+/// A change the hook makes to the ledger, journalled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Record {
+    /// The container's init pid is known. Carries the entry itself so a
+    /// reservation that was dropped meanwhile is made anew: the container
+    /// really holds the GPU.
+    Bind(Entry),
+    Release {
+        id: String,
+    },
+}
+
+/// Applies journal records in order; a line that is not a whole record (a
+/// write torn by a crash) is skipped.
+fn replay(entries: &mut Vec<Entry>, journal: &[u8]) {
+    for line in journal.split(|&b| b == b'\n') {
+        match serde_json::from_slice::<Record>(line) {
+            Ok(Record::Bind(bound)) => match entries.iter_mut().find(|e| e.id == bound.id) {
+                Some(e) => {
+                    e.pid = bound.pid;
+                    e.pid_start = bound.pid_start;
+                }
+                None => entries.push(bound),
+            },
+            Ok(Record::Release { id }) => entries.retain(|e| e.id != id),
+            Err(_) => {}
+        }
     }
 }
 
@@ -243,7 +318,17 @@ impl Locked {
             entries: self.entries,
         };
         let bytes = serde_json::to_vec(&file).expect("ledger serialises");
-        write_atomic(&self.path, &bytes, 0o644).map_err(io("write", &self.path))
+        write_atomic(&self.path, &bytes, 0o644).map_err(io("write", &self.path))?;
+        // The ledger now holds what the journal said.
+        match OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&self.journal)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("truncate", &self.journal)(e)),
+        }
     }
 }
 
@@ -353,6 +438,44 @@ mod tests {
             names.iter().all(|n| n == "ledger" || n == "ledger.lock"),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn journal_records_apply_in_order_and_fold_into_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::new(dir.path());
+        let mut g = l.lock().unwrap();
+        g.reserve(entry("a", "GPU-1"));
+        g.reserve(entry("b", "GPU-1"));
+        g.commit().unwrap();
+        let mut bound = entry("a", "GPU-1");
+        bound.pid = Some(7);
+        l.append(&Record::Bind(bound)).unwrap();
+        l.append(&Record::Release { id: "b".into() }).unwrap();
+        let mut lost = entry("c", "GPU-2");
+        lost.pid = Some(8);
+        l.append(&Record::Bind(lost)).unwrap();
+        // A torn record from a crash, then a good one after it.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("ledger.journal"))
+            .unwrap()
+            .write_all(b"{\"op\":\"release\",\"id")
+            .unwrap();
+        l.append(&Record::Release {
+            id: "nothing".into(),
+        })
+        .unwrap();
+        let s = l.snapshot().unwrap();
+        let got: Vec<(&str, Option<i32>)> = s.iter().map(|e| (e.id.as_str(), e.pid)).collect();
+        assert_eq!(got, vec![("a", Some(7)), ("c", Some(8))]);
+        // A commit folds the journal in and empties it.
+        l.lock().unwrap().commit().unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("ledger.journal")).unwrap(),
+            b""
+        );
+        assert_eq!(l.snapshot().unwrap(), s);
     }
 
     #[test]

@@ -115,14 +115,15 @@ impl Node {
         child.wait_with_output().unwrap()
     }
 
+    /// The ledger as readers see it (the journal applied), as JSON.
     pub fn ledger(&self) -> Vec<Value> {
-        match std::fs::read_to_string(self.path().join("state/ledger")) {
-            Ok(t) => serde_json::from_str::<Value>(&t).unwrap()["entries"]
-                .as_array()
-                .unwrap()
-                .clone(),
-            Err(_) => Vec::new(),
-        }
+        let entries = gpushare::ledger::Ledger::new(&self.path().join("state"))
+            .snapshot()
+            .unwrap();
+        entries
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect()
     }
 
     /// A bundle named `name` whose process has `env`.
