@@ -367,3 +367,31 @@ fn twenty_concurrent_creates_with_all_split_ten_ten_and_deletes_empty_the_ledger
     }
     assert!(node.ledger().is_empty(), "poststop released every entry");
 }
+
+#[test]
+fn a_create_that_runc_fails_is_released_by_the_engines_delete() {
+    let node = Node::new("failed");
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"], "true");
+    let mut spec: Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    spec["root"]["path"] = json!("/nonexistent/rootfs");
+    std::fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    let id = node.id(0);
+    let out = node
+        .runtime()
+        .args(["create", "--bundle"])
+        .arg(&b)
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "runc refuses a missing rootfs");
+    assert_eq!(node.ledger().len(), 1, "the shim had reserved the GPU");
+    // runc answers that there is no such container; the GPU is free anyway.
+    let _ = node
+        .runtime()
+        .args(["delete", "--force"])
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert!(node.ledger().is_empty());
+}

@@ -139,6 +139,11 @@ impl Ledger {
         })
     }
 
+    /// Whether a ledger was ever written here.
+    pub fn exists(&self) -> bool {
+        self.path().exists() || self.journal_path().exists()
+    }
+
     fn journal_path(&self) -> PathBuf {
         self.dir.join("ledger.journal")
     }

@@ -37,6 +37,8 @@ pub struct Invocation {
     pub subcommand: Option<String>,
     /// Set for `create` and `run` when the line parses as runc would take it.
     pub create: Option<CreateArgs>,
+    /// The container id of a `delete` that parses as runc would take it.
+    pub delete: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +111,10 @@ pub fn parse(args: &[OsString]) -> Invocation {
     let sub = sub.to_string_lossy().into_owned();
     i += 1;
     inv.subcommand = Some(sub.clone());
+    if sub == "delete" {
+        inv.delete = parse_delete(&args[i..]);
+        return inv;
+    }
     if sub != "create" && sub != "run" {
         return inv;
     }
@@ -152,6 +158,24 @@ pub fn parse(args: &[OsString]) -> Invocation {
         bundle,
     });
     inv
+}
+
+/// `delete [--force|-f] <id>`: runc takes exactly one id.
+fn parse_delete(args: &[OsString]) -> Option<String> {
+    let mut positional = Vec::new();
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        match flag_name(a.as_bytes()) {
+            _ if a.as_bytes() == b"--" => positional.extend(rest.by_ref()),
+            None => positional.push(a),
+            Some((b"force" | b"f", _)) => {}
+            Some(_) => return None,
+        }
+    }
+    match positional.as_slice() {
+        [id] if !id.is_empty() => Some(id.to_string_lossy().into_owned()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +225,22 @@ mod tests {
     }
 
     #[test]
+    fn delete_lines() {
+        for (line, id) in [
+            ("delete c1", Some("c1")),
+            ("--root /r delete --force c1", Some("c1")),
+            ("delete c1 -f", Some("c1")),
+            ("delete -- create", Some("create")),
+            ("delete", None),
+            ("delete a b", None),
+            ("delete --now c1", None),
+            ("kill c1", None),
+        ] {
+            assert_eq!(p(line).delete.as_deref(), id, "{line}");
+        }
+    }
+
+    #[test]
     fn log_settings() {
         let i = p("--log /x/log.json --log-format json create c1");
         assert_eq!(i.log, Some(PathBuf::from("/x/log.json")));
@@ -232,6 +272,7 @@ mod tests {
             assert!(p(line).create.is_none(), "{line}");
         }
         assert_eq!(p("state create").subcommand.as_deref(), Some("state"));
+        assert!(p("delete c1").create.is_none());
         assert_eq!(
             p("--root /r delete c1").subcommand.as_deref(),
             Some("delete")

@@ -164,6 +164,24 @@ pub fn intercept(args: &CreateArgs, cfg: &Config, hook: &Path) -> crate::Result<
     }))
 }
 
+/// Before a `delete` is passed on: a reservation that no hook ever bound
+/// belongs to a create that failed after the shim ran (runc never made the
+/// container, so no poststop hook will release it). Engines delete such a
+/// container to clean up, and so the GPU is released here at once instead
+/// of at the reservation timeout. A bound entry is left to poststop.
+pub fn release_unbound(id: &str, cfg: &Config) -> crate::Result<()> {
+    let ledger = Ledger::new(&cfg.runtime.state_dir);
+    if !ledger.exists() {
+        return Ok(());
+    }
+    let mut locked = ledger.lock()?;
+    if locked.get(id).is_some_and(|e| e.pid.is_none()) {
+        locked.release(id);
+        locked.commit()?;
+    }
+    Ok(())
+}
+
 /// Replaces this process with the low-level runtime, argv[0] as runc's own.
 /// Returns only on failure.
 pub fn exec_runtime(runtime: &Path, args: &[OsString]) -> ShimError {

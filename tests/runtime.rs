@@ -427,3 +427,29 @@ fn a_percentage_budget_is_enforced_across_creates() {
     .contains("budget"));
     assert_eq!(node.ledger().len(), 2);
 }
+
+#[test]
+fn delete_releases_a_reservation_no_hook_bound_but_leaves_bound_ones_to_poststop() {
+    let node = Node::new(2, "");
+    for id in ["failed", "running"] {
+        let b = node.bundle(id, &["NVIDIA_VISIBLE_DEVICES=0"]);
+        assert!(node
+            .runtime(&["create", "--bundle", b.to_str().unwrap(), id])
+            .status
+            .success());
+    }
+    // Bind "running" as the createRuntime hook would.
+    let state = serde_json::json!({"ociVersion": "1.0.2", "id": "running", "status": "creating", "pid": std::process::id(), "bundle": "/b", "annotations": {"gpushare/gpus": uuid(0)}});
+    assert!(node.hook("createRuntime", &state).status.success());
+    for id in ["failed", "running"] {
+        let out = node.runtime(&["delete", "--force", id]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(node.recorded().unwrap()[1..], ["delete", "--force", id]);
+    }
+    let ids: Vec<String> = node
+        .ledger()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["running"]);
+}

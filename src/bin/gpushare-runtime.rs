@@ -35,6 +35,9 @@ fn run(
         Some(create) => shim::intercept(create, &cfg, &shim::hook_path()?)?,
         None => None,
     };
+    if let Some(id) = &inv.delete {
+        shim::release_unbound(id, &cfg)?;
+    }
     let err = shim::exec_runtime(&runtime, args);
     if let Some(p) = placed {
         p.undo();
