@@ -13,7 +13,9 @@ use crate::config::{Config, InventorySource};
 pub enum InventoryError {
     #[error("no NVIDIA driver on this node ({0} is missing): load the driver, or set devices.inventory = \"file:<path>\" in the config (`gpushare simulate` writes one)")]
     NoDriver(PathBuf),
-    #[error("cannot read {path}: {source}")]
+    #[error(
+        "cannot read {path}: {source}; check devices.inventory and devices.root in the config"
+    )]
     Read {
         path: PathBuf,
         #[source]

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::sys::stat::{major, makedev, minor, mknod, Mode, SFlag};
+use nix::sys::stat::{fchmodat, makedev, mknod, FchmodatFlags, Mode, SFlag};
 use thiserror::Error;
 
 use crate::inventory::{Gpu, Inventory};
@@ -75,6 +75,16 @@ pub fn simulate(count: u32, model: &str, dir: &Path) -> Result<Simulated, Simula
     if count == 0 || count > MAX_GPUS {
         return Err(SimulateError::Count(count));
     }
+    let fresh = !dir.exists();
+    let made = make(count, model, dir);
+    if made.is_err() && fresh {
+        // A failed first run (no CAP_MKNOD, say) leaves no half-made node.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    made
+}
+
+fn make(count: u32, model: &str, dir: &Path) -> Result<Simulated, SimulateError> {
     let io = |action, path: &Path| {
         let path = path.to_owned();
         move |source| SimulateError::Io {
@@ -154,20 +164,16 @@ fn ensure_node(path: &Path, maj: u64, min: u64) -> Result<(), SimulateError> {
             source,
         })?;
     }
-    let made = mknod(path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), want).and_then(|()| {
-        nix::sys::stat::fchmodat(
-            None,
-            path,
-            Mode::from_bits_truncate(0o666),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        )
-    });
-    made.map_err(|e| SimulateError::Io {
-        action: "make device node",
-        path: path.to_owned(),
-        source: e.into(),
-    })?;
-    debug_assert_eq!((major(want), minor(want)), (maj, min));
+    // mknod's mode passes through the umask; the chmod makes it 0666 as
+    // the driver's own nodes are.
+    let mode = Mode::from_bits_truncate(0o666);
+    mknod(path, SFlag::S_IFCHR, mode, want)
+        .and_then(|()| fchmodat(None, path, mode, FchmodatFlags::FollowSymlink))
+        .map_err(|e| SimulateError::Io {
+            action: "make device node",
+            path: path.to_owned(),
+            source: e.into(),
+        })?;
     Ok(())
 }
 
