@@ -126,6 +126,16 @@ impl Node {
         c
     }
 
+    /// `create`, waited for: the runtime's output and exit status.
+    fn create(&self, bundle: &Path, id: &str) -> Output {
+        self.runtime()
+            .args(["create", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .output()
+            .unwrap()
+    }
+
     /// `run` in the foreground: the container's output and exit status.
     fn run(&self, bundle: &Path, id: &str) -> Output {
         self.runtime()
@@ -294,13 +304,7 @@ fn a_refused_container_leaves_nothing_behind() {
     let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0,1"], "sleep 100");
     let before = std::fs::read(b.join("config.json")).unwrap();
     let id = node.id(0);
-    let out = node
-        .runtime()
-        .args(["create", "--bundle"])
-        .arg(&b)
-        .arg(&id)
-        .output()
-        .unwrap();
+    let out = node.create(&b, &id);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("policy.max_gpus_per_container"),
@@ -377,13 +381,7 @@ fn a_create_that_runc_fails_is_released_by_the_engines_delete() {
     spec["root"]["path"] = json!("/nonexistent/rootfs");
     std::fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
     let id = node.id(0);
-    let out = node
-        .runtime()
-        .args(["create", "--bundle"])
-        .arg(&b)
-        .arg(&id)
-        .output()
-        .unwrap();
+    let out = node.create(&b, &id);
     assert!(!out.status.success(), "runc refuses a missing rootfs");
     assert_eq!(node.ledger().len(), 1, "the shim had reserved the GPU");
     // runc answers that there is no such container; the GPU is free anyway.
