@@ -30,6 +30,8 @@ pub enum Error {
     Hook(#[from] crate::hook::HookError),
     #[error(transparent)]
     Shim(#[from] crate::shim::ShimError),
+    #[error(transparent)]
+    Live(#[from] crate::live::LiveError),
 }
 
 impl Error {

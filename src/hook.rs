@@ -1,8 +1,11 @@
-//! `gpushare-hook` under the shim: the low-level runtime runs it with the
-//! OCI state on stdin. At `createRuntime` (or `prestart`) it binds the
-//! container's pid to the ledger entry the shim reserved; at `poststop` it
-//! releases the entry. It reads nothing from the container's filesystem and
-//! runs nothing from it.
+//! `gpushare-hook`: the low-level runtime runs it with the OCI state on
+//! stdin. Under the shim (the spec carries the shim's annotation) it only
+//! binds the container's pid to the entry the shim reserved at
+//! `createRuntime`/`prestart`, and releases it at `poststop`. Used alone
+//! (podman and CRI-O `hooks.d`, containerd's base spec) it does the whole
+//! job at `createRuntime`/`prestart`: decides as the shim would, applies the
+//! same edits to the live container (`live`), and records the entry. It
+//! runs nothing from the container and resolves no host path through it.
 //!
 //! Ref: OCI runtime spec, config.md "POSIX-platform Hooks": the state is
 //! passed on stdin; createRuntime runs after the namespaces exist, before
@@ -10,12 +13,18 @@
 
 use std::io::Read;
 
-use oci_spec::runtime::State;
+use std::path::PathBuf;
+
+use oci_spec::runtime::{ContainerState, State};
 use thiserror::Error;
 
+use crate::bundle::Bundle;
 use crate::config::Config;
 use crate::edits::ANNOTATION_GPUS;
 use crate::ledger::{self, Entry, Ledger, Record};
+use crate::live;
+use crate::request::Request;
+use crate::shim::{self, Placement};
 
 /// The state runc writes is a few hundred bytes; anything near this is not
 /// an OCI state.
@@ -31,6 +40,10 @@ pub enum HookError {
     State(String),
     #[error("container {id}: the runtime gave no pid at {stage}; the ledger cannot bind it")]
     NoPid { id: String, stage: &'static str },
+    #[error("cannot drop capabilities: {0}; the hook must run as root from the container runtime")]
+    Caps(String),
+    #[error("{0}: root.path is missing; the bundle's config.json must be an OCI runtime spec")]
+    NoRoot(PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +54,18 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub fn parse(arg: Option<&str>) -> Result<Stage, HookError> {
+    /// The stage from the hook's first argument, or, without one, from the
+    /// state's status (creating/created: bind; stopped: release).
+    pub fn parse(arg: Option<&str>, state: &State) -> Result<Stage, HookError> {
         match arg {
             Some("createRuntime" | "prestart") => Ok(Stage::Bind),
             Some("poststop") => Ok(Stage::Release),
-            other => Err(HookError::Stage(other.unwrap_or("").to_owned())),
+            None => match state.status() {
+                ContainerState::Creating | ContainerState::Created => Ok(Stage::Bind),
+                ContainerState::Stopped => Ok(Stage::Release),
+                ContainerState::Running => Err(HookError::Stage("(none, status running)".into())),
+            },
+            Some(other) => Err(HookError::Stage(other.to_owned())),
         }
     }
 
@@ -74,18 +94,40 @@ pub fn read_state(input: impl Read) -> Result<State, HookError> {
 /// What the hook did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Not a container the shim placed: nothing to do.
+    /// Not a GPU container: nothing to do.
     NotOurs,
+    /// Under the shim: the pid is bound to the shim's entry.
     Bound,
+    /// Alone: devices given to the live container and the entry recorded.
+    Placed,
     Released,
 }
 
 pub fn run(stage: Stage, state: &State) -> crate::Result<Outcome> {
     let empty = Default::default();
     let annotations = state.annotations().as_ref().unwrap_or(&empty);
-    let Some(gpus) = annotations.get(ANNOTATION_GPUS) else {
-        return Ok(Outcome::NotOurs);
-    };
+    match annotations.get(ANNOTATION_GPUS) {
+        Some(gpus) => under_shim(stage, state, gpus, annotations),
+        None => alone(stage, state),
+    }
+}
+
+fn pid_of(state: &State, stage: Stage) -> Result<i32, HookError> {
+    state
+        .pid()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| HookError::NoPid {
+            id: state.id().clone(),
+            stage: stage.name(),
+        })
+}
+
+fn under_shim(
+    stage: Stage,
+    state: &State,
+    gpus: &str,
+    annotations: &std::collections::HashMap<String, String>,
+) -> crate::Result<Outcome> {
     let cfg = Config::load()?;
     let ledger = Ledger::new(&cfg.runtime.state_dir);
     let id = state.id();
@@ -95,13 +137,7 @@ pub fn run(stage: Stage, state: &State) -> crate::Result<Outcome> {
             Ok(Outcome::Released)
         }
         Stage::Bind => {
-            let pid = state
-                .pid()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| HookError::NoPid {
-                    id: id.clone(),
-                    stage: stage.name(),
-                })?;
+            let pid = pid_of(state, stage)?;
             // The whole entry travels with the pid, so a reservation that
             // outlived its timeout is made anew: the container really holds
             // the GPU. The shim's own entry, when there, keeps its share.
@@ -122,17 +158,122 @@ pub fn run(stage: Stage, state: &State) -> crate::Result<Outcome> {
     }
 }
 
+/// Whether the bundle's spec asks for a GPU; a spec that cannot be read or
+/// parsed counts as asking (the caller then decides or releases for real).
+fn asks_for_gpu(bundle: &crate::Result<Bundle>) -> bool {
+    match bundle {
+        Ok(b) => match b.env() {
+            Ok(env) => Request::from_env(env).map_or(true, |r| r.is_gpu()),
+            Err(_) => true,
+        },
+        Err(_) => true,
+    }
+}
+
+fn alone(stage: Stage, state: &State) -> crate::Result<Outcome> {
+    let bundle = Bundle::open(state.bundle()).map_err(crate::Error::from);
+    // The common case, a container with no GPU, reads no config at all.
+    if !asks_for_gpu(&bundle) {
+        return Ok(Outcome::NotOurs);
+    }
+    let cfg = Config::load()?;
+    let id = state.id();
+    match stage {
+        Stage::Release => {
+            Ledger::new(&cfg.runtime.state_dir).append(&Record::Release { id: id.clone() })?;
+            Ok(Outcome::Released)
+        }
+        Stage::Bind => {
+            let bundle = bundle?;
+            let pid = pid_of(state, stage)?;
+            let Some(Placement {
+                mut locked,
+                edits,
+                mut entry,
+            }) = shim::place(&bundle, id, &cfg)?
+            else {
+                return Ok(Outcome::NotOurs);
+            };
+            let rootfs = rootfs_of(&bundle)?;
+            drop_capabilities()?;
+            // Under the ledger lock: the entry is written only once the
+            // container really has its devices.
+            live::apply(&edits, pid, &rootfs)?;
+            entry.pid = Some(pid);
+            entry.pid_start = ledger::process_start_time(pid);
+            locked.reserve(entry);
+            locked.commit()?;
+            Ok(Outcome::Placed)
+        }
+    }
+}
+
+/// The rootfs as the spec names it: absolute, or relative to the bundle.
+fn rootfs_of(bundle: &Bundle) -> Result<PathBuf, HookError> {
+    let path = bundle
+        .spec
+        .pointer("/root/path")
+        .and_then(|v| v.as_str())
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| HookError::NoRoot(Bundle::config_path(&bundle.dir)))?;
+    Ok(bundle.dir.join(path))
+}
+
+/// Keeps only what the live edits need: entering the container's mount
+/// namespace (SYS_ADMIN, SYS_CHROOT, SYS_PTRACE for a non-dumpable init),
+/// mounting (SYS_ADMIN) and writing root-owned cgroup and state files
+/// (DAC_OVERRIDE, DAC_READ_SEARCH). Everything else goes before the rootfs
+/// is touched.
+fn drop_capabilities() -> Result<(), HookError> {
+    use caps::{CapSet, Capability};
+    let keep: caps::CapsHashSet = [
+        Capability::CAP_SYS_ADMIN,
+        Capability::CAP_SYS_CHROOT,
+        Capability::CAP_SYS_PTRACE,
+        Capability::CAP_DAC_OVERRIDE,
+        Capability::CAP_DAC_READ_SEARCH,
+    ]
+    .into_iter()
+    .collect();
+    let none = caps::CapsHashSet::new();
+    let set = |set, caps: &caps::CapsHashSet| {
+        caps::set(None, set, caps).map_err(|e| HookError::Caps(e.to_string()))
+    };
+    set(CapSet::Ambient, &none)?;
+    set(CapSet::Inheritable, &none)?;
+    set(CapSet::Effective, &keep)?;
+    set(CapSet::Permitted, &keep)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn state(status: &str) -> State {
+        let json = format!(
+            r#"{{"ociVersion":"1.0.2","id":"c1","status":"{status}","pid":42,"bundle":"/nonexistent"}}"#
+        );
+        read_state(json.as_bytes()).unwrap()
+    }
+
     #[test]
     fn stages() {
-        assert_eq!(Stage::parse(Some("createRuntime")).unwrap(), Stage::Bind);
-        assert_eq!(Stage::parse(Some("prestart")).unwrap(), Stage::Bind);
-        assert_eq!(Stage::parse(Some("poststop")).unwrap(), Stage::Release);
-        for bad in [None, Some(""), Some("startContainer"), Some("POSTSTOP")] {
-            let e = Stage::parse(bad).unwrap_err().to_string();
+        let s = state("creating");
+        assert_eq!(
+            Stage::parse(Some("createRuntime"), &s).unwrap(),
+            Stage::Bind
+        );
+        assert_eq!(Stage::parse(Some("prestart"), &s).unwrap(), Stage::Bind);
+        assert_eq!(Stage::parse(Some("poststop"), &s).unwrap(), Stage::Release);
+        assert_eq!(Stage::parse(None, &s).unwrap(), Stage::Bind);
+        assert_eq!(Stage::parse(None, &state("created")).unwrap(), Stage::Bind);
+        assert_eq!(
+            Stage::parse(None, &state("stopped")).unwrap(),
+            Stage::Release
+        );
+        assert!(Stage::parse(None, &state("running")).is_err());
+        for bad in ["", "startContainer", "POSTSTOP"] {
+            let e = Stage::parse(Some(bad), &s).unwrap_err().to_string();
             assert!(e.contains("createRuntime, prestart or poststop"), "{e}");
         }
     }
@@ -152,10 +293,17 @@ mod tests {
 
     #[test]
     fn a_container_the_shim_did_not_place_is_left_alone() {
-        let s = read_state(
-            &br#"{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,"bundle":"/b"}"#[..],
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"process": {"env": ["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=void"]}, "root": {"path": "rootfs"}}"#,
         )
         .unwrap();
+        let json = format!(
+            r#"{{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,"bundle":"{}"}}"#,
+            dir.path().display()
+        );
+        let s = read_state(json.as_bytes()).unwrap();
         // No config is read, so a broken GPUSHARE_CONFIG cannot matter.
         assert_eq!(run(Stage::Bind, &s).unwrap(), Outcome::NotOurs);
         assert_eq!(run(Stage::Release, &s).unwrap(), Outcome::NotOurs);

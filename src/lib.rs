@@ -10,6 +10,7 @@ pub mod error;
 pub mod hook;
 pub mod inventory;
 pub mod ledger;
+pub mod live;
 pub mod report;
 pub mod request;
 pub mod runtime_args;

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::decide::{decide, Decision, Load};
 use crate::edits::{ContainerEdits, HookSpec};
 use crate::inventory::Inventory;
-use crate::ledger::{self, Entry, Ledger};
+use crate::ledger::{self, Entry, Ledger, Locked};
 use crate::request::Request;
 use crate::runtime_args::CreateArgs;
 
@@ -115,6 +115,50 @@ impl Placed {
     }
 }
 
+/// A GPU container placed under the ledger lock: what it gets and its
+/// ledger entry, not yet reserved. Dropping it leaves the ledger as it was.
+pub struct Placement {
+    pub locked: Locked,
+    pub edits: ContainerEdits,
+    pub entry: Entry,
+}
+
+/// Decides for a bundle as create does, under the ledger lock (stale
+/// entries dropped first). `Ok(None)`: not a GPU container, or `none`:
+/// nothing to do. Shared by the shim and the hook used alone, so both
+/// place containers the same way.
+pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Placement>> {
+    let req = Request::from_env(bundle.env()?)?;
+    if !req.is_gpu() {
+        return Ok(None);
+    }
+    let inv = Inventory::load(cfg)?;
+    let mut locked = Ledger::new(&cfg.runtime.state_dir).lock()?;
+    locked.drop_stale(cfg.runtime.reservation_timeout_seconds, false);
+    let plan = plan(&req, cfg, &inv, &locked.load(Some(id)))?;
+    let Decision::Assign(a) = &plan.decision else {
+        return Ok(None);
+    };
+    if a.gpus.is_empty() {
+        return Ok(None);
+    }
+    let entry = Entry {
+        id: id.to_owned(),
+        gpus: a.gpus.iter().map(|g| g.uuid.clone()).collect(),
+        thread_percentage: a.thread_percentage.as_ref().map(|p| p.value),
+        pinned_mem_limit: a.pinned_mem_limit.clone(),
+        pid: None,
+        pid_start: None,
+        names: ledger::names_from_annotations(bundle.annotations()),
+        created: ledger::now(),
+    };
+    Ok(Some(Placement {
+        locked,
+        edits: plan.edits,
+        entry,
+    }))
+}
+
 /// The create path. `Ok(None)`: not a GPU container (or no GPU), the spec
 /// is untouched. `Ok(Some(_))`: spec rewritten and GPU reserved.
 pub fn intercept(args: &CreateArgs, cfg: &Config, hook: &Path) -> crate::Result<Option<Placed>> {
@@ -124,42 +168,25 @@ pub fn intercept(args: &CreateArgs, cfg: &Config, hook: &Path) -> crate::Result<
         args.bundle.clone()
     };
     let bundle = Bundle::open(&dir)?;
-    let req = Request::from_env(bundle.env()?)?;
-    if !req.is_gpu() {
-        return Ok(None);
-    }
-    let inv = Inventory::load(cfg)?;
-    let ledger = Ledger::new(&cfg.runtime.state_dir);
-    let mut locked = ledger.lock()?;
-    locked.drop_stale(cfg.runtime.reservation_timeout_seconds, false);
-    let plan = plan(&req, cfg, &inv, &locked.load(Some(&args.id)))?;
-    let Decision::Assign(a) = &plan.decision else {
+    let Some(Placement {
+        mut locked,
+        edits,
+        entry,
+    }) = place(&bundle, &args.id, cfg)?
+    else {
         return Ok(None);
     };
-    if a.gpus.is_empty() {
-        return Ok(None);
-    }
     let mut spec = bundle.spec.clone();
-    plan.edits
-        .apply_to_spec(&mut spec, Some(&HookSpec::for_config(hook.to_owned(), cfg)))?;
+    edits.apply_to_spec(&mut spec, Some(&HookSpec::for_config(hook.to_owned(), cfg)))?;
     bundle.write(&spec)?;
-    locked.reserve(Entry {
-        id: args.id.clone(),
-        gpus: a.gpus.iter().map(|g| g.uuid.clone()).collect(),
-        thread_percentage: a.thread_percentage.as_ref().map(|p| p.value),
-        pinned_mem_limit: a.pinned_mem_limit.clone(),
-        pid: None,
-        pid_start: None,
-        names: ledger::names_from_annotations(bundle.annotations()),
-        created: ledger::now(),
-    });
+    locked.reserve(entry);
     if let Err(e) = locked.commit() {
         let _ = bundle.restore();
         return Err(e.into());
     }
     Ok(Some(Placed {
         bundle,
-        ledger,
+        ledger: Ledger::new(&cfg.runtime.state_dir),
         id: args.id.clone(),
     }))
 }

@@ -60,24 +60,81 @@ fn a_lost_reservation_is_made_anew_at_bind() {
 }
 
 #[test]
-fn the_hook_ignores_containers_it_did_not_place_and_refuses_garbage() {
+fn the_hook_ignores_non_gpu_containers_and_refuses_garbage() {
     let node = Node::new(1, "");
-    // Even with a config that would not load: nothing is read for them.
     let out = node
         .command(BIN_HOOK)
-        .env("GPUSHARE_CONFIG", "/nonexistent/dir/")
         .arg("createRuntime")
         .output()
         .unwrap();
     assert!(!out.status.success(), "empty stdin is not a state");
-    let out = node.hook("createRuntime", &state("plain", 1, None));
-    assert!(out.status.success(), "{}", stderr(&out));
+    // A container with no GPU request costs no config read: even a config
+    // that would not load does not matter, at either stage.
+    let plain = node.bundle("plain", &["NVIDIA_VISIBLE_DEVICES=void"]);
+    let mut s = state("plain", 1, None);
+    s["bundle"] = json!(plain);
+    for stage in ["createRuntime", "poststop"] {
+        let out = node
+            .command(BIN_HOOK)
+            .env("GPUSHARE_CONFIG", "/nonexistent/dir/")
+            .arg(stage)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(s.to_string().as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(out.status.success(), "{stage}: {}", stderr(&out));
+    }
     assert!(node.ledger().is_empty());
-    let out = node.hook("bogus", &state("plain", 1, None));
+    let out = node.hook("bogus", &s);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("createRuntime, prestart or poststop"));
     let out = node.hook("createRuntime", &state("nopid", 0, Some(&uuid(0))));
     assert!(stderr(&out).contains("no pid"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_hook_alone_refuses_what_the_shim_refuses_and_records_nothing() {
+    let node = Node::new(2, "");
+    for (name, env, needle) in [
+        ("two", &["NVIDIA_VISIBLE_DEVICES=0,1"][..], "at most 1"),
+        (
+            "pct",
+            &[
+                "NVIDIA_VISIBLE_DEVICES=0",
+                "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=0",
+            ][..],
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
+        ),
+        (
+            "mem",
+            &[
+                "NVIDIA_VISIBLE_DEVICES=0",
+                "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=9Q",
+            ][..],
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
+        ),
+    ] {
+        let b = node.bundle(name, env);
+        let mut s = state(name, std::process::id(), None);
+        s["bundle"] = json!(b);
+        let out = node.hook("prestart", &s);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(needle) && err.trim_end().lines().count() == 1,
+            "{name}: {err}"
+        );
+    }
+    assert!(node.ledger().is_empty());
 }
 
 #[test]

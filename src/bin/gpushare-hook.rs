@@ -1,16 +1,22 @@
 //! `gpushare-hook`: run by the low-level runtime as an OCI hook, with the
-//! stage as its first argument and the container state on stdin.
+//! stage as its first argument (or taken from the state's status) and the
+//! container state on stdin.
 
 use gpushare::hook::{self, Stage};
 
 fn main() {
+    // Nothing inherited is trusted but the config's location: a hook runs
+    // with whatever environment the runtime (or the container's spec) gave.
+    for (key, _) in std::env::vars_os() {
+        if key != gpushare::config::ENV_VAR {
+            std::env::remove_var(key);
+        }
+    }
     let stage = std::env::args().nth(1);
-    let result = Stage::parse(stage.as_deref())
+    let result = hook::read_state(std::io::stdin().lock())
+        .and_then(|state| Ok((Stage::parse(stage.as_deref(), &state)?, state)))
         .map_err(gpushare::Error::from)
-        .and_then(|stage| {
-            let state = hook::read_state(std::io::stdin().lock())?;
-            hook::run(stage, &state)
-        });
+        .and_then(|(stage, state)| hook::run(stage, &state));
     if let Err(e) = result {
         eprintln!("gpushare-hook: {}", e.one_line());
         std::process::exit(e.exit_code());

@@ -1,0 +1,575 @@
+//! Applying `ContainerEdits` to a live container, for the hook used alone
+//! (podman and CRI-O `hooks.d`, containerd's base spec): bind the host's
+//! device nodes into the container's rootfs from inside its mount
+//! namespace, and open its device cgroup for exactly those nodes.
+//!
+//! Ref: runc runs prestart/createRuntime hooks after the container's mounts
+//! are set up (its /dev tmpfs included) and before pivot_root, in the
+//! runtime's namespaces: the rootfs is still at its host path inside the
+//! container's mount namespace.
+//!
+//! The rootfs belongs to the container and is hostile by assumption: every
+//! path in it is resolved with `openat2(RESOLVE_IN_ROOT)`, so a symlink
+//! (`/dev` → `/etc`, `/tmp` → `/`) resolves inside the rootfs, never out of
+//! it; mount targets are named by file descriptor (`/proc/self/fd/N`), never
+//! by a path that could be swapped between check and use.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::mount::{mount, MsFlags};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
+use nix::unistd::{unlinkat, UnlinkatFlags};
+use thiserror::Error;
+
+use crate::edits::{ContainerEdits, DeviceEdit};
+
+#[derive(Debug, Error)]
+pub enum LiveError {
+    #[error("cannot {what} (container pid {pid}): {source}; the hook must run as root from the container runtime")]
+    Namespace {
+        what: &'static str,
+        pid: i32,
+        #[source]
+        source: Errno,
+    },
+    #[error("rootfs path {path:?} cannot be used: {why}")]
+    Path { path: PathBuf, why: String },
+    #[error("cannot {what} {path:?} inside the container's rootfs: {source}")]
+    InRoot {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot open host node {path}: {source}")]
+    HostNode {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot bind {source_path} onto {target:?} in the container: {source}")]
+    Mount {
+        source_path: PathBuf,
+        target: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot find the container's device cgroup: {0}")]
+    NoCgroup(String),
+    #[error("cannot allow {rule:?} in {path}: {source}")]
+    CgroupWrite {
+        rule: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the container (pid {0}) is in a cgroup v2 hierarchy: opening its device cgroup there needs a BPF device program, which this version does not load; run the container under cgroup v1 devices or through gpushare-runtime")]
+    CgroupV2(i32),
+}
+
+/// The flags every in-root lookup uses: stay inside the root, and refuse
+/// /proc-style magic links, which could point anywhere.
+fn in_root() -> ResolveFlag {
+    ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS
+}
+
+/// A relative path with only normal components (a leading `/` is dropped:
+/// container paths are relative to the rootfs).
+fn relative(path: &Path) -> Result<PathBuf, LiveError> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(LiveError::Path {
+                    path: path.to_owned(),
+                    why: "it contains ..".into(),
+                })
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(LiveError::Path {
+            path: path.to_owned(),
+            why: "it names the root itself".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Opens `rel` inside `root` (symlinks resolve within it).
+pub fn open_in_root(root: BorrowedFd, rel: &Path, flags: OFlag) -> Result<OwnedFd, LiveError> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(in_root());
+    openat2(root.as_raw_fd(), rel, how)
+        .map(|fd| {
+            // SAFETY: openat2 returned a fresh descriptor that nothing else owns.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+        })
+        .map_err(|source| LiveError::InRoot {
+            what: "open",
+            path: rel.to_owned(),
+            source,
+        })
+}
+
+/// The directory `rel` inside `root`, made (0755) where it is missing.
+pub fn ensure_dir(root: BorrowedFd, rel: &Path) -> Result<OwnedFd, LiveError> {
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+    let mut so_far = PathBuf::new();
+    let mut fd = open_in_root(root, Path::new("."), dir_flags)?;
+    for c in rel.components() {
+        so_far.push(c);
+        fd = match open_in_root(root, &so_far, dir_flags) {
+            Ok(fd) => fd,
+            Err(LiveError::InRoot {
+                source: Errno::ENOENT,
+                ..
+            }) => {
+                // `fd` is the parent as resolved inside the root; the new
+                // name is one plain component, made relative to it.
+                match mkdirat(
+                    Some(fd.as_raw_fd()),
+                    c.as_os_str(),
+                    Mode::from_bits_truncate(0o755),
+                ) {
+                    Ok(()) => open_in_root(root, &so_far, dir_flags)?,
+                    // Something is there yet does not resolve: a symlink
+                    // to nothing inside the rootfs. Making its target would
+                    // mean following it by hand; refuse instead.
+                    Err(Errno::EEXIST) => {
+                        open_in_root(root, &so_far, dir_flags).map_err(|_| LiveError::Path {
+                            path: so_far.clone(),
+                            why: "it is a symlink that leads nowhere inside the rootfs".into(),
+                        })?
+                    }
+                    Err(source) => {
+                        return Err(LiveError::InRoot {
+                            what: "make directory",
+                            path: so_far,
+                            source,
+                        })
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(fd)
+}
+
+/// What a bind mount lands on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    File,
+    Dir,
+}
+
+/// Makes the mount target `rel` inside `root` and returns an O_PATH
+/// descriptor of it. A symlink already there is removed (it lives inside
+/// the rootfs; following it is what must never happen); a target of the
+/// wrong kind is an error.
+pub fn ensure_target(root: BorrowedFd, rel: &Path, kind: TargetKind) -> Result<OwnedFd, LiveError> {
+    let rel = relative(rel)?;
+    let name = rel.file_name().expect("relative() leaves a last component");
+    let parent = ensure_dir(root, rel.parent().unwrap_or(Path::new("")))?;
+    let err = |what, source| LiveError::InRoot {
+        what,
+        path: rel.clone(),
+        source,
+    };
+    let open_existing = || {
+        openat(
+            Some(parent.as_raw_fd()),
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    if let Ok(fd) = open_existing() {
+        // SAFETY: openat returned a fresh descriptor that nothing else owns.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let st = fstat(fd.as_raw_fd()).map_err(|e| err("inspect", e))?;
+        let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        match (fmt, kind) {
+            (SFlag::S_IFLNK, _) => {
+                drop(fd);
+                unlinkat(Some(parent.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir)
+                    .map_err(|e| err("remove symlink", e))?;
+            }
+            (SFlag::S_IFDIR, TargetKind::Dir) => return Ok(fd),
+            (SFlag::S_IFREG | SFlag::S_IFCHR, TargetKind::File) => return Ok(fd),
+            _ => {
+                return Err(LiveError::Path {
+                    path: rel,
+                    why: format!(
+                        "it exists and is not a {}",
+                        if kind == TargetKind::Dir {
+                            "directory"
+                        } else {
+                            "file"
+                        }
+                    ),
+                })
+            }
+        }
+    }
+    match kind {
+        TargetKind::Dir => match mkdirat(
+            Some(parent.as_raw_fd()),
+            name,
+            Mode::from_bits_truncate(0o755),
+        ) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(err("make directory", e)),
+        },
+        TargetKind::File => {
+            let fd = openat(
+                Some(parent.as_raw_fd()),
+                name,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .map_err(|e| err("create", e))?;
+            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        }
+    }
+    let fd = open_existing().map_err(|e| err("open", e))?;
+    // SAFETY: openat returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+fn fd_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Binds `source` (an open host node) onto `rel` inside `root`, then sets
+/// `flags` (nosuid, noexec, …) on the new mount.
+fn bind(
+    root: BorrowedFd,
+    source: &OwnedFd,
+    source_path: &Path,
+    rel: &Path,
+    kind: TargetKind,
+    flags: MsFlags,
+) -> Result<(), LiveError> {
+    let target = ensure_target(root, rel, kind)?;
+    let merr = |source| LiveError::Mount {
+        source_path: source_path.to_owned(),
+        target: rel.to_owned(),
+        source,
+    };
+    mount(
+        Some(&fd_path(source)),
+        &fd_path(&target),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(merr)?;
+    // Flags on a bind take a remount of the new mount, which the path now
+    // resolves to (Ref: mount(2), "Creating a bind mount").
+    let mounted = open_in_root(root, &relative(rel)?, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
+    mount(
+        None::<&str>,
+        &fd_path(&mounted),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+        None::<&str>,
+    )
+    .map_err(merr)
+}
+
+/// The cgroup v1 `devices.allow` file of a process, from its
+/// `/proc/<pid>/cgroup` text and the mount table.
+pub fn devices_allow_path(proc_cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
+    let rel = proc_cgroup.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "devices")
+            .then(|| path.to_owned())
+    })?;
+    // mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS ... - FSTYPE SOURCE SUPEROPTS
+    let mountpoint = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split(' ');
+        let (fstype, _, superopts) = (r.next()?, r.next()?, r.next()?);
+        if fstype != "cgroup" || !superopts.split(',').any(|o| o == "devices") {
+            return None;
+        }
+        let fields: Vec<&str> = left.split(' ').collect();
+        let root = fields.get(3)?;
+        let mp = fields.get(4)?;
+        // A hierarchy mounted from a sub-cgroup shows paths relative to it.
+        let sub = rel.strip_prefix(root.trim_end_matches('/')).unwrap_or(&rel);
+        Some(PathBuf::from(mp).join(sub.trim_start_matches('/')))
+    })?;
+    Some(mountpoint.join("devices.allow"))
+}
+
+/// Opens the device cgroup of `pid` for each device: `c MAJ:MIN rw`.
+pub fn allow_devices(pid: i32, devices: &[DeviceEdit]) -> Result<(), LiveError> {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| LiveError::NoCgroup(e.to_string()))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| LiveError::NoCgroup(e.to_string()))?;
+    let Some(path) = devices_allow_path(&cgroup, &mountinfo) else {
+        return Err(LiveError::CgroupV2(pid));
+    };
+    for d in devices {
+        let rule = format!("c {}:{} rw", d.major, d.minor);
+        // The kernel takes one rule per write.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f: File| f.write_all(rule.as_bytes()));
+        written.map_err(|source| LiveError::CgroupWrite {
+            rule: rule.clone(),
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Applies `edits` to the running container `pid` whose rootfs is at
+/// `rootfs` (a host path, as in its spec). Device cgroup first, so the
+/// nodes are never visible before they work; then the binds, from inside
+/// the container's mount namespace; then back to our own.
+pub fn apply(edits: &ContainerEdits, pid: i32, rootfs: &Path) -> Result<(), LiveError> {
+    allow_devices(pid, &edits.devices)?;
+    let ns_err = |what, source| LiveError::Namespace { what, pid, source };
+    let open = |p: &str| {
+        File::open(p).map_err(|e| {
+            ns_err(
+                "open mount namespace",
+                Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            )
+        })
+    };
+    let ours = open("/proc/self/ns/mnt")?;
+    let theirs = open(&format!("/proc/{pid}/ns/mnt"))?;
+    // Host nodes are opened here, in our namespace: nothing about them is
+    // looked up through the container's filesystem.
+    let mut sources = Vec::new();
+    for d in &edits.devices {
+        let fd = nix::fcntl::open(
+            &d.host_path,
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|source| LiveError::HostNode {
+            path: d.host_path.clone(),
+            source,
+        })?;
+        // SAFETY: open returned a fresh descriptor that nothing else owns.
+        sources.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
+    let mut mount_sources = Vec::new();
+    for m in &edits.mounts {
+        let fd = nix::fcntl::open(
+            &m.source,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|source| LiveError::HostNode {
+            path: m.source.clone(),
+            source,
+        })?;
+        // SAFETY: open returned a fresh descriptor that nothing else owns.
+        mount_sources.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
+    setns(theirs.as_fd(), CloneFlags::CLONE_NEWNS)
+        .map_err(|e| ns_err("enter the mount namespace of", e))?;
+    let result = (|| {
+        let root = nix::fcntl::open(
+            rootfs,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|source| LiveError::InRoot {
+            what: "open rootfs",
+            path: rootfs.to_owned(),
+            source,
+        })?;
+        // SAFETY: open returned a fresh descriptor that nothing else owns.
+        let root = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(root) };
+        for (d, src) in edits.devices.iter().zip(&sources) {
+            // Device nodes need dev; they get neither suid nor exec.
+            bind(
+                root.as_fd(),
+                src,
+                &d.host_path,
+                Path::new(&d.path),
+                TargetKind::File,
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            )?;
+        }
+        for (m, src) in edits.mounts.iter().zip(&mount_sources) {
+            bind(
+                root.as_fd(),
+                src,
+                &m.source,
+                Path::new(&m.destination),
+                TargetKind::Dir,
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
+            )?;
+        }
+        Ok(())
+    })();
+    setns(ours.as_fd(), CloneFlags::CLONE_NEWNS)
+        .map_err(|e| ns_err("return to the hook's own mount namespace from", e))?;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn root(dir: &Path) -> OwnedFd {
+        let fd = nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+    }
+
+    /// A host directory the hostile rootfs points at, and the rootfs.
+    fn hostile() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let host = t.path().join("host-target");
+        let rootfs = t.path().join("rootfs");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::create_dir_all(rootfs.join("real")).unwrap();
+        std::fs::write(host.join("passwd"), "host file").unwrap();
+        (t, host, rootfs)
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_absolute_symlinked_dev_resolves_inside_the_rootfs() {
+        let (_t, host, rootfs) = hostile();
+        symlink(&host, rootfs.join("dev")).unwrap();
+        let r = root(&rootfs);
+        // Nothing at that path inside the rootfs: refused, not followed out.
+        let e = ensure_target(r.as_fd(), Path::new("/dev/nvidia1"), TargetKind::File).unwrap_err();
+        assert!(
+            e.to_string().contains("leads nowhere inside the rootfs"),
+            "{e}"
+        );
+        assert_eq!(listing(&host), ["passwd"], "the host side is untouched");
+        // Once the runtime has made it (as runc does, mounting /dev's tmpfs
+        // at the link's target inside the rootfs), the node lands there.
+        let inside = rootfs.join(host.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        ensure_target(r.as_fd(), Path::new("/dev/nvidia1"), TargetKind::File).unwrap();
+        assert!(inside.join("nvidia1").is_file());
+        assert_eq!(listing(&host), ["passwd"], "the host side is untouched");
+    }
+
+    #[test]
+    fn a_preexisting_symlinked_node_is_replaced_not_followed() {
+        let (_t, host, rootfs) = hostile();
+        std::fs::create_dir(rootfs.join("dev")).unwrap();
+        symlink(host.join("passwd"), rootfs.join("dev/nvidia0")).unwrap();
+        let r = root(&rootfs);
+        let fd = ensure_target(r.as_fd(), Path::new("dev/nvidia0"), TargetKind::File).unwrap();
+        let st = fstat(fd.as_raw_fd()).unwrap();
+        assert_eq!(
+            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT,
+            SFlag::S_IFREG
+        );
+        assert!(!rootfs.join("dev/nvidia0").is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(host.join("passwd")).unwrap(),
+            "host file"
+        );
+    }
+
+    #[test]
+    fn escaping_links_stay_inside() {
+        let (_t, host, rootfs) = hostile();
+        symlink("/", rootfs.join("tmp")).unwrap();
+        symlink("../../../../../../", rootfs.join("real/up")).unwrap();
+        let r = root(&rootfs);
+        ensure_target(r.as_fd(), Path::new("/tmp/nvidia-mps"), TargetKind::Dir).unwrap();
+        assert!(
+            rootfs.join("nvidia-mps").is_dir(),
+            "/tmp → / is the rootfs's own root"
+        );
+        std::fs::create_dir(rootfs.join("x")).unwrap();
+        symlink("../../../etc", rootfs.join("x/nvidia-mps")).unwrap();
+        // The target itself is a link out: it is removed, a directory made.
+        ensure_target(r.as_fd(), Path::new("x/nvidia-mps"), TargetKind::Dir).unwrap();
+        assert!(rootfs.join("x/nvidia-mps").is_dir() && !rootfs.join("x/nvidia-mps").is_symlink());
+        ensure_target(
+            r.as_fd(),
+            Path::new("real/up/dev/nvidia9"),
+            TargetKind::File,
+        )
+        .unwrap();
+        assert!(rootfs.join("dev/nvidia9").is_file());
+        assert_eq!(listing(&host), ["passwd"]);
+    }
+
+    #[test]
+    fn dotdot_and_wrong_kinds_are_refused() {
+        let (_t, _host, rootfs) = hostile();
+        let r = root(&rootfs);
+        assert!(ensure_target(r.as_fd(), Path::new("dev/../../x"), TargetKind::File).is_err());
+        assert!(ensure_target(r.as_fd(), Path::new("/"), TargetKind::Dir).is_err());
+        let e = ensure_target(r.as_fd(), Path::new("real"), TargetKind::File).unwrap_err();
+        assert!(e.to_string().contains("not a file"), "{e}");
+    }
+
+    #[test]
+    fn the_devices_allow_file_is_found_from_proc() {
+        let cgroup = "12:pids:/c1\n5:devices:/docker/abc\n0::/\n";
+        let mountinfo = "30 25 0:26 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                         31 25 0:27 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices\n";
+        assert_eq!(
+            devices_allow_path(cgroup, mountinfo),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/devices/docker/abc/devices.allow"
+            ))
+        );
+        // A hierarchy mounted from a sub-cgroup (inside a container).
+        let nested = "31 25 0:27 /docker /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices\n";
+        assert_eq!(
+            devices_allow_path(cgroup, nested),
+            Some(PathBuf::from("/sys/fs/cgroup/devices/abc/devices.allow"))
+        );
+        assert_eq!(
+            devices_allow_path("0::/user.slice\n", mountinfo),
+            None,
+            "pure v2"
+        );
+        assert_eq!(
+            devices_allow_path(
+                cgroup,
+                "40 25 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
+            ),
+            None
+        );
+    }
+}
