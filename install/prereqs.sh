@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Sourced by demo.sh and test.sh: checks for root and installs what the
-# end-to-end runs need (runc, a static busybox for the test rootfs) with
-# apt-get when it is missing.
+# Sourced by demo.sh, test.sh and bench.sh: checks for root and installs
+# what the end-to-end runs need (runc, a static busybox for the test rootfs,
+# podman for the hooks.d tests) with apt-get when it is missing.
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then
     echo "$1: needs root (it makes device nodes and runs containers with runc): run it as root or with sudo" >&2
@@ -12,6 +12,7 @@ need_root() {
 ensure_packages() {
   local missing=()
   command -v runc >/dev/null 2>&1 || missing+=(runc)
+  command -v podman >/dev/null 2>&1 || missing+=(podman)
   if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
     missing+=(busybox-static)
   fi

@@ -11,8 +11,8 @@
 //! The rootfs belongs to the container and is hostile by assumption: every
 //! path in it is resolved with `openat2(RESOLVE_IN_ROOT)`, so a symlink
 //! (`/dev` → `/etc`, `/tmp` → `/`) resolves inside the rootfs, never out of
-//! it; mount targets are named by file descriptor (`/proc/self/fd/N`), never
-//! by a path that could be swapped between check and use.
+//! it; mounts are made with the fd-based mount API (open_tree, move_mount),
+//! never through a path that could be swapped between check and use.
 
 use std::fs::File;
 use std::io::Write;
@@ -21,7 +21,6 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
-use nix::mount::{mount, MsFlags};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
@@ -251,45 +250,93 @@ pub fn ensure_target(root: BorrowedFd, rel: &Path, kind: TargetKind) -> Result<O
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
-fn fd_path(fd: &impl AsRawFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+// The new mount API (Linux 5.2; mount_setattr 5.12). libc has the
+// syscall numbers but not these constants. Ref: include/uapi/linux/mount.h.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
 }
 
-/// Binds `source` (an open host node) onto `rel` inside `root`, then sets
-/// `flags` (nosuid, noexec, …) on the new mount.
-fn bind(
+/// A detached copy of the mount at `path` (a bind of that file or
+/// directory alone), with `attrs` set on it. Made in our own namespace, so
+/// the host path is resolved on the host; attached later wherever we are.
+fn detached_bind(path: &Path, attrs: u64) -> Result<OwnedFd, LiveError> {
+    let err = |source| LiveError::HostNode {
+        path: path.to_owned(),
+        source,
+    };
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| err(Errno::EINVAL))?;
+    // SAFETY: a valid NUL-terminated path; the result is a new descriptor.
+    let fd = Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    })
+    .map_err(err)?;
+    // SAFETY: open_tree returned a fresh descriptor that nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: fd is ours, "" with AT_EMPTY_PATH names it, attr is a valid
+    // struct of the size passed.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map_err(err)?;
+    Ok(fd)
+}
+
+/// Attaches the detached mount `tree` onto `rel` inside `root`.
+fn attach(
     root: BorrowedFd,
-    source: &OwnedFd,
+    tree: &OwnedFd,
     source_path: &Path,
     rel: &Path,
     kind: TargetKind,
-    flags: MsFlags,
 ) -> Result<(), LiveError> {
     let target = ensure_target(root, rel, kind)?;
-    let merr = |source| LiveError::Mount {
+    // SAFETY: both descriptors are ours and named with empty paths.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+    .map_err(|source| LiveError::Mount {
         source_path: source_path.to_owned(),
         target: rel.to_owned(),
         source,
-    };
-    mount(
-        Some(&fd_path(source)),
-        &fd_path(&target),
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(merr)?;
-    // Flags on a bind take a remount of the new mount, which the path now
-    // resolves to (Ref: mount(2), "Creating a bind mount").
-    let mounted = open_in_root(root, &relative(rel)?, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
-    mount(
-        None::<&str>,
-        &fd_path(&mounted),
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
-        None::<&str>,
-    )
-    .map_err(merr)
+    })
 }
 
 /// The cgroup v1 `devices.allow` file of a process, from its
@@ -363,35 +410,22 @@ pub fn apply(edits: &ContainerEdits, pid: i32, rootfs: &Path) -> Result<(), Live
     };
     let ours = open("/proc/self/ns/mnt")?;
     let theirs = open(&format!("/proc/{pid}/ns/mnt"))?;
-    // Host nodes are opened here, in our namespace: nothing about them is
-    // looked up through the container's filesystem.
-    let mut sources = Vec::new();
+    // Host nodes are cloned here, in our namespace: nothing about them is
+    // looked up through the container's filesystem. Device nodes need dev;
+    // they get neither suid nor exec. Directories get none of the three.
+    let mut trees = Vec::new();
     for d in &edits.devices {
-        let fd = nix::fcntl::open(
+        trees.push(detached_bind(
             &d.host_path,
-            OFlag::O_PATH | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|source| LiveError::HostNode {
-            path: d.host_path.clone(),
-            source,
-        })?;
-        // SAFETY: open returned a fresh descriptor that nothing else owns.
-        sources.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+        )?);
     }
-    let mut mount_sources = Vec::new();
+    let mut dir_trees = Vec::new();
     for m in &edits.mounts {
-        let fd = nix::fcntl::open(
+        dir_trees.push(detached_bind(
             &m.source,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|source| LiveError::HostNode {
-            path: m.source.clone(),
-            source,
-        })?;
-        // SAFETY: open returned a fresh descriptor that nothing else owns.
-        mount_sources.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NODEV,
+        )?);
     }
     setns(theirs.as_fd(), CloneFlags::CLONE_NEWNS)
         .map_err(|e| ns_err("enter the mount namespace of", e))?;
@@ -408,25 +442,22 @@ pub fn apply(edits: &ContainerEdits, pid: i32, rootfs: &Path) -> Result<(), Live
         })?;
         // SAFETY: open returned a fresh descriptor that nothing else owns.
         let root = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(root) };
-        for (d, src) in edits.devices.iter().zip(&sources) {
-            // Device nodes need dev; they get neither suid nor exec.
-            bind(
+        for (d, tree) in edits.devices.iter().zip(&trees) {
+            attach(
                 root.as_fd(),
-                src,
+                tree,
                 &d.host_path,
                 Path::new(&d.path),
                 TargetKind::File,
-                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
             )?;
         }
-        for (m, src) in edits.mounts.iter().zip(&mount_sources) {
-            bind(
+        for (m, tree) in edits.mounts.iter().zip(&dir_trees) {
+            attach(
                 root.as_fd(),
-                src,
+                tree,
                 &m.source,
                 Path::new(&m.destination),
                 TargetKind::Dir,
-                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
             )?;
         }
         Ok(())

@@ -1,0 +1,236 @@
+//! What the end-to-end tests share: a simulated node, a busybox rootfs,
+//! bundles made with `runc spec`, and the ledger as `gpushare status` shows
+//! it.
+//!
+//! Needs root (mknod, runc, device cgroups), `runc` on PATH and a static
+//! busybox at /bin/busybox (Debian: `apt-get install runc busybox-static`).
+//! A missing prerequisite fails the test with what to install: these tests
+//! never skip.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+
+pub const RUNTIME: &str = env!("CARGO_BIN_EXE_gpushare-runtime");
+pub const CLI: &str = env!("CARGO_BIN_EXE_gpushare");
+pub const HOOK: &str = env!("CARGO_BIN_EXE_gpushare-hook");
+pub const BUSYBOX: &str = "/bin/busybox";
+
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub runc_root: PathBuf,
+    pub rootfs: PathBuf,
+    pub tag: String,
+}
+
+pub fn require_prerequisites() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "integration tests need root (mknod, runc, device cgroups): run them as root, as CI does"
+    );
+    let runc = Command::new("runc").arg("--version").output();
+    assert!(
+        runc.is_ok_and(|o| o.status.success()),
+        "runc is not on PATH: apt-get install runc"
+    );
+    assert!(
+        Path::new(BUSYBOX).is_file(),
+        "{BUSYBOX} is missing: apt-get install busybox-static"
+    );
+}
+
+impl Node {
+    pub fn new(tag: &str) -> Node {
+        require_prerequisites();
+        let dir = tempfile::Builder::new()
+            .prefix("gpushare-it-")
+            .tempdir()
+            .unwrap();
+        let out = Command::new(CLI)
+            .args(["simulate", "--gpus", "2", "--dir"])
+            .arg(dir.path().join("node"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let config = PathBuf::from(
+            stdout
+                .trim()
+                .strip_prefix("export GPUSHARE_CONFIG=")
+                .unwrap(),
+        );
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "tmp", "dev", "proc", "sys"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+        for applet in ["sh", "cat", "ls", "mknod", "sleep", "stat", "test", "echo"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        Node {
+            runc_root: dir.path().join("runc-root"),
+            config,
+            rootfs,
+            tag: format!("gs-{tag}-{}", std::process::id()),
+            dir,
+        }
+    }
+
+    pub fn id(&self, n: usize) -> String {
+        format!("{}-{n}", self.tag)
+    }
+
+    /// A bundle whose process runs `script` with `env` added.
+    pub fn bundle(&self, name: &str, env: &[&str], script: &str) -> PathBuf {
+        let b = self.dir.path().join(name);
+        std::fs::create_dir_all(&b).unwrap();
+        let out = Command::new("runc")
+            .arg("spec")
+            .current_dir(&b)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let mut spec: Value =
+            serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+        spec["root"] = json!({"path": self.rootfs, "readonly": false});
+        spec["process"]["terminal"] = json!(false);
+        spec["process"]["args"] = json!(["sh", "-c", script]);
+        let e = spec["process"]["env"].as_array_mut().unwrap();
+        e.extend(env.iter().map(|v| json!(v)));
+        for set in spec["process"]["capabilities"]
+            .as_object_mut()
+            .unwrap()
+            .values_mut()
+        {
+            set.as_array_mut().unwrap().push(json!("CAP_MKNOD"));
+        }
+        std::fs::write(
+            b.join("config.json"),
+            serde_json::to_vec_pretty(&spec).unwrap(),
+        )
+        .unwrap();
+        b
+    }
+
+    pub fn runtime(&self) -> Command {
+        let mut c = Command::new(RUNTIME);
+        c.env("GPUSHARE_CONFIG", &self.config)
+            .arg("--root")
+            .arg(&self.runc_root)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Plain runc on this node's runc root: no shim.
+    pub fn runc(&self) -> Command {
+        let mut c = Command::new("runc");
+        c.arg("--root").arg(&self.runc_root).stdin(Stdio::null());
+        c
+    }
+
+    /// Edits the bundle's spec in place.
+    pub fn edit_spec(&self, bundle: &Path, edit: impl FnOnce(&mut Value)) {
+        let path = bundle.join("config.json");
+        let mut spec: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut spec);
+        std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    }
+
+    /// Writes gpushare-hook into the spec as a podman or CRI-O hooks.d
+    /// file would have it: prestart and poststop, stage from the argument.
+    pub fn with_hook(&self, bundle: &Path) {
+        let config = self.config.clone();
+        self.edit_spec(bundle, |spec| {
+            let hook = |stage: &str| json!([{"path": HOOK, "args": ["gpushare-hook", stage], "env": [format!("GPUSHARE_CONFIG={}", config.display())]}]);
+            spec["hooks"] = json!({"prestart": hook("prestart"), "poststop": hook("poststop")});
+        });
+    }
+
+    /// `create`, waited for: the runtime's output and exit status.
+    pub fn create(&self, bundle: &Path, id: &str) -> Output {
+        self.runtime()
+            .args(["create", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .output()
+            .unwrap()
+    }
+
+    /// `run` in the foreground: the container's output and exit status.
+    pub fn run(&self, bundle: &Path, id: &str) -> Output {
+        self.runtime()
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ledger(&self) -> Vec<Value> {
+        let out = Command::new(CLI)
+            .env("GPUSHARE_CONFIG", &self.config)
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| {
+                g["containers"].as_array().unwrap().iter().map(move |c| {
+                    let mut c = c.clone();
+                    c["gpu"] = g["index"].clone();
+                    c
+                })
+            })
+            .collect()
+    }
+
+    pub fn runc_knows(&self, id: &str) -> bool {
+        Command::new("runc")
+            .arg("--root")
+            .arg(&self.runc_root)
+            .args(["state", id])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Leave no container behind, whatever the test did.
+        if let Ok(entries) = std::fs::read_dir(&self.runc_root) {
+            for e in entries.flatten() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&self.runc_root)
+                    .args(["delete", "--force"])
+                    .arg(e.file_name())
+                    .output();
+            }
+        }
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

@@ -1,0 +1,249 @@
+//! gpushare-hook used alone, as podman and CRI-O `hooks.d` and containerd's
+//! base spec use it: no shim, the hook does the whole job on the live
+//! container. Root; see common/mod.rs for what it needs (podman too).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use serde_json::json;
+
+const GPU1_SCRIPT: &str = "stat -c 'node %t:%T' /dev/nvidia1; cat /dev/nvidia1; \
+    test -e /dev/nvidia0 && echo has-nvidia0 || echo no-nvidia0; \
+    mknod /tmp/sneaky0 c 195 0 && cat /tmp/sneaky0; \
+    grep nvidia1 /proc/self/mountinfo";
+
+fn assert_sees_only_gpu_1(t: &str) {
+    assert!(t.contains("node c3:1"), "/dev/nvidia1 is 195:1: {t}");
+    assert!(
+        t.contains("can't open '/dev/nvidia1': No such device or address"),
+        "the cgroup lets it open its GPU (ENXIO: no driver): {t}"
+    );
+    assert!(t.contains("no-nvidia0"), "{t}");
+    assert!(
+        t.contains("can't open '/tmp/sneaky0': Operation not permitted"),
+        "a hand-made 195:0 is denied: {t}"
+    );
+    assert!(
+        t.contains("nosuid") && t.contains("noexec"),
+        "the node is mounted nosuid,noexec: {t}"
+    );
+}
+
+#[test]
+fn runc_with_the_hook_in_the_spec_gives_gpu_1_only() {
+    let node = Node::new("alone");
+    let b = node.bundle(
+        "b",
+        &["NVIDIA_VISIBLE_DEVICES=1"],
+        &format!("{GPU1_SCRIPT}; sleep 2"),
+    );
+    node.with_hook(&b);
+    let id = node.id(0);
+    let child = node
+        .runc()
+        .args(["run", "--bundle"])
+        .arg(&b)
+        .arg(&id)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While it runs, the ledger holds it with its pid.
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held = node.ledger();
+        if !held.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(40));
+    }
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (held[0]["gpu"].as_u64(), held[0]["state"].as_str()),
+        (Some(1), Some("running"))
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_sees_only_gpu_1(&text(&out));
+    assert!(node.ledger().is_empty(), "poststop released it");
+}
+
+#[test]
+fn the_hook_alone_refuses_two_gpus_and_runc_creates_nothing() {
+    let node = Node::new("alone-refused");
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0,1"], "echo ran");
+    node.with_hook(&b);
+    let id = node.id(0);
+    let out = node
+        .runc()
+        .args(["run", "--bundle"])
+        .arg(&b)
+        .arg(&id)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(!out.status.success() && !t.contains("\nran"), "{t}");
+    assert!(
+        t.contains("policy.max_gpus_per_container"),
+        "runc shows the hook's line: {t}"
+    );
+    assert!(!node.runc_knows(&id));
+    assert!(node.ledger().is_empty());
+}
+
+#[test]
+fn a_dev_symlinked_to_a_host_path_is_resolved_inside_the_rootfs() {
+    let node = Node::new("hostile-dev");
+    let host_target = node.dir.path().join("host-target");
+    std::fs::create_dir(&host_target).unwrap();
+    std::fs::write(host_target.join("keep"), "host").unwrap();
+    // A rootfs of its own whose /dev points at the host directory.
+    let rootfs = node.dir.path().join("hostile-rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    for d in ["bin", "proc", "sys", "tmp"] {
+        copy_dir(&node.rootfs.join(d), &rootfs.join(d));
+    }
+    std::os::unix::fs::symlink(&host_target, rootfs.join("dev")).unwrap();
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=1"], GPU1_SCRIPT);
+    node.edit_spec(&b, |s| s["root"]["path"] = json!(rootfs));
+    node.with_hook(&b);
+    let out = node
+        .runc()
+        .args(["run", "--bundle"])
+        .arg(&b)
+        .arg(node.id(0))
+        .output()
+        .unwrap();
+    assert_sees_only_gpu_1(&text(&out));
+    // Nothing of gpushare's lands on the host side. (runc 1.1 itself writes
+    // its /dev/fd, /dev/stdin, … links through such a /dev link; those are
+    // runc's, and not what this test is about.)
+    let ours: Vec<String> = std::fs::read_dir(&host_target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("nvidia"))
+        .collect();
+    assert!(ours.is_empty(), "the host directory got {ours:?}");
+    let inside = rootfs.join(host_target.strip_prefix("/").unwrap());
+    assert!(
+        inside.is_dir(),
+        "the link resolved inside the rootfs, at {inside:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host_target.join("keep")).unwrap(),
+        "host"
+    );
+}
+
+#[test]
+fn a_node_that_is_a_symlink_to_a_host_file_is_replaced_inside_the_rootfs() {
+    let node = Node::new("hostile-node");
+    let host_file = node.dir.path().join("host-file");
+    std::fs::write(&host_file, "host secret").unwrap();
+    // No /dev tmpfs: the rootfs's own /dev is used, with a planted link.
+    std::fs::create_dir_all(node.rootfs.join("dev")).unwrap();
+    std::os::unix::fs::symlink(&host_file, node.rootfs.join("dev/nvidia1")).unwrap();
+    let b = node.bundle(
+        "b",
+        &["NVIDIA_VISIBLE_DEVICES=1"],
+        "cat /dev/nvidia1; grep nvidia1 /proc/self/mountinfo",
+    );
+    node.edit_spec(&b, |s| {
+        let mounts = s["mounts"].as_array_mut().unwrap();
+        mounts.retain(|m| !m["destination"].as_str().unwrap().starts_with("/dev"));
+    });
+    node.with_hook(&b);
+    let out = node
+        .runc()
+        .args(["run", "--bundle"])
+        .arg(&b)
+        .arg(node.id(0))
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(
+        t.contains("can't open '/dev/nvidia1': No such device or address"),
+        "{t}"
+    );
+    assert!(!t.contains("host secret"), "{t}");
+    assert_eq!(
+        std::fs::read_to_string(&host_file).unwrap(),
+        "host secret",
+        "the host file is untouched"
+    );
+    assert!(std::fs::symlink_metadata(&host_file).unwrap().is_file());
+}
+
+#[test]
+fn podman_with_the_hooks_dir_gives_gpu_1_only() {
+    let node = Node::new("podman");
+    assert!(
+        Command::new("podman")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "podman is not installed: apt-get install podman"
+    );
+    let hooks = node.dir.path().join("hooks.d");
+    std::fs::create_dir(&hooks).unwrap();
+    // The shipped hooks.d file, pointed at this build and this node.
+    let mut file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks/oci-gpushare-hook.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    file["hook"]["path"] = json!(HOOK);
+    file["hook"]["env"] = json!([format!("GPUSHARE_CONFIG={}", node.config.display())]);
+    std::fs::write(hooks.join("gpushare.json"), file.to_string()).unwrap();
+    let name = node.id(0);
+    let out = Command::new("podman")
+        .args([
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--hooks-dir",
+        ])
+        .arg(&hooks)
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--cap-add",
+            "MKNOD",
+            "-e",
+            "NVIDIA_VISIBLE_DEVICES=1",
+            "--rootfs",
+        ])
+        .arg(&node.rootfs)
+        .args(["sh", "-c", GPU1_SCRIPT])
+        .output()
+        .unwrap();
+    assert_sees_only_gpu_1(&text(&out));
+    assert!(node.ledger().is_empty(), "poststop released it");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        let ft = e.file_type().unwrap();
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), target).unwrap();
+        } else if ft.is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
