@@ -247,3 +247,83 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Removes the test cgroup once its processes are gone.
+struct Cgroup(std::path::PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn cgroup_v2_a_runtimes_deny_all_program_is_extended_by_exactly_the_gpu() {
+    use gpushare::bpf::{self, Allow};
+    use std::os::fd::AsFd;
+    let node = Node::new("bpf");
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let unified = if unified.join("cgroup.procs").exists() {
+        unified
+    } else {
+        Path::new("/sys/fs/cgroup")
+    };
+    let fs = nix::sys::statfs::statfs(unified).unwrap();
+    assert_eq!(
+        fs.filesystem_type(),
+        nix::sys::statfs::CGROUP2_SUPER_MAGIC,
+        "no cgroup2 hierarchy at {unified:?}"
+    );
+    let cg = Cgroup(unified.join(node.id(0)));
+    std::fs::create_dir(&cg.0).unwrap();
+    let dir = std::fs::File::open(&cg.0).unwrap();
+    // As a runtime does: /dev/null allowed, everything else denied,
+    // attached with BPF_F_ALLOW_MULTI.
+    let runtime = bpf::load(&bpf::program(&[Allow { major: 1, minor: 3 }], None)).unwrap();
+    bpf::attach(dir.as_fd(), runtime.as_fd(), bpf::BPF_F_ALLOW_MULTI, None).unwrap();
+    let dev = node.dir.path().join("node/dev");
+    let nvidia1 = gpushare::edits::DeviceEdit {
+        path: "/dev/nvidia1".into(),
+        host_path: dev.join("nvidia1"),
+        major: 195,
+        minor: 1,
+        file_mode: 0o666,
+    };
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && cat {}/nvidia1; cat {}/nvidia0; cat /dev/null && echo null-ok",
+        cg.0.display(),
+        dev.display(),
+        dev.display()
+    );
+    let before = text(&Command::new("sh").args(["-c", &script]).output().unwrap());
+    assert!(
+        before.contains("nvidia1: Operation not permitted") && before.contains("null-ok"),
+        "the runtime's program is in force: {before}"
+    );
+    gpushare::live::allow_devices_v2(&cg.0, &[nvidia1]).unwrap();
+    let (ids, _) = bpf::attached(dir.as_fd()).unwrap();
+    assert_eq!(
+        ids.len(),
+        1,
+        "the runtime's program was replaced, not joined: {ids:?}"
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let t = text(&out);
+    assert!(
+        t.contains("nvidia1: No such device or address"),
+        "the GPU opens (ENXIO: no driver): {t}"
+    );
+    assert!(
+        t.contains("nvidia0: Operation not permitted"),
+        "another GPU is denied: {t}"
+    );
+    assert!(
+        t.contains("null-ok"),
+        "what the runtime allowed still is: {t}"
+    );
+}

@@ -221,9 +221,10 @@ fn rootfs_of(bundle: &Bundle) -> Result<PathBuf, HookError> {
 
 /// Keeps only what the live edits need: entering the container's mount
 /// namespace (SYS_ADMIN, SYS_CHROOT, SYS_PTRACE for a non-dumpable init),
-/// mounting (SYS_ADMIN) and writing root-owned cgroup and state files
-/// (DAC_OVERRIDE, DAC_READ_SEARCH). Everything else goes before the rootfs
-/// is touched.
+/// mounting (SYS_ADMIN), writing root-owned cgroup and state files
+/// (DAC_OVERRIDE, DAC_READ_SEARCH), and under cgroup v2 loading a device
+/// program (BPF, SYS_RESOURCE for the memlock limit of older kernels).
+/// Everything else goes before the rootfs is touched.
 fn drop_capabilities() -> Result<(), HookError> {
     use caps::{CapSet, Capability};
     let keep: caps::CapsHashSet = [
@@ -232,9 +233,15 @@ fn drop_capabilities() -> Result<(), HookError> {
         Capability::CAP_SYS_PTRACE,
         Capability::CAP_DAC_OVERRIDE,
         Capability::CAP_DAC_READ_SEARCH,
+        Capability::CAP_BPF,
+        Capability::CAP_SYS_RESOURCE,
     ]
     .into_iter()
     .collect();
+    // What we hold of those (a kernel or sandbox may not grant CAP_BPF; its
+    // work then falls to SYS_ADMIN).
+    let held = caps::read(None, CapSet::Permitted).map_err(|e| HookError::Caps(e.to_string()))?;
+    let keep: caps::CapsHashSet = keep.intersection(&held).copied().collect();
     let none = caps::CapsHashSet::new();
     let set = |set, caps: &caps::CapsHashSet| {
         caps::set(None, set, caps).map_err(|e| HookError::Caps(e.to_string()))

@@ -2,6 +2,7 @@
 //! node's NVIDIA GPUs. Data flows one way: request → decision → edits →
 //! apply (to the spec in the shim, live in the hook).
 
+pub mod bpf;
 pub mod bundle;
 pub mod config;
 pub mod decide;

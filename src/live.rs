@@ -26,6 +26,7 @@ use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use thiserror::Error;
 
+use crate::bpf::{self, Allow};
 use crate::edits::{ContainerEdits, DeviceEdit};
 
 #[derive(Debug, Error)]
@@ -68,8 +69,12 @@ pub enum LiveError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the container (pid {0}) is in a cgroup v2 hierarchy: opening its device cgroup there needs a BPF device program, which this version does not load; run the container under cgroup v1 devices or through gpushare-runtime")]
-    CgroupV2(i32),
+    #[error("cannot open the device cgroup {cgroup}: {source}")]
+    Bpf {
+        cgroup: PathBuf,
+        #[source]
+        source: crate::bpf::BpfError,
+    },
 }
 
 /// The flags every in-root lookup uses: stay inside the root, and refuse
@@ -368,29 +373,73 @@ pub fn devices_allow_path(proc_cgroup: &str, mountinfo: &str) -> Option<PathBuf>
     Some(mountpoint.join("devices.allow"))
 }
 
-/// Opens the device cgroup of `pid` for each device: `c MAJ:MIN rw`.
+/// The cgroup v2 directory of a process, from its `/proc/<pid>/cgroup`
+/// text and the mount table.
+pub fn unified_path(proc_cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
+    let rel = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mountpoint = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        let fields: Vec<&str> = left.split(' ').collect();
+        let root = fields.get(3)?;
+        let sub = rel.strip_prefix(root.trim_end_matches('/')).unwrap_or(rel);
+        Some(PathBuf::from(fields.get(4)?).join(sub.trim_start_matches('/')))
+    })?;
+    Some(mountpoint)
+}
+
+/// Opens the device cgroup of `pid` for each device. Under cgroup v1 (the
+/// devices controller, which runtimes use where it is mounted) a
+/// `c MAJ:MIN rw` rule each; under v2 a device program (`bpf`).
 pub fn allow_devices(pid: i32, devices: &[DeviceEdit]) -> Result<(), LiveError> {
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|e| LiveError::NoCgroup(e.to_string()))?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| LiveError::NoCgroup(e.to_string()))?;
-    let Some(path) = devices_allow_path(&cgroup, &mountinfo) else {
-        return Err(LiveError::CgroupV2(pid));
-    };
+    if let Some(path) = devices_allow_path(&cgroup, &mountinfo) {
+        return allow_devices_v1(&path, devices);
+    }
+    match unified_path(&cgroup, &mountinfo) {
+        Some(dir) => allow_devices_v2(&dir, devices),
+        None => Err(LiveError::NoCgroup(format!(
+            "no devices or cgroup2 hierarchy holds pid {pid}"
+        ))),
+    }
+}
+
+pub fn allow_devices_v1(allow_file: &Path, devices: &[DeviceEdit]) -> Result<(), LiveError> {
     for d in devices {
         let rule = format!("c {}:{} rw", d.major, d.minor);
         // The kernel takes one rule per write.
         let written = std::fs::OpenOptions::new()
             .write(true)
-            .open(&path)
+            .open(allow_file)
             .and_then(|mut f: File| f.write_all(rule.as_bytes()));
         written.map_err(|source| LiveError::CgroupWrite {
             rule: rule.clone(),
-            path: path.clone(),
+            path: allow_file.to_owned(),
             source,
         })?;
     }
     Ok(())
+}
+
+pub fn allow_devices_v2(cgroup_dir: &Path, devices: &[DeviceEdit]) -> Result<(), LiveError> {
+    let dir = File::open(cgroup_dir)
+        .map_err(|e| LiveError::NoCgroup(format!("{}: {e}", cgroup_dir.display())))?;
+    let allow: Vec<Allow> = devices
+        .iter()
+        .map(|d| Allow {
+            major: d.major as u32,
+            minor: d.minor as u32,
+        })
+        .collect();
+    bpf::extend(dir.as_fd(), &allow).map_err(|source| LiveError::Bpf {
+        cgroup: cgroup_dir.to_owned(),
+        source,
+    })
 }
 
 /// Applies `edits` to the running container `pid` whose rootfs is at
