@@ -128,7 +128,28 @@ fn bundle(dir: &Path, rootfs: &Path, env: &str) -> PathBuf {
     dir.to_owned()
 }
 
+/// Run by runc as the hook: runs the real hook on the same state and
+/// arguments, measured alone, and appends `stage wall cpu rss` to a file.
+fn wrap_hook(hook: &str) -> ! {
+    use std::io::{Read, Write};
+    let mut state = Vec::new();
+    std::io::stdin().read_to_end(&mut state).unwrap();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let s = measure(Command::new(hook).args(&args), Some(&state));
+    let out = std::env::var("GPUSHARE_BENCH_OUT").unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(out)
+        .unwrap();
+    writeln!(f, "{} {} {} {}", args.join(" "), s.wall, s.cpu, s.rss_kib).unwrap();
+    std::process::exit(0)
+}
+
 fn main() {
+    if let Ok(hook) = std::env::var("GPUSHARE_BENCH_WRAP") {
+        wrap_hook(&hook);
+    }
     assert!(
         nix::unistd::geteuid().is_root(),
         "the bench makes device nodes and runs runc: run it as root"
@@ -151,7 +172,7 @@ fn main() {
     let n: usize = std::env::var("BENCH_N")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(200);
 
     // 1. The shim alone, exec'ing /bin/true.
     let true_cfg = w.join("true.toml");
@@ -284,7 +305,7 @@ fn main() {
     }
     locked.commit().unwrap();
     let state = |ours: bool| -> Vec<u8> {
-        let mut s = json!({"ociVersion": "1.0.2", "id": format!("{:064x}", 500), "status": "creating", "pid": std::process::id(), "bundle": "/b"});
+        let mut s = json!({"ociVersion": "1.0.2", "id": format!("{:064x}", 500), "status": "creating", "pid": std::process::id(), "bundle": plain});
         if ours {
             s["annotations"] = json!({"gpushare/gpus": "GPU-4a1c9d20-5a7e-4d00-8000-000000000000"});
         }
@@ -310,4 +331,97 @@ fn main() {
     );
     line("hook createRuntime, container not ours", &summarise(&other));
     assert_eq!(entries, 1000);
+
+    // 4. The hook used alone, as runc runs it from a hooks.d-style spec:
+    // decide, ledger, namespace entry, mounts, cgroup. This program wraps
+    // the hook to time it inside runc.
+    let samples = w.join("hook-alone.txt");
+    let me = std::env::current_exe().unwrap();
+    let alone = |name: &str, env: &str| -> PathBuf {
+        let b = bundle(&w.join(name), &rootfs, env);
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+        spec["process"]["args"] = json!(["sleep", "0"]);
+        let hook = |stage: &str| {
+            json!([{"path": me, "args": ["gpushare-hook", stage], "env": [
+                format!("GPUSHARE_CONFIG={}", config.display()),
+                format!("GPUSHARE_BENCH_WRAP={hook_bin}"),
+                format!("GPUSHARE_BENCH_OUT={}", samples.display()),
+            ]}])
+        };
+        spec["hooks"] = json!({"prestart": hook("prestart"), "poststop": hook("poststop")});
+        std::fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        b
+    };
+    // A node's ledger holds its running containers; the 1000 entries above
+    // measured the pid binding's worst case, and are cleared here.
+    let mut locked = l.lock().unwrap();
+    locked.entries.clear();
+    locked.commit().unwrap();
+    let gpu_alone = alone("gpu-alone", "NVIDIA_VISIBLE_DEVICES=all");
+    let plain_alone = alone("plain-alone", "X=1");
+    for i in 0..n.min(30) {
+        for (b, kind) in [(&gpu_alone, "gpu"), (&plain_alone, "plain")] {
+            let id = format!("bench-alone-{kind}-{i}");
+            let status = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["run", "--bundle"])
+                .arg(b)
+                .arg(&id)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "{id}");
+        }
+    }
+    let text = std::fs::read_to_string(&samples).unwrap();
+    let rows: Vec<(&str, Sample)> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                f[0],
+                Sample {
+                    wall: f[1].parse().unwrap(),
+                    cpu: f[2].parse().unwrap(),
+                    rss_kib: f[3].parse().unwrap(),
+                },
+            )
+        })
+        .collect();
+    // The file's rows alternate GPU and plain runs, each prestart then poststop.
+    let pick = |stage: &str, gpu: bool| -> Vec<Sample> {
+        rows.iter()
+            .filter(|(s, _)| *s == stage)
+            .enumerate()
+            .filter(|(k, _)| (k % 2 == 0) == gpu)
+            .map(|(_, (_, s))| *s)
+            .collect()
+    };
+    println!();
+    line(
+        "hook alone, prestart, GPU container",
+        &summarise(&pick("prestart", true)),
+    );
+    line(
+        "hook alone, prestart, non-GPU container",
+        &summarise(&pick("prestart", false)),
+    );
+    line(
+        "hook alone, poststop, GPU container",
+        &summarise(&pick("poststop", true)),
+    );
+    let (g, p) = (
+        summarise(&pick("prestart", true)),
+        summarise(&pick("prestart", false)),
+    );
+    println!(
+        "=> beyond a bare process start (/bin/true): GPU prestart wall {:.0} µs, cpu {:.0} µs; non-GPU wall {:.0} µs, cpu {:.0} µs",
+        g.wall - d.wall,
+        g.cpu - d.cpu,
+        p.wall - d.wall,
+        p.cpu - d.cpu
+    );
 }
