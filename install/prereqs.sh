@@ -9,10 +9,13 @@ need_root() {
   fi
 }
 
+# ensure_packages [podman]: runc and busybox-static always, podman on request.
 ensure_packages() {
   local missing=()
   command -v runc >/dev/null 2>&1 || missing+=(runc)
-  command -v podman >/dev/null 2>&1 || missing+=(podman)
+  if [ "${1:-}" = podman ]; then
+    command -v podman >/dev/null 2>&1 || missing+=(podman)
+  fi
   if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
     missing+=(busybox-static)
   fi
