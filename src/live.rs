@@ -597,11 +597,15 @@ mod tests {
             rootfs.join("nvidia-mps").is_dir(),
             "/tmp → / is the rootfs's own root"
         );
-        std::fs::create_dir(rootfs.join("x")).unwrap();
-        symlink("../../../etc", rootfs.join("x/nvidia-mps")).unwrap();
-        // The target itself is a link out: it is removed, a directory made.
-        ensure_target(r.as_fd(), Path::new("x/nvidia-mps"), TargetKind::Dir).unwrap();
-        assert!(rootfs.join("x/nvidia-mps").is_dir() && !rootfs.join("x/nvidia-mps").is_symlink());
+        // A real /tmp whose nvidia-mps climbs out: the link is removed
+        // (inside the rootfs) and a directory made in its place.
+        std::fs::remove_file(rootfs.join("tmp")).unwrap();
+        std::fs::create_dir(rootfs.join("tmp")).unwrap();
+        symlink("../../../etc", rootfs.join("tmp/nvidia-mps")).unwrap();
+        ensure_target(r.as_fd(), Path::new("/tmp/nvidia-mps"), TargetKind::Dir).unwrap();
+        assert!(
+            rootfs.join("tmp/nvidia-mps").is_dir() && !rootfs.join("tmp/nvidia-mps").is_symlink()
+        );
         ensure_target(
             r.as_fd(),
             Path::new("real/up/dev/nvidia9"),
