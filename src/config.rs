@@ -52,6 +52,14 @@ pub enum InventorySource {
     File(PathBuf),
 }
 
+/// Whether a request the node cannot honour is refused or let through with
+/// a warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strictness {
+    Reject,
+    Warn,
+}
+
 /// What `NVIDIA_VISIBLE_DEVICES=all` means under a per-container GPU limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AllPolicy {
@@ -81,6 +89,8 @@ pub struct Policy {
     pub all: AllPolicy,
     pub max_thread_percentage_per_gpu: Option<f64>,
     pub default_thread_percentage: Option<f64>,
+    /// A thread percentage asked for on a GPU without a running MPS daemon.
+    pub percentage_without_mps: Strictness,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +128,7 @@ impl Default for Config {
                 all: AllPolicy::LeastLoaded,
                 max_thread_percentage_per_gpu: None,
                 default_thread_percentage: None,
+                percentage_without_mps: Strictness::Reject,
             },
             mps: MpsConfig {
                 root: "/run/gpushare/mps".into(),
@@ -141,6 +152,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "all",
             "max_thread_percentage_per_gpu",
             "default_thread_percentage",
+            "percentage_without_mps",
         ],
     ),
     ("mps", &["root", "container_pipe_dir", "control"]),
@@ -306,6 +318,13 @@ impl Validator<'_> {
             }
             "policy.max_thread_percentage_per_gpu" => {
                 cfg.policy.max_thread_percentage_per_gpu = Some(self.percentage(key, value)?)
+            }
+            "policy.percentage_without_mps" => {
+                cfg.policy.percentage_without_mps = match value.as_str() {
+                    Some("reject") => Strictness::Reject,
+                    Some("warn") => Strictness::Warn,
+                    _ => return Err(self.bad(key, value, "\"reject\" or \"warn\"")),
+                }
             }
             "policy.default_thread_percentage" => {
                 cfg.policy.default_thread_percentage = Some(self.percentage(key, value)?)

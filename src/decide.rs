@@ -3,14 +3,16 @@
 //! touches nothing, so the shim, the hook and `explain` agree by
 //! construction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
 
-use crate::config::{AllPolicy, Policy};
+use crate::config::{AllPolicy, Policy, Strictness};
 use crate::error::shown;
 use crate::inventory::{Gpu, Inventory};
-use crate::request::{DeviceId, Devices, Percentage, Request, PINNED_MEM_LIMIT, VISIBLE_DEVICES};
+use crate::request::{
+    DeviceId, Devices, Percentage, Request, PINNED_MEM_LIMIT, THREAD_PERCENTAGE, VISIBLE_DEVICES,
+};
 
 /// A policy or resolution refusal: the container must not be created.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -25,11 +27,20 @@ pub struct GpuLoad {
     pub committed_percentage: f64,
 }
 
-/// Load per GPU UUID (upper-cased).
+/// Load per GPU UUID (upper-cased), and which GPUs have an MPS daemon
+/// running (upper-cased UUIDs).
 #[derive(Debug, Clone, Default)]
-pub struct Load(pub HashMap<String, GpuLoad>);
+pub struct Load(pub HashMap<String, GpuLoad>, pub HashSet<String>);
 
 impl Load {
+    pub fn mps_on(&self, gpu: &Gpu) -> bool {
+        self.1.contains(&gpu.uuid.to_ascii_uppercase())
+    }
+
+    pub fn set_mps(&mut self, uuid: &str) {
+        self.1.insert(uuid.to_ascii_uppercase());
+    }
+
     pub fn of(&self, gpu: &Gpu) -> GpuLoad {
         self.0
             .get(&gpu.uuid.to_ascii_uppercase())
@@ -51,6 +62,11 @@ pub struct Assignment {
     pub thread_percentage: Option<Percentage>,
     /// Rendered for the container (device indices count its own GPUs).
     pub pinned_mem_limit: Option<String>,
+    /// Every assigned GPU has an MPS daemon running: the container is made
+    /// one of its clients.
+    pub mps: bool,
+    /// What the container gets that it may not expect (policy `warn`).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,8 +83,16 @@ pub fn decide(
     policy: &Policy,
     config_name: &str,
 ) -> Result<Decision, Refusal> {
-    let percent = req.thread_percentage.as_ref().map(|p| p.value);
-    let fits = |g: &Gpu| match (policy.max_thread_percentage_per_gpu, percent) {
+    let asked = req.thread_percentage.as_ref().map(|p| p.value);
+    // The share a container would hold on `g`: only MPS clients hold one,
+    // and only their shares count against the budget.
+    let share_on = |g: &Gpu| {
+        load.mps_on(g)
+            .then(|| asked.or(policy.default_thread_percentage))
+            .flatten()
+    };
+    let percent = asked.or(policy.default_thread_percentage);
+    let fits = |g: &Gpu| match (policy.max_thread_percentage_per_gpu, share_on(g)) {
         (Some(budget), Some(p)) => load.of(g).committed_percentage + p <= budget + 1e-9,
         _ => true,
     };
@@ -90,6 +114,10 @@ pub fn decide(
                 )));
             }
             let mut candidates: Vec<&Gpu> = inv.gpus.iter().filter(|g| fits(g)).collect();
+            // A container asking for a share goes where MPS can give it.
+            if asked.is_some() && candidates.iter().any(|g| load.mps_on(g)) {
+                candidates.retain(|g| load.mps_on(g));
+            }
             if candidates.len() < inv.gpus.len().min(max) {
                 return Err(Refusal(budget_message(
                     inv,
@@ -175,8 +203,34 @@ pub fn decide(
             Some(parts.join(","))
         }
     };
+    let mps = !gpus.is_empty() && gpus.iter().all(|g| load.mps_on(g));
+    let mut warnings = Vec::new();
+    if let (Some(p), false) = (&req.thread_percentage, mps) {
+        if let Some(g) = gpus.iter().find(|g| !load.mps_on(g)) {
+            let what = format!(
+                "{THREAD_PERCENTAGE}={} needs MPS on GPU {}, whose daemon is not running",
+                p.text, g.index
+            );
+            match policy.percentage_without_mps {
+                Strictness::Reject => {
+                    return Err(Refusal(format!(
+                        "{what}: run `gpushare mps start --gpu {}`, or drop the variable (policy.percentage_without_mps = \"warn\" in {config_name} lets it pass with a warning)",
+                        g.index
+                    )))
+                }
+                Strictness::Warn => warnings.push(format!("{what}: the share has no effect")),
+            }
+        }
+    }
     let thread_percentage = if gpus.is_empty() {
         None
+    } else if mps {
+        req.thread_percentage.clone().or_else(|| {
+            policy.default_thread_percentage.map(|d| Percentage {
+                text: d.to_string(),
+                value: d,
+            })
+        })
     } else {
         req.thread_percentage.clone()
     };
@@ -184,6 +238,8 @@ pub fn decide(
         gpus,
         thread_percentage,
         pinned_mem_limit,
+        mps,
+        warnings,
     }))
 }
 
@@ -205,6 +261,19 @@ fn budget_message(
         percent.unwrap_or(0.0),
         committed.join(", ")
     )
+}
+
+/// The one GPU an operator names (index, UUID or its prefix, PCI bus id),
+/// as `--gpu` takes it.
+pub fn resolve_one<'a>(id: &str, inv: &'a Inventory) -> Result<&'a Gpu, Refusal> {
+    match crate::request::parse_devices(id) {
+        Ok(Devices::List(ids)) if ids.len() == 1 => resolve(&ids[0], inv),
+        _ => Err(Refusal(format!(
+            "--gpu {}: give one GPU as an index, UUID or PCI bus id; this node has GPUs {}",
+            shown(id),
+            inv.describe()
+        ))),
+    }
 }
 
 fn resolve<'a>(id: &DeviceId, inv: &'a Inventory) -> Result<&'a Gpu, Refusal> {
@@ -252,7 +321,7 @@ fn resolve<'a>(id: &DeviceId, inv: &'a Inventory) -> Result<&'a Gpu, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, Strictness};
 
     fn inv(n: u32) -> Inventory {
         Inventory {
@@ -396,6 +465,8 @@ mod tests {
         let mut p = policy();
         p.max_thread_percentage_per_gpu = Some(100.0);
         let mut l = Load::default();
+        l.set_mps("GPU-0a1c9d2e-0000-4000-8000-000000000000");
+        l.set_mps("GPU-1a1c9d2e-0000-4000-8000-000000000001");
         l.add("GPU-0a1c9d2e-0000-4000-8000-000000000000", Some(80.0));
         let env = [
             "NVIDIA_VISIBLE_DEVICES=0",
@@ -427,6 +498,102 @@ mod tests {
             "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=90",
         ];
         assert!(run(&env, &l, &policy()).is_ok());
+    }
+
+    fn assignment(d: Decision) -> Assignment {
+        match d {
+            Decision::Assign(a) => a,
+            Decision::Untouched => panic!("untouched"),
+        }
+    }
+
+    #[test]
+    fn a_share_needs_mps_on_the_gpu() {
+        let mut l = Load::default();
+        let mut p = policy();
+        let env = [
+            "NVIDIA_VISIBLE_DEVICES=1",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30",
+        ];
+        let e = run(&env, &l, &p).unwrap_err().0;
+        assert!(
+            e.contains("gpushare mps start --gpu 1") && e.contains("percentage_without_mps"),
+            "{e}"
+        );
+        p.percentage_without_mps = Strictness::Warn;
+        let a = assignment(run(&env, &l, &p).unwrap());
+        assert!(!a.mps && a.warnings[0].contains("no effect"), "{a:?}");
+        // A GPU without MPS is not an MPS client even without a share.
+        let a = assignment(run(&["NVIDIA_VISIBLE_DEVICES=1"], &l, &policy()).unwrap());
+        assert!(!a.mps && a.warnings.is_empty());
+        l.set_mps("GPU-1a1c9d2e-0000-4000-8000-000000000001");
+        let a = assignment(run(&env, &l, &policy()).unwrap());
+        assert!(a.mps && a.warnings.is_empty());
+        assert_eq!(a.thread_percentage.unwrap().value, 30.0);
+    }
+
+    #[test]
+    fn the_default_share_applies_to_mps_clients_only() {
+        let mut l = Load::default();
+        let mut p = policy();
+        p.default_thread_percentage = Some(25.0);
+        let a = assignment(run(&["NVIDIA_VISIBLE_DEVICES=0"], &l, &p).unwrap());
+        assert_eq!(a.thread_percentage, None, "no MPS on GPU 0");
+        l.set_mps("GPU-0a1c9d2e-0000-4000-8000-000000000000");
+        let a = assignment(run(&["NVIDIA_VISIBLE_DEVICES=0"], &l, &p).unwrap());
+        assert_eq!(a.thread_percentage.unwrap().text, "25");
+        let a = assignment(
+            run(
+                &[
+                    "NVIDIA_VISIBLE_DEVICES=0",
+                    "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=40",
+                ],
+                &l,
+                &p,
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            a.thread_percentage.unwrap().value,
+            40.0,
+            "its own share wins"
+        );
+    }
+
+    #[test]
+    fn all_with_a_share_goes_where_mps_runs() {
+        let mut l = Load::default();
+        l.set_mps("GPU-1a1c9d2e-0000-4000-8000-000000000001");
+        l.add("GPU-1a1c9d2e-0000-4000-8000-000000000001", Some(10.0));
+        let env = [
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30",
+        ];
+        assert_eq!(
+            assigned(run(&env, &l, &policy()).unwrap()),
+            vec![1],
+            "GPU 0 is emptier but has no MPS"
+        );
+        assert_eq!(
+            assigned(run(&["NVIDIA_VISIBLE_DEVICES=all"], &l, &policy()).unwrap()),
+            vec![0]
+        );
+    }
+
+    #[test]
+    fn the_budget_counts_only_mps_clients() {
+        let mut p = policy();
+        p.max_thread_percentage_per_gpu = Some(50.0);
+        p.percentage_without_mps = Strictness::Warn;
+        let mut l = Load::default();
+        // Without MPS a share is not held, so it is not held against the budget.
+        let env = [
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=80",
+        ];
+        assert!(run(&env, &l, &p).is_ok());
+        l.set_mps("GPU-0a1c9d2e-0000-4000-8000-000000000000");
+        assert!(run(&env, &l, &p).unwrap_err().0.contains("budget"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::decide::Assignment;
-use crate::request::{PINNED_MEM_LIMIT, THREAD_PERCENTAGE, VISIBLE_DEVICES};
+use crate::request::{PINNED_MEM_LIMIT, PIPE_DIRECTORY, THREAD_PERCENTAGE, VISIBLE_DEVICES};
 
 /// The annotation the shim leaves on specs it rewrote: the assigned UUIDs.
 /// The hook reads it from the OCI state, without opening config.json.
@@ -119,6 +119,27 @@ impl ContainerEdits {
         }
         if let Some(l) = &a.pinned_mem_limit {
             edits.env.push(format!("{PINNED_MEM_LIMIT}={l}"));
+        }
+        if a.mps {
+            // The container becomes a client of its GPU's daemon: the pipe
+            // directory where CUDA looks for it, and the daemon's /dev/shm.
+            let pipe_dir = cfg.mps.container_pipe_dir.display().to_string();
+            let options: Vec<String> = ["bind", "nosuid", "nodev", "noexec"]
+                .map(String::from)
+                .to_vec();
+            edits.mounts.push(MountEdit {
+                destination: pipe_dir.clone(),
+                source: crate::mps::paths(cfg, &a.gpus[0].uuid).pipe,
+                typ: "bind".into(),
+                options: options.clone(),
+            });
+            edits.mounts.push(MountEdit {
+                destination: "/dev/shm".into(),
+                source: crate::mps::shm_dir(cfg),
+                typ: "bind".into(),
+                options,
+            });
+            edits.env.push(format!("{PIPE_DIRECTORY}={pipe_dir}"));
         }
         edits
             .annotations

@@ -32,6 +32,8 @@ pub enum Error {
     Shim(#[from] crate::shim::ShimError),
     #[error(transparent)]
     Live(#[from] crate::live::LiveError),
+    #[error(transparent)]
+    Mps(#[from] crate::mps::MpsError),
 }
 
 impl Error {

@@ -190,10 +190,14 @@ fn alone(stage: Stage, state: &State) -> crate::Result<Outcome> {
                 mut locked,
                 edits,
                 mut entry,
+                warnings,
             }) = shim::place(&bundle, id, &cfg)?
             else {
                 return Ok(Outcome::NotOurs);
             };
+            for w in &warnings {
+                eprintln!("gpushare-hook: warning: {w}");
+            }
             let rootfs = rootfs_of(&bundle)?;
             drop_capabilities()?;
             // Under the ledger lock: the entry is written only once the

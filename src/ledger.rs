@@ -348,7 +348,7 @@ pub fn load_of(entries: &[Entry], except: Option<&str>) -> Load {
 }
 
 /// Whether `pid` is alive and, when `start` is given, is still the process
-/// that had that start time.
+/// that had that start time. A zombie (exited, not yet reaped) is not alive.
 pub fn process_matches(pid: i32, start: Option<u64>) -> bool {
     if pid <= 0 {
         return false;
@@ -359,17 +359,26 @@ pub fn process_matches(pid: i32, start: Option<u64>) -> bool {
             let r = unsafe { libc::kill(pid, 0) };
             r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
         }
-        Some(s) => process_start_time(pid) == Some(s),
+        Some(s) => {
+            matches!(process_stat(pid), Some((state, start)) if start == s && state != 'Z' && state != 'X')
+        }
     }
 }
 
-/// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks since boot.
-pub fn process_start_time(pid: i32) -> Option<u64> {
+/// State (field 3) and start time (field 22, clock ticks since boot) from
+/// `/proc/<pid>/stat`.
+fn process_stat(pid: i32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses; the
     // fields after the last ')' are plain.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.nth(18)?.parse().ok()?))
+}
+
+/// The start time of `pid` in clock ticks since boot.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    process_stat(pid).map(|(_, start)| start)
 }
 
 /// Container names as engines put them in annotations, under short keys.

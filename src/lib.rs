@@ -12,6 +12,7 @@ pub mod hook;
 pub mod inventory;
 pub mod ledger;
 pub mod live;
+pub mod mps;
 pub mod report;
 pub mod request;
 pub mod runtime_args;

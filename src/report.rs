@@ -49,7 +49,9 @@ pub fn explain(bundle_dir: &Path, cfg: &Config) -> crate::Result<Explained> {
     }
     let inv = Inventory::load(cfg)?;
     let entries = live_entries(cfg)?;
-    let p = match plan(&req, cfg, &inv, &ledger::load_of(&entries, None)) {
+    let mut load = ledger::load_of(&entries, None);
+    crate::shim::mps_load(cfg, &inv, &mut load);
+    let p = match plan(&req, cfg, &inv, &load) {
         Ok(p) => p,
         Err(Error::Refused(r)) => return Ok(reject(r.0)),
         Err(e) => return Err(e),
@@ -73,6 +75,8 @@ pub fn explain(bundle_dir: &Path, cfg: &Config) -> crate::Result<Explained> {
             "thread_percentage": a.thread_percentage.as_ref().map(|t| t.value),
             "pinned_mem_limit": a.pinned_mem_limit,
             "reason": reason,
+            "mps": a.mps,
+            "warnings": a.warnings,
             "edits": p.edits,
         }),
         refused: false,
@@ -164,10 +168,10 @@ pub fn status(cfg: &Config) -> crate::Result<Value> {
                     })
                 })
                 .collect();
-            let mps_up = cfg.mps.root.join(&g.uuid).join("pipe/control").exists();
+            let mps = crate::mps::daemon(cfg, &g.uuid).name();
             json!({
                 "index": g.index, "uuid": g.uuid, "name": g.name,
-                "mps": if mps_up { "running" } else { "off" },
+                "mps": mps,
                 "memory_used_mib": null, "memory_total_mib": g.memory_mib,
                 "utilization_pct": null, "telemetry_error": NO_TELEMETRY,
                 "containers": containers,

@@ -121,6 +121,20 @@ pub struct Placement {
     pub locked: Locked,
     pub edits: ContainerEdits,
     pub entry: Entry,
+    /// For the user: shown on stderr (and in runc's log by the shim).
+    pub warnings: Vec<String>,
+}
+
+/// Marks the GPUs whose MPS daemon runs (two small reads per GPU).
+pub fn mps_load(cfg: &Config, inv: &Inventory, load: &mut Load) {
+    for g in &inv.gpus {
+        if matches!(
+            crate::mps::daemon(cfg, &g.uuid),
+            crate::mps::Daemon::Running { .. }
+        ) {
+            load.set_mps(&g.uuid);
+        }
+    }
 }
 
 /// Decides for a bundle as create does, under the ledger lock (stale
@@ -135,7 +149,9 @@ pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Pl
     let inv = Inventory::load(cfg)?;
     let mut locked = Ledger::new(&cfg.runtime.state_dir).lock()?;
     locked.drop_stale(cfg.runtime.reservation_timeout_seconds, false);
-    let plan = plan(&req, cfg, &inv, &locked.load(Some(id)))?;
+    let mut load = locked.load(Some(id));
+    mps_load(cfg, &inv, &mut load);
+    let plan = plan(&req, cfg, &inv, &load)?;
     let Decision::Assign(a) = &plan.decision else {
         return Ok(None);
     };
@@ -145,7 +161,12 @@ pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Pl
     let entry = Entry {
         id: id.to_owned(),
         gpus: a.gpus.iter().map(|g| g.uuid.clone()).collect(),
-        thread_percentage: a.thread_percentage.as_ref().map(|p| p.value),
+        // Only MPS clients hold a share (and count against the budget).
+        thread_percentage: a
+            .thread_percentage
+            .as_ref()
+            .filter(|_| a.mps)
+            .map(|p| p.value),
         pinned_mem_limit: a.pinned_mem_limit.clone(),
         pid: None,
         pid_start: None,
@@ -156,6 +177,7 @@ pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Pl
         locked,
         edits: plan.edits,
         entry,
+        warnings: a.warnings.clone(),
     }))
 }
 
@@ -172,10 +194,14 @@ pub fn intercept(args: &CreateArgs, cfg: &Config, hook: &Path) -> crate::Result<
         mut locked,
         edits,
         entry,
+        warnings,
     }) = place(&bundle, &args.id, cfg)?
     else {
         return Ok(None);
     };
+    for w in &warnings {
+        eprintln!("gpushare: warning: {w}");
+    }
     let mut spec = bundle.spec.clone();
     edits.apply_to_spec(&mut spec, Some(&HookSpec::for_config(hook.to_owned(), cfg)))?;
     bundle.write(&spec)?;

@@ -140,6 +140,7 @@ fn the_hook_alone_refuses_what_the_shim_refuses_and_records_nothing() {
 #[test]
 fn explain_says_what_create_would_do_and_does_nothing() {
     let node = Node::new(2, "");
+    node.fake_mps(1);
     let b = node.bundle(
         "b",
         &[
@@ -171,10 +172,33 @@ fn explain_says_what_create_would_do_and_does_nothing() {
         [
             format!("NVIDIA_VISIBLE_DEVICES={}", uuid(1)).as_str(),
             "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25",
-            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=2G"
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=2G",
+            "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps",
         ]
     );
+    assert_eq!(doc["mps"], true);
     assert_eq!(doc["edits"]["devices"][0]["path"], "/dev/nvidia1");
+    // An MPS client gets its GPU's pipe directory and the daemon's /dev/shm.
+    let mounts = doc["edits"]["mounts"].as_array().unwrap();
+    assert_eq!(mounts[0]["destination"], "/tmp/nvidia-mps");
+    assert_eq!(
+        mounts[0]["source"].as_str().unwrap(),
+        node.path()
+            .join("mps")
+            .join(uuid(1))
+            .join("pipe")
+            .to_str()
+            .unwrap()
+    );
+    assert_eq!(mounts[1]["destination"], "/dev/shm");
+    assert_eq!(
+        mounts[1]["source"].as_str().unwrap(),
+        node.path().join("mps/shm").to_str().unwrap()
+    );
+    assert_eq!(
+        mounts[0]["options"],
+        json!(["bind", "nosuid", "nodev", "noexec"])
+    );
     assert_eq!(std::fs::read(b.join("config.json")).unwrap(), bytes);
     assert!(node.ledger().is_empty());
 
@@ -222,6 +246,7 @@ fn explain_counts_the_ledger_as_create_does() {
 #[test]
 fn status_lists_every_gpu_and_its_holders() {
     let node = Node::new(2, "");
+    node.fake_mps(0);
     create(
         &node,
         "a",

@@ -9,6 +9,7 @@ use serde_json::Value;
 #[test]
 fn a_gpu_create_is_rewritten_reserved_and_passed_on_unchanged() {
     let node = Node::new(2, "");
+    node.fake_mps(1);
     let b = node.bundle(
         "b",
         &[
@@ -407,6 +408,7 @@ fn concurrent_creates_with_all_balance_and_never_double_book() {
 #[test]
 fn a_percentage_budget_is_enforced_across_creates() {
     let node = Node::new(1, "[policy]\nmax_thread_percentage_per_gpu = 100\n");
+    node.fake_mps(0);
     for (i, pct, ok) in [(0, "60", true), (1, "40", true), (2, "1", false)] {
         let b = node.bundle(
             &format!("b{i}"),

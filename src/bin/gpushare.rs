@@ -53,6 +53,30 @@ enum Command {
     },
     /// Drop ledger entries whose container is gone.
     Gc,
+    /// NVIDIA MPS control daemons, one per GPU.
+    Mps {
+        #[command(subcommand)]
+        action: MpsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum MpsAction {
+    /// Start the daemon of every GPU (or one); a running one is left as it is.
+    Start(MpsArgs),
+    /// Stop the daemon of every GPU (or one) and clean up after it.
+    Stop(MpsArgs),
+    /// Running, stopped or dead, per GPU.
+    Status(MpsArgs),
+}
+
+#[derive(clap::Args)]
+struct MpsArgs {
+    /// One GPU: index, UUID (or a unique prefix) or PCI bus id.
+    #[arg(long)]
+    gpu: Option<String>,
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() {
@@ -126,6 +150,7 @@ fn run(command: Command) -> gpushare::Result<i32> {
                 print!("{}", report::status_text(&doc));
             }
         }
+        Command::Mps { action } => return mps_command(action),
         Command::Gc => {
             let cfg = Config::load()?;
             let mut locked = Ledger::new(&cfg.runtime.state_dir).lock()?;
@@ -136,6 +161,77 @@ fn run(command: Command) -> gpushare::Result<i32> {
             }
             eprintln!("{} entries dropped", gone.len());
         }
+    }
+    Ok(0)
+}
+
+fn mps_command(action: MpsAction) -> gpushare::Result<i32> {
+    use gpushare::mps;
+    let cfg = Config::load()?;
+    let inv = Inventory::load(&cfg)?;
+    let args = match &action {
+        MpsAction::Start(a) | MpsAction::Stop(a) | MpsAction::Status(a) => a,
+    };
+    let gpus: Vec<&gpushare::inventory::Gpu> = match &args.gpu {
+        Some(id) => vec![gpushare::decide::resolve_one(id, &inv)?],
+        None => inv.gpus.iter().collect(),
+    };
+    let mut rows = Vec::new();
+    for g in gpus {
+        let row = match &action {
+            MpsAction::Start(_) => {
+                let s = mps::start(&cfg, g)?;
+                if !args.json {
+                    let how = if s.already {
+                        "already running"
+                    } else {
+                        "started"
+                    };
+                    println!(
+                        "GPU {} {}: {how}, pid {}; compute mode {}",
+                        g.index, g.uuid, s.pid, s.compute_mode
+                    );
+                }
+                serde_json::to_value(&s).expect("serialises")
+            }
+            MpsAction::Stop(_) => {
+                let s = mps::stop(&cfg, &inv, g)?;
+                if !args.json {
+                    println!(
+                        "GPU {} {}: stopped (was {}); compute mode {}",
+                        g.index, g.uuid, s.was, s.compute_mode
+                    );
+                }
+                serde_json::to_value(&s).expect("serialises")
+            }
+            MpsAction::Status(_) => {
+                let d = mps::daemon(&cfg, &g.uuid);
+                let p = mps::paths(&cfg, &g.uuid);
+                if !args.json {
+                    let pid = match d {
+                        mps::Daemon::Running { pid } => format!(", pid {pid}"),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "GPU {} {}: {}{pid}; pipe {}",
+                        g.index,
+                        g.uuid,
+                        d.name(),
+                        p.pipe.display()
+                    );
+                }
+                let mut v = serde_json::to_value(d).expect("serialises");
+                v["index"] = g.index.into();
+                v["uuid"] = g.uuid.clone().into();
+                v["pipe_directory"] = p.pipe.display().to_string().into();
+                v["log_directory"] = p.log.display().to_string().into();
+                v
+            }
+        };
+        rows.push(row);
+    }
+    if args.json {
+        print_json(&serde_json::json!({ "gpus": rows }));
     }
     Ok(0)
 }

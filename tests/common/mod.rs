@@ -54,15 +54,26 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "[runtime]\npath = \"{}\"\nstate_dir = \"{}\"\n[devices]\nroot = \"{}\"\ninventory = \"file:{}\"\n{extra}",
+                "[runtime]\npath = \"{}\"\nstate_dir = \"{}\"\n[devices]\nroot = \"{}\"\ninventory = \"file:{}\"\n[mps]\nroot = \"{}\"\n{extra}",
                 fake.display(),
                 root.join("state").display(),
                 root.display(),
-                root.join("inventory.toml").display()
+                root.join("inventory.toml").display(),
+                root.join("mps").display()
             ),
         )
         .unwrap();
         Node { dir, config }
+    }
+
+    /// Makes GPU `i`'s MPS daemon look running to gpushare: its pid file
+    /// names this test process (alive, with its real start time).
+    pub fn fake_mps(&self, i: u32) {
+        let dir = self.path().join("mps").join(uuid(i));
+        std::fs::create_dir_all(dir.join("pipe")).unwrap();
+        let pid = std::process::id() as i32;
+        let start = gpushare::ledger::process_start_time(pid).unwrap();
+        std::fs::write(dir.join("daemon.pid"), format!("{pid} {start}\n")).unwrap();
     }
 
     pub fn path(&self) -> &Path {
