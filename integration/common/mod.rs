@@ -153,14 +153,26 @@ impl Node {
         });
     }
 
-    /// `create`, waited for: the runtime's output and exit status.
+    /// `create`, waited for: the runtime's output and exit status. The
+    /// output goes through a file: a created container keeps the stdio it
+    /// was given, so a pipe would not reach its end.
     pub fn create(&self, bundle: &Path, id: &str) -> Output {
-        self.runtime()
+        let log = bundle.join(format!("create-{id}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let status = self
+            .runtime()
             .args(["create", "--bundle"])
             .arg(bundle)
             .arg(id)
-            .output()
-            .unwrap()
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .status()
+            .unwrap();
+        Output {
+            status,
+            stdout: Vec::new(),
+            stderr: std::fs::read(&log).unwrap(),
+        }
     }
 
     /// `run` in the foreground: the container's output and exit status.
