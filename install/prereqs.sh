@@ -9,12 +9,33 @@ need_root() {
   fi
 }
 
-# ensure_packages [podman]: runc and busybox-static always, podman on request.
+# NVIDIA's MPS daemon is in Debian's non-free component; this adds that
+# component for the Debian suites this machine uses, in a file of its own.
+enable_non_free() {
+  local list=/etc/apt/sources.list.d/gpushare-non-free.sources
+  [ -f "$list" ] && return 0
+  local codename
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+  cat >"$list" <<SOURCES
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: $codename $codename-updates
+Components: non-free
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+}
+
+# ensure_packages [tests]: runc and busybox-static always; for the tests
+# also podman and NVIDIA's MPS control daemon (nvidia-cuda-mps).
 ensure_packages() {
   local missing=()
   command -v runc >/dev/null 2>&1 || missing+=(runc)
-  if [ "${1:-}" = podman ]; then
+  if [ "${1:-}" = tests ]; then
     command -v podman >/dev/null 2>&1 || missing+=(podman)
+    if ! command -v nvidia-cuda-mps-control >/dev/null 2>&1; then
+      missing+=(nvidia-cuda-mps)
+      enable_non_free
+    fi
   fi
   if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
     missing+=(busybox-static)
