@@ -98,6 +98,10 @@ pub struct MpsConfig {
     pub root: PathBuf,
     pub container_pipe_dir: PathBuf,
     pub control: String,
+    /// Put real GPUs in EXCLUSIVE_PROCESS mode while their daemon runs
+    /// (NVIDIA's advice: only the MPS server then opens the GPU), or leave
+    /// the compute mode alone.
+    pub exclusive: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +138,7 @@ impl Default for Config {
                 root: "/run/gpushare/mps".into(),
                 container_pipe_dir: "/tmp/nvidia-mps".into(),
                 control: "nvidia-cuda-mps-control".into(),
+                exclusive: true,
             },
         }
     }
@@ -155,7 +160,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "percentage_without_mps",
         ],
     ),
-    ("mps", &["root", "container_pipe_dir", "control"]),
+    (
+        "mps",
+        &["root", "container_pipe_dir", "control", "compute_mode"],
+    ),
 ];
 
 impl Config {
@@ -332,6 +340,13 @@ impl Validator<'_> {
             "mps.root" => cfg.mps.root = self.abs_path(key, value)?,
             "mps.container_pipe_dir" => cfg.mps.container_pipe_dir = self.abs_path(key, value)?,
             "mps.control" => cfg.mps.control = self.string(key, value)?,
+            "mps.compute_mode" => {
+                cfg.mps.exclusive = match value.as_str() {
+                    Some("exclusive") => true,
+                    Some("leave") => false,
+                    _ => return Err(self.bad(key, value, "\"exclusive\" or \"leave\"")),
+                }
+            }
             _ => unreachable!("key {key} is listed in SECTIONS but not handled"),
         }
         Ok(())

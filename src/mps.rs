@@ -213,10 +213,12 @@ pub fn start(cfg: &Config, gpu: &Gpu) -> Result<Started, MpsError> {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
             .map_err(io("chmod", d))?;
     }
-    started.compute_mode = if real_gpus(cfg) {
-        set_exclusive(gpu, &p)?
-    } else {
+    started.compute_mode = if !real_gpus(cfg) {
         "skipped: simulated GPU (no driver)".into()
+    } else if !cfg.mps.exclusive {
+        "left as it is (mps.compute_mode = \"leave\")".into()
+    } else {
+        set_exclusive(gpu, &p)?
     };
     let shm = shm_dir(cfg);
     let mut cmd = Command::new(&cfg.mps.control);
