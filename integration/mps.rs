@@ -182,6 +182,20 @@ fn a_container_on_gpu_1_is_a_client_of_gpu_1s_daemon_only() {
         2
     );
 
+    // A container user who is not root reaches the daemon as well.
+    let b = m.0.bundle("user", &["NVIDIA_VISIBLE_DEVICES=1"], CLIENT);
+    m.0.edit_spec(&b, |s| {
+        s["process"]["user"] = json!({"uid": 1000, "gid": 1000})
+    });
+    let t = text(&m.0.run(&b, &m.0.id(2)));
+    assert!(t.contains("100.0"), "uid 1000: {t}");
+    assert_eq!(
+        m.control_log(1)
+            .matches("Cmd:get_default_active_thread_percentage")
+            .count(),
+        3
+    );
+
     let out = m.mps(&["stop"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -312,4 +326,78 @@ fn refusals_share_without_mps_over_the_budget_and_malformed_limits() {
     let ledger = m.0.ledger();
     assert_eq!(ledger.len(), 1, "only the container that fit: {ledger:?}");
     assert_eq!(ledger[0]["thread_percentage"], json!(70.0));
+}
+
+#[test]
+fn on_a_real_driver_the_compute_mode_is_exclusive_while_mps_runs_and_restored() {
+    // A node whose GPUs come from the driver's procfs, and an nvidia-smi
+    // that records what it is asked and says the GPU's mode is Default.
+    let m = MpsNode::new("mps-mode", "");
+    let root = m.0.dir.path().join("driver-root");
+    let info = root.join("proc/driver/nvidia/gpus/0000:17:00.0");
+    std::fs::create_dir_all(&info).unwrap();
+    std::fs::write(
+        info.join("information"),
+        "Model: \t\t Tesla T4\nGPU UUID: \t GPU-5b2d0c11-0000-4000-8000-000000000000\nBus Location: \t 0000:17:00.0\nDevice Minor: \t 0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &m.0.config,
+        format!(
+            "[runtime]\nstate_dir = {:?}\n[devices]\nroot = {:?}\ninventory = \"procfs\"\n[mps]\nroot = {:?}\n",
+            m.0.dir.path().join("state").display().to_string(),
+            root.display().to_string(),
+            m.mps_root().display().to_string(),
+        ),
+    )
+    .unwrap();
+    let bin = m.0.dir.path().join("fake-bin");
+    std::fs::create_dir(&bin).unwrap();
+    let calls = m.0.dir.path().join("nvidia-smi.calls");
+    std::fs::write(
+        bin.join("nvidia-smi"),
+        format!("#!/bin/sh\necho \"$*\" >> {}\ncase \"$*\" in *--query-gpu=compute_mode*) echo Default;; esac\n", calls.display()),
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(bin.join("nvidia-smi"))
+            .unwrap()
+            .permissions(),
+        0o755,
+    );
+    Command::new("chmod")
+        .arg("755")
+        .arg(bin.join("nvidia-smi"))
+        .status()
+        .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let mps = |args: &[&str]| {
+        Command::new(CLI)
+            .env("GPUSHARE_CONFIG", &m.0.config)
+            .env("PATH", &path)
+            .arg("mps")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = mps(&["start"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("EXCLUSIVE_PROCESS (was Default)"),
+        "{}",
+        text(&out)
+    );
+    let out = mps(&["stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("DEFAULT restored"), "{}", text(&out));
+    let log = std::fs::read_to_string(&calls).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "-i GPU-5b2d0c11-0000-4000-8000-000000000000 --query-gpu=compute_mode --format=csv,noheader",
+            "-i GPU-5b2d0c11-0000-4000-8000-000000000000 -c EXCLUSIVE_PROCESS",
+            "-i GPU-5b2d0c11-0000-4000-8000-000000000000 -c DEFAULT",
+        ]
+    );
 }
