@@ -214,6 +214,31 @@ fn a_container_on_gpu_1_is_a_client_of_gpu_1s_daemon_only() {
 #[test]
 fn a_killed_daemon_shows_dead_and_start_recovers_it() {
     let m = MpsNode::new("mps-dead", "");
+    // A start that cannot run the daemon leaves no mount and no pipe behind.
+    let bad = m.0.dir.path().join("bad.toml");
+    let text_cfg = std::fs::read_to_string(&m.0.config).unwrap();
+    std::fs::write(
+        &bad,
+        text_cfg.replace("[mps]\n", "[mps]\ncontrol = \"/nonexistent/mps-control\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(CLI)
+        .env("GPUSHARE_CONFIG", &bad)
+        .args(["mps", "start"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("/nonexistent/mps-control") && text(&out).contains("nvidia-cuda-mps"),
+        "{}",
+        text(&out)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(m.mps_root().to_str().unwrap()),
+        "no mount left"
+    );
+    assert!(m.status().iter().all(|g| g["state"] == "stopped"));
     assert!(m.mps(&["start"]).status.success());
     let pid = m.status()[0]["pid"].as_i64().unwrap();
     nix::sys::signal::kill(

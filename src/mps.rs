@@ -183,7 +183,36 @@ fn real_gpus(cfg: &Config) -> bool {
     !matches!(cfg.devices.inventory, InventorySource::File(_))
 }
 
-pub fn start(cfg: &Config, gpu: &Gpu) -> Result<Started, MpsError> {
+/// Starts the GPU's daemon unless it runs. A failed start leaves nothing
+/// behind: no pipe directory, no pid file, and no shared-memory mount when
+/// no other daemon uses it.
+pub fn start(cfg: &Config, inv: &Inventory, gpu: &Gpu) -> Result<Started, MpsError> {
+    let result = try_start(cfg, gpu);
+    if result.is_err() {
+        let p = paths(cfg, &gpu.uuid);
+        let _ = std::fs::remove_dir_all(&p.pipe);
+        let _ = std::fs::remove_file(&p.pid);
+        let _ = restore_compute_mode(gpu, &p);
+        release_shm(cfg, inv)?;
+    }
+    result
+}
+
+/// Unmounts the shared memory once no daemon runs.
+fn release_shm(cfg: &Config, inv: &Inventory) -> Result<(), MpsError> {
+    let any_left = inv
+        .gpus
+        .iter()
+        .any(|g| matches!(daemon(cfg, &g.uuid), Daemon::Running { .. }));
+    let shm = shm_dir(cfg);
+    if !any_left && shm.exists() && is_mount_point(&shm) {
+        umount2(&shm, MntFlags::MNT_DETACH)
+            .map_err(|source| MpsError::Shm { path: shm, source })?;
+    }
+    Ok(())
+}
+
+fn try_start(cfg: &Config, gpu: &Gpu) -> Result<Started, MpsError> {
     let p = paths(cfg, &gpu.uuid);
     let mut started = Started {
         index: gpu.index,
@@ -363,15 +392,7 @@ pub fn stop(cfg: &Config, inv: &Inventory, gpu: &Gpu) -> Result<Stopped, MpsErro
     let _ = std::fs::remove_file(&p.pid);
     let compute_mode = restore_compute_mode(gpu, &p)?;
     // The shared memory goes with the last daemon.
-    let any_left = inv
-        .gpus
-        .iter()
-        .any(|g| matches!(daemon(cfg, &g.uuid), Daemon::Running { .. }));
-    let shm = shm_dir(cfg);
-    if !any_left && shm.exists() && is_mount_point(&shm) {
-        umount2(&shm, MntFlags::MNT_DETACH)
-            .map_err(|source| MpsError::Shm { path: shm, source })?;
-    }
+    release_shm(cfg, inv)?;
     Ok(Stopped {
         index: gpu.index,
         uuid: gpu.uuid.clone(),

@@ -180,7 +180,7 @@ fn mps_command(action: MpsAction) -> gpushare::Result<i32> {
     for g in gpus {
         let row = match &action {
             MpsAction::Start(_) => {
-                let s = mps::start(&cfg, g)?;
+                let s = mps::start(&cfg, &inv, g)?;
                 if !args.json {
                     let how = if s.already {
                         "already running"
