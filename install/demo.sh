@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . install/prereqs.sh
 need_root install/demo.sh
-ensure_packages
+ensure_packages mps
 
 echo "== building"
 cargo build --release --locked --quiet
@@ -21,6 +21,7 @@ cleanup() {
   for id in "${IDS[@]}"; do
     "$BIN/gpushare-runtime" --root "$RUNC_ROOT" delete --force "$id" >/dev/null 2>&1 || true
   done
+  [ -n "${GPUSHARE_CONFIG:-}" ] && "$BIN/gpushare" mps stop >/dev/null 2>&1 || true
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -34,6 +35,8 @@ state_dir = "$WORK/state"
 inventory = "procfs"
 [mps]
 root = "$WORK/mps"
+# A demo leaves the GPUs' compute mode alone.
+compute_mode = "leave"
 TOML
   export GPUSHARE_CONFIG=$WORK/config.toml
 else
@@ -44,6 +47,10 @@ echo "GPUSHARE_CONFIG=$GPUSHARE_CONFIG"
 "$BIN/gpushare" inventory
 NGPUS=$("$BIN/gpushare" inventory --json | grep -c '"uuid"')
 SECOND=$(( NGPUS > 1 ? 1 : 0 ))
+
+echo
+echo "== MPS on GPU 0: its containers get a share of its threads"
+"$BIN/gpushare" mps start --gpu 0
 
 # A busybox root filesystem shared by every demo container.
 ROOTFS=$WORK/rootfs
@@ -60,7 +67,7 @@ bundle() {
   cat >"$WORK/$name/config.json" <<JSON
 {"ociVersion": "1.0.2-dev",
  "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
-   "args": ["sh", "-c", "echo \"\$(hostname): NVIDIA_VISIBLE_DEVICES=\$NVIDIA_VISIBLE_DEVICES \${CUDA_MPS_ACTIVE_THREAD_PERCENTAGE:+CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=\$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE}\"; ls -l /dev | grep nvidia; exec sleep 3600"],
+   "args": ["sh", "-c", "echo \"\$(hostname): NVIDIA_VISIBLE_DEVICES=\$NVIDIA_VISIBLE_DEVICES \${CUDA_MPS_ACTIVE_THREAD_PERCENTAGE:+CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=\$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE} \${CUDA_MPS_PIPE_DIRECTORY:+CUDA_MPS_PIPE_DIRECTORY=\$CUDA_MPS_PIPE_DIRECTORY}\"; ls -l /dev | grep nvidia; exec sleep 3600"],
    "env": [$env],
    "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]},
    "noNewPrivileges": true},
@@ -95,7 +102,7 @@ bundle demo-a NVIDIA_VISIBLE_DEVICES=0 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50
 "$BIN/gpushare" explain --bundle "$WORK/demo-a"
 
 echo
-echo "== three modules: two share GPU 0, one on GPU $SECOND; one asks for two GPUs"
+echo "== three modules: two share GPU 0 as MPS clients, one on GPU $SECOND; one asks for two GPUs"
 start demo-a NVIDIA_VISIBLE_DEVICES=0 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50
 start demo-b NVIDIA_VISIBLE_DEVICES=0 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25
 start demo-c NVIDIA_VISIBLE_DEVICES=$SECOND
@@ -111,7 +118,9 @@ echo "== gpushare status"
 "$BIN/gpushare" status
 
 echo
-echo "== deleting the containers releases their GPUs"
+echo
+echo "== deleting the containers releases their GPUs; the MPS daemon stops"
 for id in "${IDS[@]}"; do "$BIN/gpushare-runtime" --root "$RUNC_ROOT" delete --force "$id"; done
 IDS=()
+"$BIN/gpushare" mps stop --gpu 0
 "$BIN/gpushare" status

@@ -25,17 +25,17 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES
 }
 
-# ensure_packages [tests]: runc and busybox-static always; for the tests
-# also podman and NVIDIA's MPS control daemon (nvidia-cuda-mps).
+# ensure_packages [mps|tests]: runc and busybox-static always; NVIDIA's MPS
+# control daemon (nvidia-cuda-mps) for mps and tests; podman for tests.
 ensure_packages() {
   local missing=()
   command -v runc >/dev/null 2>&1 || missing+=(runc)
   if [ "${1:-}" = tests ]; then
     command -v podman >/dev/null 2>&1 || missing+=(podman)
-    if ! command -v nvidia-cuda-mps-control >/dev/null 2>&1; then
-      missing+=(nvidia-cuda-mps)
-      enable_non_free
-    fi
+  fi
+  if [ -n "${1:-}" ] && ! command -v nvidia-cuda-mps-control >/dev/null 2>&1; then
+    missing+=(nvidia-cuda-mps)
+    enable_non_free
   fi
   if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
     missing+=(busybox-static)
