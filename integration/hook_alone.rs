@@ -76,13 +76,7 @@ fn the_hook_alone_refuses_two_gpus_and_runc_creates_nothing() {
     let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0,1"], "echo ran");
     node.with_hook(&b);
     let id = node.id(0);
-    let out = node
-        .runc()
-        .args(["run", "--bundle"])
-        .arg(&b)
-        .arg(&id)
-        .output()
-        .unwrap();
+    let out = node.runc_run(&b, &id);
     let t = text(&out);
     assert!(!out.status.success() && !t.contains("\nran"), "{t}");
     assert!(
@@ -109,13 +103,7 @@ fn a_dev_symlinked_to_a_host_path_is_resolved_inside_the_rootfs() {
     let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=1"], GPU1_SCRIPT);
     node.edit_spec(&b, |s| s["root"]["path"] = json!(rootfs));
     node.with_hook(&b);
-    let out = node
-        .runc()
-        .args(["run", "--bundle"])
-        .arg(&b)
-        .arg(node.id(0))
-        .output()
-        .unwrap();
+    let out = node.runc_run(&b, &node.id(0));
     assert_sees_only_gpu_1(&text(&out));
     // Nothing of gpushare's lands on the host side. (runc 1.1 itself writes
     // its /dev/fd, /dev/stdin, … links through such a /dev link; those are
@@ -155,13 +143,7 @@ fn a_node_that_is_a_symlink_to_a_host_file_is_replaced_inside_the_rootfs() {
         mounts.retain(|m| !m["destination"].as_str().unwrap().starts_with("/dev"));
     });
     node.with_hook(&b);
-    let out = node
-        .runc()
-        .args(["run", "--bundle"])
-        .arg(&b)
-        .arg(node.id(0))
-        .output()
-        .unwrap();
+    let out = node.runc_run(&b, &node.id(0));
     let t = text(&out);
     assert!(
         t.contains("can't open '/dev/nvidia1': No such device or address"),

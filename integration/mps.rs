@@ -166,13 +166,7 @@ fn a_container_on_gpu_1_is_a_client_of_gpu_1s_daemon_only() {
         CLIENT,
     );
     m.0.with_hook(&b);
-    let out =
-        m.0.runc()
-            .args(["run", "--bundle"])
-            .arg(&b)
-            .arg(m.0.id(1))
-            .output()
-            .unwrap();
+    let out = m.0.runc_run(&b, &m.0.id(1));
     let t = text(&out);
     assert!(t.contains("100.0") && t.contains("gpushare-mps-shm"), "{t}");
     assert_eq!(

@@ -135,6 +135,16 @@ impl Node {
         c
     }
 
+    /// `runc run` in the foreground with no shim: the container's output.
+    pub fn runc_run(&self, bundle: &Path, id: &str) -> Output {
+        self.runc()
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .output()
+            .unwrap()
+    }
+
     /// Edits the bundle's spec in place.
     pub fn edit_spec(&self, bundle: &Path, edit: impl FnOnce(&mut Value)) {
         let path = bundle.join("config.json");
