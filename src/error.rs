@@ -34,6 +34,8 @@ pub enum Error {
     Live(#[from] crate::live::LiveError),
     #[error(transparent)]
     Mps(#[from] crate::mps::MpsError),
+    #[error(transparent)]
+    Install(#[from] crate::install::InstallError),
 }
 
 impl Error {
@@ -43,6 +45,11 @@ impl Error {
             Error::Config(_) | Error::Request(_) | Error::Refused(_) => EXIT_REFUSED,
             Error::Shim(crate::shim::ShimError::NoRuntime { .. }) => EXIT_REFUSED,
             Error::Simulate(crate::simulate::SimulateError::Count(_)) => EXIT_REFUSED,
+            Error::Install(
+                crate::install::InstallError::Malformed { .. }
+                | crate::install::InstallError::Shape { .. }
+                | crate::install::InstallError::Option(_),
+            ) => EXIT_REFUSED,
             Error::Inventory(e) if e.is_refusal() => EXIT_REFUSED,
             _ => EXIT_FAILURE,
         }

@@ -9,6 +9,7 @@ pub mod decide;
 pub mod edits;
 pub mod error;
 pub mod hook;
+pub mod install;
 pub mod inventory;
 pub mod ledger;
 pub mod live;

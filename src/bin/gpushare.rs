@@ -53,11 +53,40 @@ enum Command {
     },
     /// Drop ledger entries whose container is gone.
     Gc,
+    /// Wire gpushare into an engine's configuration (never restarts it).
+    Install {
+        #[arg(value_enum)]
+        engine: EngineArg,
+        /// The engine's config file (docker, containerd) or hooks directory
+        /// (podman, crio), instead of the default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the change and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Take out what install put in.
+        #[arg(long)]
+        uninstall: bool,
+        /// Docker: make gpushare the default runtime.
+        #[arg(long)]
+        set_default: bool,
+        /// The node config the hook reads (podman, crio), when not the default.
+        #[arg(long)]
+        gpushare_config: Option<PathBuf>,
+    },
     /// NVIDIA MPS control daemons, one per GPU.
     Mps {
         #[command(subcommand)]
         action: MpsAction,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EngineArg {
+    Docker,
+    Containerd,
+    Podman,
+    Crio,
 }
 
 #[derive(Subcommand)]
@@ -151,6 +180,59 @@ fn run(command: Command) -> gpushare::Result<i32> {
             }
         }
         Command::Mps { action } => return mps_command(action),
+        Command::Install {
+            engine,
+            config,
+            dry_run,
+            uninstall,
+            set_default,
+            gpushare_config,
+        } => {
+            use gpushare::install::{self, Engine};
+            let engine = match engine {
+                EngineArg::Docker => Engine::Docker,
+                EngineArg::Containerd => Engine::Containerd,
+                EngineArg::Podman => Engine::Podman,
+                EngineArg::Crio => Engine::Crio,
+            };
+            let exe = std::env::current_exe().unwrap_or_default();
+            let opts = install::Options {
+                engine,
+                config,
+                set_default,
+                uninstall,
+                bin_dir: exe.parent().map(PathBuf::from).unwrap_or_default(),
+                gpushare_config,
+            };
+            let changes = install::plan(&opts)?;
+            if changes.iter().all(install::Change::is_noop) {
+                for c in &changes {
+                    println!("unchanged: {}", c.path.display());
+                }
+                println!("nothing to change");
+                return Ok(0);
+            }
+            if dry_run {
+                for c in changes.iter().filter(|c| !c.is_noop()) {
+                    print!("{}", install::diff(c));
+                }
+                println!("dry run: nothing written");
+                return Ok(0);
+            }
+            let backups = install::apply(&changes, uninstall)?;
+            for c in &changes {
+                let what = match (c.is_noop(), &c.after) {
+                    (true, _) => "unchanged",
+                    (false, Some(_)) => "wrote",
+                    (false, None) => "removed",
+                };
+                println!("{what}: {}", c.path.display());
+            }
+            for b in backups {
+                println!("backup: {}", b.display());
+            }
+            println!("{}", install::restart_hint(engine));
+        }
         Command::Gc => {
             let cfg = Config::load()?;
             let mut locked = Ledger::new(&cfg.runtime.state_dir).lock()?;

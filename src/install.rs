@@ -1,0 +1,700 @@
+//! `gpushare install`: wiring gpushare into an engine's own configuration,
+//! fitting into what is there. Each engine's change is a pure function from
+//! the file's text to the new text, so it is tested on fixtures; writing is
+//! a timestamped backup, then an atomic replace. A second install changes
+//! nothing; uninstall takes out exactly what install put in, and gives back
+//! the original bytes when install was the only change. Nothing restarts an
+//! engine: the command ends by saying what to restart.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+use thiserror::Error;
+use toml_edit::{DocumentMut, Item, Table};
+
+use crate::ledger::write_atomic;
+
+#[derive(Debug, Error)]
+pub enum InstallError {
+    #[error("{path} is not valid {format} at line {line}, column {column}: {message}; fix it by hand, gpushare will not overwrite it")]
+    Malformed {
+        path: PathBuf,
+        format: &'static str,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {what}; fix it by hand, gpushare will not overwrite it")]
+    Shape { path: PathBuf, what: String },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is missing beside the gpushare binary; install gpushare, gpushare-runtime and gpushare-hook in one directory first")]
+    NoBinary(PathBuf),
+    #[error("--{0} applies to docker and containerd only")]
+    Option(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Docker,
+    Containerd,
+    Podman,
+    Crio,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub engine: Engine,
+    /// The engine's config file (or hooks directory for podman and CRI-O).
+    pub config: Option<PathBuf>,
+    pub set_default: bool,
+    pub uninstall: bool,
+    /// Where gpushare-runtime and gpushare-hook are installed.
+    pub bin_dir: PathBuf,
+    /// GPUSHARE_CONFIG for the hook when not the default location.
+    pub gpushare_config: Option<PathBuf>,
+}
+
+/// One file as it is and as it would be (`None`: absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub path: PathBuf,
+    pub before: Option<Vec<u8>>,
+    pub after: Option<Vec<u8>>,
+    /// A file gpushare alone writes (hooks.d file, CRI-O drop-in): no
+    /// backup, which in a directory an engine reads could be read as config.
+    pub owned: bool,
+}
+
+impl Change {
+    pub fn is_noop(&self) -> bool {
+        self.before == self.after
+    }
+}
+
+pub const DOCKER_CONFIG: &str = "/etc/docker/daemon.json";
+pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+pub const HOOKS_DIR: &str = "/usr/share/containers/oci/hooks.d";
+pub const CRIO_DROP_IN_DIR: &str = "/etc/crio/crio.conf.d";
+const HOOKS_FILE: &str = "oci-gpushare-hook.json";
+const CRIO_DROP_IN: &str = "99-gpushare.conf";
+const RUNTIME_NAME: &str = "gpushare";
+
+fn malformed_json(path: &Path, e: &serde_json::Error) -> InstallError {
+    InstallError::Malformed {
+        path: path.to_owned(),
+        format: "JSON",
+        line: e.line(),
+        column: e.column(),
+        message: e
+            .to_string()
+            .split(" at line")
+            .next()
+            .unwrap_or("")
+            .to_owned(),
+    }
+}
+
+fn shape(path: &Path, what: &str) -> InstallError {
+    InstallError::Shape {
+        path: path.to_owned(),
+        what: what.to_owned(),
+    }
+}
+
+/// Docker's daemon.json with `runtimes.gpushare.path` (and, with
+/// `set_default`, `default-runtime`). Every other key stays, in its order.
+pub fn docker_install(
+    path: &Path,
+    text: Option<&str>,
+    runtime: &Path,
+    set_default: bool,
+) -> Result<String, InstallError> {
+    let mut doc = docker_parse(path, text)?;
+    let root = doc.as_object_mut().expect("checked in docker_parse");
+    let runtimes = root
+        .entry("runtimes")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let runtimes = runtimes
+        .as_object_mut()
+        .ok_or_else(|| shape(path, "\"runtimes\" is not an object"))?;
+    runtimes.insert(RUNTIME_NAME.into(), json!({ "path": runtime }));
+    if set_default {
+        root.insert("default-runtime".into(), RUNTIME_NAME.into());
+    }
+    Ok(format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).expect("JSON serialises")
+    ))
+}
+
+/// Takes out what `docker_install` put in.
+pub fn docker_uninstall(path: &Path, text: Option<&str>) -> Result<Option<String>, InstallError> {
+    let Some(text) = text else { return Ok(None) };
+    let mut doc = docker_parse(path, Some(text))?;
+    let root = doc.as_object_mut().expect("checked in docker_parse");
+    if let Some(Value::Object(runtimes)) = root.get_mut("runtimes") {
+        runtimes.remove(RUNTIME_NAME);
+        if runtimes.is_empty() {
+            root.remove("runtimes");
+        }
+    }
+    if root.get("default-runtime").and_then(Value::as_str) == Some(RUNTIME_NAME) {
+        root.remove("default-runtime");
+    }
+    Ok(Some(format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).expect("JSON serialises")
+    )))
+}
+
+fn docker_parse(path: &Path, text: Option<&str>) -> Result<Value, InstallError> {
+    let text = text.unwrap_or("").trim();
+    if text.is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    let doc: Value = serde_json::from_str(text).map_err(|e| malformed_json(path, &e))?;
+    if !doc.is_object() {
+        return Err(shape(path, "the top level is not an object"));
+    }
+    Ok(doc)
+}
+
+/// The CRI plugin's table of runtimes for a containerd config version.
+fn cri_runtimes_path(version: i64) -> Option<[&'static str; 4]> {
+    match version {
+        2 => Some([
+            "plugins",
+            "io.containerd.grpc.v1.cri",
+            "containerd",
+            "runtimes",
+        ]),
+        3 => Some([
+            "plugins",
+            "io.containerd.cri.v1.runtime",
+            "containerd",
+            "runtimes",
+        ]),
+        _ => None,
+    }
+}
+
+fn containerd_parse(path: &Path, text: Option<&str>) -> Result<(DocumentMut, i64), InstallError> {
+    let text = text.unwrap_or("");
+    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        let (line, column) = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                (
+                    before.matches('\n').count() + 1,
+                    before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+                )
+            })
+            .unwrap_or((1, 1));
+        InstallError::Malformed {
+            path: path.to_owned(),
+            format: "TOML",
+            line,
+            column,
+            message: e.message().replace('\n', " "),
+        }
+    })?;
+    let version = match doc.get("version") {
+        Some(v) => v
+            .as_integer()
+            .ok_or_else(|| shape(path, "`version` is not a number"))?,
+        None if text.trim().is_empty() => {
+            doc["version"] = toml_edit::value(2);
+            2
+        }
+        // Ref: containerd reads a config without `version` as version 1.
+        None => 1,
+    };
+    if cri_runtimes_path(version).is_none() {
+        return Err(shape(
+            path,
+            &format!("config version {version} is not supported (2 and 3 are); migrate it with `containerd config migrate`"),
+        ));
+    }
+    Ok((doc, version))
+}
+
+/// containerd's config with a `gpushare` CRI runtime: runc's shim v2 with
+/// `BinaryName` set to gpushare-runtime, and runc's other options copied.
+/// Comments, order and unknown tables are kept.
+pub fn containerd_install(
+    path: &Path,
+    text: Option<&str>,
+    runtime: &Path,
+) -> Result<String, InstallError> {
+    let (mut doc, version) = containerd_parse(path, text)?;
+    let keys = cri_runtimes_path(version).expect("checked");
+    let mut table = doc.as_table_mut();
+    for k in keys {
+        let entry = table.entry(k).or_insert_with(|| {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        });
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| shape(path, &format!("`{k}` is not a table")))?;
+    }
+    let runc_options = table
+        .get("runc")
+        .and_then(|r| r.get("options"))
+        .and_then(Item::as_table_like)
+        .map(|t| {
+            t.iter()
+                .map(|(k, v)| (k.to_owned(), v.clone()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let mut options = Table::new();
+    for (k, v) in runc_options {
+        if k != "BinaryName" {
+            options.insert(&k, v);
+        }
+    }
+    options.insert(
+        "BinaryName",
+        toml_edit::value(runtime.display().to_string()),
+    );
+    let mut ours = Table::new();
+    ours.insert("runtime_type", toml_edit::value("io.containerd.runc.v2"));
+    ours.insert("options", Item::Table(options));
+    table.insert(RUNTIME_NAME, Item::Table(ours));
+    Ok(doc.to_string())
+}
+
+pub fn containerd_uninstall(
+    path: &Path,
+    text: Option<&str>,
+) -> Result<Option<String>, InstallError> {
+    let Some(text) = text else { return Ok(None) };
+    let (mut doc, version) = containerd_parse(path, Some(text))?;
+    let keys = cri_runtimes_path(version).expect("checked");
+    let mut table = Some(doc.as_table_mut());
+    for k in keys {
+        table = table
+            .and_then(|t| t.get_mut(k))
+            .and_then(Item::as_table_mut);
+    }
+    if let Some(t) = table {
+        t.remove(RUNTIME_NAME);
+    }
+    Ok(Some(doc.to_string()))
+}
+
+/// The hooks.d file (podman, CRI-O): prestart and poststop, the stage read
+/// from the state.
+pub fn hooks_file(hook: &Path, gpushare_config: Option<&Path>) -> String {
+    let mut h = json!({"path": hook, "args": ["gpushare-hook"]});
+    if let Some(c) = gpushare_config {
+        h["env"] = json!([format!("{}={}", crate::config::ENV_VAR, c.display())]);
+    }
+    let doc = json!({
+        "version": "1.0.0",
+        "hook": h,
+        "when": {"always": true},
+        "stages": ["prestart", "poststop"],
+    });
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).expect("JSON serialises")
+    )
+}
+
+/// CRI-O's drop-in: the gpushare runtime, for RuntimeClass `gpushare`.
+pub fn crio_drop_in(runtime: &Path) -> String {
+    format!(
+        "# Written by `gpushare install crio`; `gpushare install crio --uninstall` removes it.\n\
+         [crio.runtime.runtimes.{RUNTIME_NAME}]\nruntime_path = {:?}\nruntime_type = \"oci\"\n",
+        runtime.display().to_string()
+    )
+}
+
+fn read(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(InstallError::Io {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn text_of(path: &Path, bytes: &Option<Vec<u8>>) -> Result<Option<String>, InstallError> {
+    bytes
+        .as_ref()
+        .map(|b| String::from_utf8(b.clone()).map_err(|_| shape(path, "it is not UTF-8 text")))
+        .transpose()
+}
+
+/// The newest backup install made of `path`, if any.
+fn latest_backup(path: &Path) -> Option<PathBuf> {
+    let dir = path.parent()?;
+    let prefix = format!("{}.gpushare-backup-", path.file_name()?.to_str()?);
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// What install or uninstall would do, file by file.
+pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
+    let runtime = o.bin_dir.join("gpushare-runtime");
+    let hook = o.bin_dir.join("gpushare-hook");
+    for b in [&runtime, &hook] {
+        if !b.is_file() {
+            return Err(InstallError::NoBinary(b.clone()));
+        }
+    }
+    if o.set_default && o.engine != Engine::Docker {
+        return Err(InstallError::Option("set-default"));
+    }
+    match o.engine {
+        Engine::Docker | Engine::Containerd => {
+            let default = if o.engine == Engine::Docker {
+                DOCKER_CONFIG
+            } else {
+                CONTAINERD_CONFIG
+            };
+            let path = o.config.clone().unwrap_or_else(|| default.into());
+            let before = read(&path)?;
+            let text = text_of(&path, &before)?;
+            let install = |t: Option<&str>| match o.engine {
+                Engine::Docker => docker_install(&path, t, &runtime, o.set_default),
+                _ => containerd_install(&path, t, &runtime),
+            };
+            let after = if !o.uninstall {
+                let new = install(text.as_deref())?;
+                // Unchanged meaning, unchanged bytes: a second install is a no-op.
+                if text.as_deref() == Some(new.as_str())
+                    || same_meaning(o.engine, text.as_deref(), &new)
+                {
+                    before.clone()
+                } else {
+                    Some(new.into_bytes())
+                }
+            } else {
+                // Install the only change since the backup: give its bytes back.
+                let original = latest_backup(&path)
+                    .map(|b| read(&b))
+                    .transpose()?
+                    .flatten();
+                let original_text = text_of(&path, &original)?;
+                if text.is_some()
+                    && install(original_text.as_deref()).ok().as_deref() == text.as_deref()
+                {
+                    original
+                } else {
+                    let undone = match o.engine {
+                        Engine::Docker => docker_uninstall(&path, text.as_deref())?,
+                        _ => containerd_uninstall(&path, text.as_deref())?,
+                    };
+                    if undone.as_deref() == text.as_deref()
+                        || same_meaning(o.engine, text.as_deref(), undone.as_deref().unwrap_or(""))
+                    {
+                        before.clone()
+                    } else {
+                        undone.map(String::into_bytes)
+                    }
+                }
+            };
+            Ok(vec![Change {
+                path,
+                before,
+                after,
+            }])
+        }
+        Engine::Podman | Engine::Crio => {
+            let dir = o.config.clone().unwrap_or_else(|| HOOKS_DIR.into());
+            let hooks = dir.join(HOOKS_FILE);
+            let mut changes = vec![Change {
+                before: read(&hooks)?,
+                after: (!o.uninstall)
+                    .then(|| hooks_file(&hook, o.gpushare_config.as_deref()).into_bytes()),
+                path: hooks,
+            }];
+            if o.engine == Engine::Crio {
+                let drop_in = PathBuf::from(CRIO_DROP_IN_DIR).join(CRIO_DROP_IN);
+                changes.push(Change {
+                    before: read(&drop_in)?,
+                    after: (!o.uninstall).then(|| crio_drop_in(&runtime).into_bytes()),
+                    path: drop_in,
+                    owned: true,
+                });
+            }
+            Ok(changes)
+        }
+    }
+}
+
+/// Whether two texts say the same to the engine (so re-formatting alone is
+/// not a change worth a write).
+fn same_meaning(engine: Engine, a: Option<&str>, b: &str) -> bool {
+    let Some(a) = a else { return false };
+    match engine {
+        Engine::Docker => {
+            serde_json::from_str::<Value>(a).ok() == serde_json::from_str::<Value>(b).ok()
+                && !a.trim().is_empty()
+        }
+        _ => false,
+    }
+}
+
+/// Writes the changes: a timestamped backup of each file that existed, then
+/// an atomic replace (or removal). Uninstall's backups have a name of their
+/// own, so that the newest install backup stays the file as it was before
+/// gpushare.
+pub fn apply(changes: &[Change], uninstall: bool) -> Result<Vec<PathBuf>, InstallError> {
+    let mut backups = Vec::new();
+    let stamp = crate::shim::rfc3339(std::time::SystemTime::now()).replace(':', "");
+    let kind = if uninstall {
+        "gpushare-uninstall-backup"
+    } else {
+        "gpushare-backup"
+    };
+    for c in changes.iter().filter(|c| !c.is_noop()) {
+        let io = |action, source| InstallError::Io {
+            action,
+            path: c.path.clone(),
+            source,
+        };
+        if let Some(before) = c.before.as_ref().filter(|_| !c.owned) {
+            let backup = PathBuf::from(format!("{}.{kind}-{stamp}", c.path.display()));
+            write_atomic(&backup, before, 0o644).map_err(|e| io("back up", e))?;
+            backups.push(backup);
+        }
+        match &c.after {
+            Some(after) => {
+                if let Some(dir) = c.path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+                }
+                write_atomic(&c.path, after, 0o644).map_err(|e| io("write", e))?;
+            }
+            None => std::fs::remove_file(&c.path).map_err(|e| io("remove", e))?,
+        }
+    }
+    Ok(backups)
+}
+
+/// A line diff for `--dry-run`: `-` lines go, `+` lines come.
+pub fn diff(c: &Change) -> String {
+    let text = |b: &Option<Vec<u8>>| {
+        b.as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    };
+    let (a, b) = (text(&c.before), text(&c.after));
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    // Longest common subsequence, fine for config-sized files.
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let mut out = format!(
+        "--- {}{}\n+++ {}{}\n",
+        c.path.display(),
+        if c.before.is_none() { " (absent)" } else { "" },
+        c.path.display(),
+        if c.after.is_none() { " (removed)" } else { "" }
+    );
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push_str(&format!("-{}\n", a[i]));
+            i += 1;
+        } else {
+            out.push_str(&format!("+{}\n", b[j]));
+            j += 1;
+        }
+    }
+    out
+}
+
+/// What to run so the engine reads its new configuration.
+pub fn restart_hint(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Docker => "restart Docker to use it: systemctl restart docker",
+        Engine::Containerd => "restart containerd to use it: systemctl restart containerd",
+        Engine::Podman => "nothing to restart: podman reads its hooks directory at every run",
+        Engine::Crio => "restart CRI-O to use it: systemctl restart crio",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RT: &str = "/usr/local/bin/gpushare-runtime";
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/install/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    fn p() -> PathBuf {
+        PathBuf::from("/etc/x")
+    }
+
+    #[test]
+    fn docker_keeps_everything_else_and_is_idempotent() {
+        let original = fixture("daemon.json");
+        let once = docker_install(&p(), Some(&original), Path::new(RT), false).unwrap();
+        let twice = docker_install(&p(), Some(&once), Path::new(RT), false).unwrap();
+        assert_eq!(once, twice);
+        let v: Value = serde_json::from_str(&once).unwrap();
+        let o: Value = serde_json::from_str(&original).unwrap();
+        assert_eq!(v["runtimes"]["gpushare"]["path"], RT);
+        assert_eq!(v["runtimes"]["nvidia"], o["runtimes"]["nvidia"]);
+        assert_eq!(v["log-driver"], o["log-driver"]);
+        assert_eq!(v["data-root"], o["data-root"]);
+        assert!(v.get("default-runtime").is_none());
+        // Key order is kept: the first key is still the first.
+        assert!(
+            once.trim_start().starts_with("{\n  \"data-root\""),
+            "{once}"
+        );
+        let d = docker_install(&p(), Some(&original), Path::new(RT), true).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&d).unwrap()["default-runtime"],
+            "gpushare"
+        );
+        let undone = docker_uninstall(&p(), Some(&d)).unwrap().unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&undone).unwrap(), o);
+        // From nothing.
+        let fresh = docker_install(&p(), None, Path::new(RT), false).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&fresh).unwrap(),
+            json!({"runtimes": {"gpushare": {"path": RT}}})
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&docker_uninstall(&p(), Some(&fresh)).unwrap().unwrap())
+                .unwrap(),
+            json!({})
+        );
+    }
+
+    #[test]
+    fn malformed_files_are_refused_with_line_and_column() {
+        let e = docker_install(
+            &p(),
+            Some("{\n  \"a\": 1,\n  oops\n}"),
+            Path::new(RT),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 3") && e.contains("will not overwrite"),
+            "{e}"
+        );
+        let e = docker_install(&p(), Some("[1]"), Path::new(RT), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an object"), "{e}");
+        let e = containerd_install(&p(), Some("version = 2\n[plugins\nx = 1\n"), Path::new(RT))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("TOML"), "{e}");
+        let e = containerd_install(&p(), Some("[plugins.cri]\nx = 1\n"), Path::new(RT))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 1 is not supported"), "{e}");
+    }
+
+    #[test]
+    fn containerd_v2_keeps_comments_and_copies_runc_options() {
+        let original = fixture("containerd-v2.toml");
+        let once = containerd_install(&p(), Some(&original), Path::new(RT)).unwrap();
+        assert_eq!(
+            containerd_install(&p(), Some(&once), Path::new(RT)).unwrap(),
+            once,
+            "idempotent"
+        );
+        for line in original.lines() {
+            assert!(once.contains(line), "kept: {line:?}");
+        }
+        let doc: toml::Table = once.parse().unwrap();
+        let rt = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["gpushare"];
+        assert_eq!(rt["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
+        assert_eq!(rt["options"]["BinaryName"].as_str(), Some(RT));
+        assert_eq!(
+            rt["options"]["SystemdCgroup"].as_bool(),
+            Some(true),
+            "copied from runc"
+        );
+        let undone = containerd_uninstall(&p(), Some(&once)).unwrap().unwrap();
+        assert_eq!(undone, original);
+    }
+
+    #[test]
+    fn containerd_v3_and_empty() {
+        let original = fixture("containerd-v3.toml");
+        let once = containerd_install(&p(), Some(&original), Path::new(RT)).unwrap();
+        let doc: toml::Table = once.parse().unwrap();
+        assert!(
+            doc["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["gpushare"]
+                .is_table()
+        );
+        assert!(doc["plugins"].get("io.containerd.grpc.v1.cri").is_none());
+        let empty = containerd_install(&p(), None, Path::new(RT)).unwrap();
+        let doc: toml::Table = empty.parse().unwrap();
+        assert_eq!(doc["version"].as_integer(), Some(2));
+        assert_eq!(
+            doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["gpushare"]
+                ["options"]["BinaryName"]
+                .as_str(),
+            Some(RT)
+        );
+        assert!(
+            !empty.contains("[plugins]\n"),
+            "parents stay implicit: {empty}"
+        );
+    }
+
+    #[test]
+    fn the_diff_shows_what_comes_and_goes() {
+        let c = Change {
+            path: p(),
+            before: Some(b"a\nb\nc\n".to_vec()),
+            after: Some(b"a\nB\nc\nd\n".to_vec()),
+            owned: false,
+        };
+        let d = diff(&c);
+        assert!(
+            d.contains("-b\n+B\n") && d.contains("+d\n") && !d.contains("-a"),
+            "{d}"
+        );
+    }
+}
