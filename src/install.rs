@@ -422,6 +422,7 @@ pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
                 path,
                 before,
                 after,
+                owned: false,
             }])
         }
         Engine::Podman | Engine::Crio => {
@@ -432,6 +433,7 @@ pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
                 after: (!o.uninstall)
                     .then(|| hooks_file(&hook, o.gpushare_config.as_deref()).into_bytes()),
                 path: hooks,
+                owned: true,
             }];
             if o.engine == Engine::Crio {
                 let drop_in = PathBuf::from(CRIO_DROP_IN_DIR).join(CRIO_DROP_IN);
