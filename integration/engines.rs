@@ -1,0 +1,434 @@
+//! The real engines, configured by `gpushare install` on temporary config
+//! files and started by the test with temporary state and sockets; images
+//! are imported from the test's busybox rootfs, no registry. Root; needs
+//! docker.io, containerd and podman (see common/mod.rs for the rest).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const GPU1_SCRIPT: &str = "stat -c 'node %t:%T' /dev/nvidia1; cat /dev/nvidia1; \
+    test -e /dev/nvidia0 && echo has-nvidia0 || echo no-nvidia0; \
+    mknod /tmp/sneaky0 c 195 0 && cat /tmp/sneaky0";
+
+fn assert_sees_only_gpu_1(t: &str) {
+    assert!(t.contains("node c3:1"), "/dev/nvidia1 is 195:1: {t}");
+    assert!(
+        t.contains("can't open '/dev/nvidia1': No such device or address"),
+        "{t}"
+    );
+    assert!(t.contains("no-nvidia0"), "{t}");
+    assert!(
+        t.contains("can't open '/tmp/sneaky0': Operation not permitted"),
+        "{t}"
+    );
+}
+
+fn need(binary: &str, package: &str) {
+    assert!(
+        Command::new(binary)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "{binary} is not installed: apt-get install {package}"
+    );
+}
+
+fn install(node: &Node, args: &[&str]) -> Output {
+    let out = Command::new(CLI)
+        .env("GPUSHARE_CONFIG", &node.config)
+        .arg("install")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    out
+}
+
+/// A daemon the test started; stopped (and its mounts undone) on drop.
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Whatever the daemon left mounted under its directories goes.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = self.dir.display().to_string();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not come up in 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The node's rootfs as a tar stream, for `docker import`.
+fn rootfs_tar(node: &Node) -> PathBuf {
+    let tar = node.dir.path().join("rootfs.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&node.rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    tar
+}
+
+#[test]
+fn docker_configured_by_install_gives_gpu_1_refuses_two_and_releases_on_rm() {
+    need("dockerd", "docker.io");
+    let node = Node::new("docker");
+    let d = node.dir.path().join("docker");
+    std::fs::create_dir_all(&d).unwrap();
+    let daemon_json = d.join("daemon.json");
+    std::fs::write(&daemon_json, "{\n  \"log-level\": \"warn\"\n}\n").unwrap();
+    install(
+        &node,
+        &["docker", "--config", daemon_json.to_str().unwrap()],
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&daemon_json).unwrap()).unwrap();
+    assert_eq!(cfg["log-level"], "warn", "the operator's key is kept");
+    let sock = d.join("docker.sock");
+    let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+    let child = Command::new("dockerd")
+        .env("GPUSHARE_CONFIG", &node.config)
+        .arg("--config-file")
+        .arg(&daemon_json)
+        .arg("--data-root")
+        .arg(d.join("data"))
+        .arg("--exec-root")
+        .arg(d.join("exec"))
+        .arg("--pidfile")
+        .arg(d.join("docker.pid"))
+        .arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .args(["--iptables=false", "--bridge=none"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon {
+        child,
+        dir: d.clone(),
+    };
+    let docker = |args: &[&str]| -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    wait_for("dockerd", || docker(&["info"]).status.success());
+    let tar = rootfs_tar(&node);
+    let out = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .args(["import", "-", "gpushare-test:1"])
+        .stdin(std::fs::File::open(&tar).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "gpushare",
+        "--cap-add",
+        "MKNOD",
+        "-e",
+        "NVIDIA_VISIBLE_DEVICES=1",
+        "gpushare-test:1",
+        "sh",
+        "-c",
+        GPU1_SCRIPT,
+    ]);
+    assert_sees_only_gpu_1(&text(&out));
+
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "gpushare",
+        "-e",
+        "NVIDIA_VISIBLE_DEVICES=0,1",
+        "gpushare-test:1",
+        "true",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("gpushare: NVIDIA_VISIBLE_DEVICES asks for 2 GPUs"),
+        "docker shows gpushare's reason: {}",
+        text(&out)
+    );
+
+    let name = node.id(0);
+    let out = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--runtime",
+        "gpushare",
+        "-e",
+        "NVIDIA_VISIBLE_DEVICES=1",
+        "gpushare-test:1",
+        "sleep",
+        "300",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let held = node.ledger();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (held[0]["gpu"].as_u64(), held[0]["state"].as_str()),
+        (Some(1), Some("running"))
+    );
+    let out = docker(&["rm", "-f", &name]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(node.ledger().is_empty(), "docker rm released it");
+}
+
+#[test]
+fn podman_with_the_installed_hooks_directory_gives_gpu_1_only() {
+    need("podman", "podman");
+    let node = Node::new("podman-install");
+    let hooks = node.dir.path().join("hooks.d");
+    install(
+        &node,
+        &[
+            "podman",
+            "--config",
+            hooks.to_str().unwrap(),
+            "--gpushare-config",
+            node.config.to_str().unwrap(),
+        ],
+    );
+    let out = Command::new("podman")
+        .args([
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--hooks-dir",
+        ])
+        .arg(&hooks)
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            &node.id(0),
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--cap-add",
+            "MKNOD",
+            "-e",
+            "NVIDIA_VISIBLE_DEVICES=1",
+            "--rootfs",
+        ])
+        .arg(&node.rootfs)
+        .args(["sh", "-c", GPU1_SCRIPT])
+        .output()
+        .unwrap();
+    assert_sees_only_gpu_1(&text(&out));
+    let out = Command::new("podman")
+        .args([
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--hooks-dir",
+        ])
+        .arg(&hooks)
+        .args([
+            "run",
+            "--rm",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "-e",
+            "NVIDIA_VISIBLE_DEVICES=0,1",
+            "--rootfs",
+        ])
+        .arg(&node.rootfs)
+        .args(["true"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && text(&out).contains("policy.max_gpus_per_container"),
+        "{}",
+        text(&out)
+    );
+    assert!(node.ledger().is_empty());
+    install(
+        &node,
+        &["podman", "--config", hooks.to_str().unwrap(), "--uninstall"],
+    );
+    assert_eq!(
+        std::fs::read_dir(&hooks).unwrap().count(),
+        0,
+        "uninstall took the file out"
+    );
+}
+
+/// A docker-archive image of the node's rootfs, for `ctr image import`.
+fn image_archive(node: &Node) -> PathBuf {
+    let dir = node.dir.path().join("image");
+    std::fs::create_dir_all(&dir).unwrap();
+    let layer = rootfs_tar(node);
+    std::fs::copy(&layer, dir.join("layer.tar")).unwrap();
+    let sum = Command::new("sha256sum")
+        .arg(dir.join("layer.tar"))
+        .output()
+        .unwrap();
+    let sum = String::from_utf8(sum.stdout)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]}, "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{sum}")]}});
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": ["docker.io/library/gpushare-test:1"], "Layers": ["layer.tar"]}]);
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    let archive = node.dir.path().join("image.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-cf")
+        .arg(&archive)
+        .args(["manifest.json", "config.json", "layer.tar"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    archive
+}
+
+#[test]
+fn containerd_configured_by_install_runs_the_gpu_container_and_shows_refusals() {
+    need("containerd", "containerd");
+    let node = Node::new("containerd");
+    let d = node.dir.path().join("containerd");
+    std::fs::create_dir_all(&d).unwrap();
+    let config = d.join("config.toml");
+    let sock = d.join("containerd.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\n\n[grpc]\n  address = {:?}\n",
+            d.join("root").display().to_string(),
+            d.join("state").display().to_string(),
+            sock.display().to_string()
+        ),
+    )
+    .unwrap();
+    install(&node, &["containerd", "--config", config.to_str().unwrap()]);
+    let doc: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
+    let binary = doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["gpushare"]
+        ["options"]["BinaryName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(Path::new(&binary).is_absolute() && binary.ends_with("gpushare-runtime"));
+    let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+    let child = Command::new("containerd")
+        .env("GPUSHARE_CONFIG", &node.config)
+        .arg("--config")
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon {
+        child,
+        dir: d.clone(),
+    };
+    let ctr = |args: &[&str]| -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    wait_for("containerd", || ctr(&["version"]).status.success());
+    let archive = image_archive(&node);
+    let out = ctr(&["image", "import", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // ctr takes the runtime binary the installed config names.
+    let run = |id: &str, env: &str, script: &str| -> Output {
+        ctr(&[
+            "run",
+            "--rm",
+            "--runc-binary",
+            &binary,
+            "--env",
+            env,
+            "docker.io/library/gpushare-test:1",
+            id,
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    let out = run(
+        &node.id(0),
+        "NVIDIA_VISIBLE_DEVICES=1",
+        "ls /dev; cat /dev/nvidia1; test -e /dev/nvidia0 && echo has-nvidia0 || echo no-nvidia0",
+    );
+    let t = text(&out);
+    assert!(
+        t.contains("nvidia1")
+            && t.contains("No such device or address")
+            && t.contains("no-nvidia0"),
+        "{t}"
+    );
+    let out = run(&node.id(1), "NVIDIA_VISIBLE_DEVICES=0,1", "true");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("gpushare: NVIDIA_VISIBLE_DEVICES asks for 2 GPUs"),
+        "ctr shows gpushare's reason: {}",
+        text(&out)
+    );
+    assert!(node.ledger().is_empty());
+}
