@@ -26,12 +26,15 @@ SOURCES
 }
 
 # ensure_packages [mps|tests]: runc and busybox-static always; NVIDIA's MPS
-# control daemon (nvidia-cuda-mps) for mps and tests; podman for tests.
+# control daemon (nvidia-cuda-mps) for mps and tests; the engines (podman,
+# docker.io, containerd) for tests.
 ensure_packages() {
   local missing=()
   command -v runc >/dev/null 2>&1 || missing+=(runc)
   if [ "${1:-}" = tests ]; then
     command -v podman >/dev/null 2>&1 || missing+=(podman)
+    command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+    command -v containerd >/dev/null 2>&1 || missing+=(containerd)
   fi
   if [ -n "${1:-}" ] && ! command -v nvidia-cuda-mps-control >/dev/null 2>&1; then
     missing+=(nvidia-cuda-mps)

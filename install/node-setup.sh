@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Sets up one Kubernetes node for gpushare, without a DaemonSet: installs the
+# binaries, wires containerd (or CRI-O) and, where the NVIDIA driver is
+# loaded, enables the MPS daemons. Run on the node as root, from a checkout:
+#   install/node-setup.sh containerd|crio
+# then restart the engine as printed, and apply install/runtimeclass.yaml
+# once to the cluster.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+engine=${1:?usage: install/node-setup.sh containerd|crio}
+bins=$(install/build.sh)
+install -m 0755 "$bins"/gpushare "$bins"/gpushare-runtime "$bins"/gpushare-hook /usr/local/bin/
+/usr/local/bin/gpushare install "$engine"
+if [ -d /proc/driver/nvidia/gpus ] && command -v systemctl >/dev/null; then
+  install -m 0644 install/gpushare-mps.service /etc/systemd/system/
+  systemctl daemon-reload
+  systemctl enable --now gpushare-mps
+fi
+/usr/local/bin/gpushare inventory
