@@ -1,0 +1,173 @@
+//! `gpushare install` on files in a temporary directory: what it writes,
+//! what a second run and --dry-run write (nothing), what --uninstall gives
+//! back, and that a malformed file is refused and left alone.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::*;
+
+fn install(node: &Node, args: &[&str]) -> Output {
+    node.cli(&[&["install"], args].concat())
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn docker_install_twice_then_uninstall_gives_the_original_bytes_back() {
+    let node = Node::new(1, "");
+    let dir = node.path().join("etc");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("daemon.json");
+    let original = fixture("install/daemon.json");
+    std::fs::write(&file, &original).unwrap();
+    let f = file.to_str().unwrap();
+
+    let out = install(&node, &["docker", "--config", f, "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("+    \"gpushare\": {") && stdout(&out).contains("nothing written"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        original,
+        "--dry-run writes nothing"
+    );
+    assert_eq!(listing(&dir), ["daemon.json"]);
+
+    let out = install(&node, &["docker", "--config", f]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out)
+            .trim_end()
+            .ends_with("systemctl restart docker"),
+        "ends with the restart to run: {}",
+        stdout(&out)
+    );
+    let written = std::fs::read(&file).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&written).unwrap();
+    assert_eq!(
+        v["runtimes"]["gpushare"]["path"].as_str().unwrap(),
+        BIN_RUNTIME
+    );
+    let backups = listing(&dir);
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    assert!(backups[1].starts_with("daemon.json.gpushare-backup-"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join(&backups[1])).unwrap(),
+        original
+    );
+
+    let out = install(&node, &["docker", "--config", f]);
+    assert!(
+        stdout(&out).contains("nothing to change"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), written);
+    assert_eq!(listing(&dir).len(), 2, "no new backup");
+
+    let out = install(&node, &["docker", "--config", f, "--uninstall"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        original,
+        "the original bytes"
+    );
+}
+
+#[test]
+fn uninstall_after_the_operator_changed_the_file_takes_out_only_gpushare() {
+    let node = Node::new(1, "");
+    let file = node.path().join("daemon.json");
+    std::fs::write(&file, "{\"debug\": true}").unwrap();
+    let f = file.to_str().unwrap();
+    assert!(install(&node, &["docker", "--config", f, "--set-default"])
+        .status
+        .success());
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(v["default-runtime"], "gpushare");
+    v["log-level"] = "warn".into();
+    std::fs::write(&file, serde_json::to_vec(&v).unwrap()).unwrap();
+    assert!(install(&node, &["docker", "--config", f, "--uninstall"])
+        .status
+        .success());
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(v, serde_json::json!({"debug": true, "log-level": "warn"}));
+}
+
+#[test]
+fn malformed_files_are_refused_and_left_alone() {
+    let node = Node::new(1, "");
+    for (engine, name, text, needle) in [
+        (
+            "docker",
+            "daemon.json",
+            "{\n  \"debug\": true,\n}\n",
+            "line 3",
+        ),
+        (
+            "containerd",
+            "config.toml",
+            "version = 2\n[plugins\n",
+            "line 2",
+        ),
+    ] {
+        let file = node.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let out = install(&node, &[engine, "--config", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{engine}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(needle) && stderr(&out).contains("will not overwrite"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+        assert_eq!(
+            listing(node.path())
+                .iter()
+                .filter(|n| n.contains("backup"))
+                .count(),
+            0
+        );
+    }
+}
+
+#[test]
+fn containerd_v2_install_and_uninstall_round_trip() {
+    let node = Node::new(1, "");
+    let file = node.path().join("config.toml");
+    let original = fixture("install/containerd-v2.toml");
+    std::fs::write(&file, &original).unwrap();
+    let f = file.to_str().unwrap();
+    assert!(install(&node, &["containerd", "--config", f])
+        .status
+        .success());
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("# runc with systemd cgroups, as kubeadm sets it up"),
+        "comments kept"
+    );
+    assert!(
+        text.contains(&format!("BinaryName = \"{BIN_RUNTIME}\"")),
+        "{text}"
+    );
+    assert!(stdout(&install(&node, &["containerd", "--config", f])).contains("nothing to change"));
+    assert!(
+        install(&node, &["containerd", "--config", f, "--uninstall"])
+            .status
+            .success()
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
+}
