@@ -432,3 +432,101 @@ fn containerd_configured_by_install_runs_the_gpu_container_and_shows_refusals() 
     );
     assert!(node.ledger().is_empty());
 }
+
+#[test]
+fn containerd_mode_hook_config_loads_and_its_base_spec_gives_the_gpu() {
+    need("containerd", "containerd");
+    let node = Node::new("containerd-hook");
+    let d = node.dir.path().join("containerd");
+    std::fs::create_dir_all(&d).unwrap();
+    let config = d.join("config.toml");
+    let sock = d.join("containerd.sock");
+    let original = format!(
+        "version = 2\nroot = {:?}\nstate = {:?}\n\n[grpc]\n  address = {:?}\n",
+        d.join("root").display().to_string(),
+        d.join("state").display().to_string(),
+        sock.display().to_string()
+    );
+    std::fs::write(&config, &original).unwrap();
+    install(
+        &node,
+        &[
+            "containerd",
+            "--config",
+            config.to_str().unwrap(),
+            "--mode",
+            "hook",
+            "--gpushare-config",
+            node.config.to_str().unwrap(),
+        ],
+    );
+    let doc: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
+    let rt = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["gpushare"];
+    let spec_path = PathBuf::from(rt["base_runtime_spec"].as_str().unwrap());
+    assert!(
+        rt.get("options")
+            .and_then(|o| o.get("BinaryName"))
+            .is_none(),
+        "runc itself runs it"
+    );
+    // containerd accepts the configuration.
+    let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+    let child = Command::new("containerd")
+        .arg("--config")
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon {
+        child,
+        dir: d.clone(),
+    };
+    wait_for("containerd", || {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&sock)
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    // The base spec, as CRI would start from it: the hooks give GPU 1.
+    let b = node.dir.path().join("from-base-spec");
+    std::fs::create_dir_all(&b).unwrap();
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    spec["root"] = serde_json::json!({"path": node.rootfs, "readonly": false});
+    spec["process"]["args"] = serde_json::json!([
+        "sh",
+        "-c",
+        "ls /dev; cat /dev/nvidia1; test -e /dev/nvidia0 && echo has-nvidia0 || echo no-nvidia0"
+    ]);
+    // containerd's default spec has no env: CRI adds the image's and the pod's.
+    spec["process"]["env"] = serde_json::json!(["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=1"]);
+    spec["process"]["terminal"] = false.into();
+    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
+    let t = text(&node.runc_run(&b, &node.id(0)));
+    assert!(
+        t.contains("nvidia1")
+            && t.contains("No such device or address")
+            && t.contains("no-nvidia0"),
+        "{t}"
+    );
+    assert!(node.ledger().is_empty());
+    // Uninstall takes out both the runtime and the base spec.
+    install(
+        &node,
+        &[
+            "containerd",
+            "--config",
+            config.to_str().unwrap(),
+            "--uninstall",
+        ],
+    );
+    assert!(!spec_path.exists());
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        original,
+        "the original bytes"
+    );
+}

@@ -48,7 +48,7 @@ impl Error {
             Error::Install(
                 crate::install::InstallError::Malformed { .. }
                 | crate::install::InstallError::Shape { .. }
-                | crate::install::InstallError::Option(_),
+                | crate::install::InstallError::Option(..),
             ) => EXIT_REFUSED,
             Error::Inventory(e) if e.is_refusal() => EXIT_REFUSED,
             _ => EXIT_FAILURE,

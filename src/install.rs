@@ -35,8 +35,8 @@ pub enum InstallError {
     },
     #[error("{0} is missing beside the gpushare binary; install gpushare, gpushare-runtime and gpushare-hook in one directory first")]
     NoBinary(PathBuf),
-    #[error("--{0} applies to docker and containerd only")]
-    Option(&'static str),
+    #[error("--{0} applies to {1} only")]
+    Option(&'static str, &'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,14 @@ pub struct Options {
     pub bin_dir: PathBuf,
     /// GPUSHARE_CONFIG for the hook when not the default location.
     pub gpushare_config: Option<PathBuf>,
+    /// containerd: bring gpushare in by hooks in a base runtime spec.
+    pub hook_mode: bool,
+}
+
+/// Where `--mode hook` keeps containerd's base runtime spec: beside its
+/// config.
+pub fn base_spec_path(config: &Path) -> PathBuf {
+    config.with_file_name("gpushare-base-spec.json")
 }
 
 /// One file as it is and as it would be (`None`: absent).
@@ -228,10 +236,19 @@ fn containerd_parse(path: &Path, text: Option<&str>) -> Result<(DocumentMut, i64
 /// containerd's config with a `gpushare` CRI runtime: runc's shim v2 with
 /// `BinaryName` set to gpushare-runtime, and runc's other options copied.
 /// Comments, order and unknown tables are kept.
+/// How containerd's `gpushare` runtime brings gpushare in.
+#[derive(Debug, Clone, Copy)]
+pub enum ContainerdMode<'a> {
+    /// runc's shim with `BinaryName` = gpushare-runtime.
+    Shim(&'a Path),
+    /// runc itself, with a base runtime spec that carries gpushare's hooks.
+    Hook(&'a Path),
+}
+
 pub fn containerd_install(
     path: &Path,
     text: Option<&str>,
-    runtime: &Path,
+    mode: ContainerdMode,
 ) -> Result<String, InstallError> {
     let (mut doc, version) = containerd_parse(path, text)?;
     let keys = cri_runtimes_path(version).expect("checked");
@@ -257,17 +274,28 @@ pub fn containerd_install(
         })
         .unwrap_or_default();
     let mut options = Table::new();
-    for (k, v) in runc_options {
-        if k != "BinaryName" {
-            options.insert(&k, v);
-        }
-    }
-    options.insert(
-        "BinaryName",
-        toml_edit::value(runtime.display().to_string()),
-    );
     let mut ours = Table::new();
     ours.insert("runtime_type", toml_edit::value("io.containerd.runc.v2"));
+    match mode {
+        ContainerdMode::Shim(runtime) => {
+            for (k, v) in runc_options.into_iter().filter(|(k, _)| k != "BinaryName") {
+                options.insert(&k, v);
+            }
+            options.insert(
+                "BinaryName",
+                toml_edit::value(runtime.display().to_string()),
+            );
+        }
+        ContainerdMode::Hook(spec) => {
+            for (k, v) in runc_options {
+                options.insert(&k, v);
+            }
+            ours.insert(
+                "base_runtime_spec",
+                toml_edit::value(spec.display().to_string()),
+            );
+        }
+    }
     ours.insert("options", Item::Table(options));
     table.insert(RUNTIME_NAME, Item::Table(ours));
     Ok(doc.to_string())
@@ -309,6 +337,47 @@ pub fn hooks_file(hook: &Path, gpushare_config: Option<&Path>) -> String {
         "{}\n",
         serde_json::to_string_pretty(&doc).expect("JSON serialises")
     )
+}
+
+/// containerd's default spec (`ctr oci spec`, from the containerd that will
+/// read it) with gpushare's hooks added: the base runtime spec of `--mode
+/// hook`.
+pub fn base_spec(hook: &Path, gpushare_config: Option<&Path>) -> Result<String, InstallError> {
+    let out = std::process::Command::new("ctr")
+        .args(["oci", "spec"])
+        .output()
+        .map_err(|source| InstallError::Io {
+            action: "run `ctr oci spec` for",
+            path: "containerd's default spec".into(),
+            source,
+        })?;
+    let p = Path::new("`ctr oci spec`");
+    let mut spec: Value = serde_json::from_slice(&out.stdout).map_err(|e| malformed_json(p, &e))?;
+    let mut h = json!({"path": hook});
+    if let Some(c) = gpushare_config {
+        h["env"] = json!([format!("{}={}", crate::config::ENV_VAR, c.display())]);
+    }
+    let hooks = spec
+        .as_object_mut()
+        .ok_or_else(|| shape(p, "not an object"))?
+        .entry("hooks")
+        .or_insert_with(|| json!({}));
+    for stage in ["prestart", "poststop"] {
+        let mut one = h.clone();
+        one["args"] = json!(["gpushare-hook", stage]);
+        let list = hooks
+            .as_object_mut()
+            .ok_or_else(|| shape(p, "hooks is not an object"))?
+            .entry(stage)
+            .or_insert_with(|| json!([]));
+        list.as_array_mut()
+            .ok_or_else(|| shape(p, "a hook stage is not a list"))?
+            .push(one);
+    }
+    Ok(format!(
+        "{}\n",
+        serde_json::to_string_pretty(&spec).expect("JSON serialises")
+    ))
 }
 
 /// CRI-O's drop-in: the gpushare runtime, for RuntimeClass `gpushare`.
@@ -367,7 +436,13 @@ pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
         }
     }
     if o.set_default && o.engine != Engine::Docker {
-        return Err(InstallError::Option("set-default"));
+        return Err(InstallError::Option("set-default", "docker"));
+    }
+    if o.hook_mode && o.engine != Engine::Containerd {
+        return Err(InstallError::Option(
+            "mode hook",
+            "containerd (podman and CRI-O always use the hook)",
+        ));
     }
     match o.engine {
         Engine::Docker | Engine::Containerd => {
@@ -379,9 +454,15 @@ pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
             let path = o.config.clone().unwrap_or_else(|| default.into());
             let before = read(&path)?;
             let text = text_of(&path, &before)?;
+            let spec_path = base_spec_path(&path);
+            let mode = if o.hook_mode {
+                ContainerdMode::Hook(&spec_path)
+            } else {
+                ContainerdMode::Shim(&runtime)
+            };
             let install = |t: Option<&str>| match o.engine {
                 Engine::Docker => docker_install(&path, t, &runtime, o.set_default),
-                _ => containerd_install(&path, t, &runtime),
+                _ => containerd_install(&path, t, mode),
             };
             let after = if !o.uninstall {
                 let new = install(text.as_deref())?;
@@ -418,12 +499,30 @@ pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
                     }
                 }
             };
-            Ok(vec![Change {
+            let mut changes = vec![Change {
                 path,
                 before,
                 after,
                 owned: false,
-            }])
+            }];
+            if o.engine == Engine::Containerd {
+                let spec_before = read(&spec_path)?;
+                let spec_after = match (o.uninstall, o.hook_mode) {
+                    (false, true) => {
+                        Some(base_spec(&hook, o.gpushare_config.as_deref())?.into_bytes())
+                    }
+                    // Uninstall takes it out whichever mode put it there.
+                    (true, _) => None,
+                    (false, false) => spec_before.clone(),
+                };
+                changes.push(Change {
+                    path: spec_path.clone(),
+                    before: spec_before,
+                    after: spec_after,
+                    owned: true,
+                });
+            }
+            Ok(changes)
         }
         Engine::Podman | Engine::Crio => {
             let dir = o.config.clone().unwrap_or_else(|| HOOKS_DIR.into());
@@ -625,22 +724,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not an object"), "{e}");
-        let e = containerd_install(&p(), Some("version = 2\n[plugins\nx = 1\n"), Path::new(RT))
-            .unwrap_err()
-            .to_string();
+        let e = containerd_install(
+            &p(),
+            Some("version = 2\n[plugins\nx = 1\n"),
+            ContainerdMode::Shim(Path::new(RT)),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("line 2") && e.contains("TOML"), "{e}");
-        let e = containerd_install(&p(), Some("[plugins.cri]\nx = 1\n"), Path::new(RT))
-            .unwrap_err()
-            .to_string();
+        let e = containerd_install(
+            &p(),
+            Some("[plugins.cri]\nx = 1\n"),
+            ContainerdMode::Shim(Path::new(RT)),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("version 1 is not supported"), "{e}");
     }
 
     #[test]
     fn containerd_v2_keeps_comments_and_copies_runc_options() {
         let original = fixture("containerd-v2.toml");
-        let once = containerd_install(&p(), Some(&original), Path::new(RT)).unwrap();
+        let once =
+            containerd_install(&p(), Some(&original), ContainerdMode::Shim(Path::new(RT))).unwrap();
         assert_eq!(
-            containerd_install(&p(), Some(&once), Path::new(RT)).unwrap(),
+            containerd_install(&p(), Some(&once), ContainerdMode::Shim(Path::new(RT))).unwrap(),
             once,
             "idempotent"
         );
@@ -663,14 +771,15 @@ mod tests {
     #[test]
     fn containerd_v3_and_empty() {
         let original = fixture("containerd-v3.toml");
-        let once = containerd_install(&p(), Some(&original), Path::new(RT)).unwrap();
+        let once =
+            containerd_install(&p(), Some(&original), ContainerdMode::Shim(Path::new(RT))).unwrap();
         let doc: toml::Table = once.parse().unwrap();
         assert!(
             doc["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["gpushare"]
                 .is_table()
         );
         assert!(doc["plugins"].get("io.containerd.grpc.v1.cri").is_none());
-        let empty = containerd_install(&p(), None, Path::new(RT)).unwrap();
+        let empty = containerd_install(&p(), None, ContainerdMode::Shim(Path::new(RT))).unwrap();
         let doc: toml::Table = empty.parse().unwrap();
         assert_eq!(doc["version"].as_integer(), Some(2));
         assert_eq!(

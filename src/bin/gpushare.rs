@@ -70,15 +70,26 @@ enum Command {
         /// Docker: make gpushare the default runtime.
         #[arg(long)]
         set_default: bool,
-        /// The node config the hook reads (podman, crio), when not the default.
+        /// The node config the hook reads (podman, crio, containerd --mode
+        /// hook), when not the default.
         #[arg(long)]
         gpushare_config: Option<PathBuf>,
+        /// containerd: shim (gpushare-runtime as runc's binary, the default)
+        /// or hook (runc with gpushare's hooks in a base runtime spec).
+        #[arg(long, value_enum, default_value = "shim")]
+        mode: ModeArg,
     },
     /// NVIDIA MPS control daemons, one per GPU.
     Mps {
         #[command(subcommand)]
         action: MpsAction,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    Shim,
+    Hook,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -187,6 +198,7 @@ fn run(command: Command) -> gpushare::Result<i32> {
             uninstall,
             set_default,
             gpushare_config,
+            mode,
         } => {
             use gpushare::install::{self, Engine};
             let engine = match engine {
@@ -203,6 +215,7 @@ fn run(command: Command) -> gpushare::Result<i32> {
                 uninstall,
                 bin_dir: exe.parent().map(PathBuf::from).unwrap_or_default(),
                 gpushare_config,
+                hook_mode: mode == ModeArg::Hook,
             };
             let changes = install::plan(&opts)?;
             if changes.iter().all(install::Change::is_noop) {
