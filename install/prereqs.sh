@@ -9,18 +9,18 @@ need_root() {
   fi
 }
 
-# NVIDIA's MPS daemon is in Debian's non-free component; this adds that
-# component for the Debian suites this machine uses, in a file of its own.
+# NVIDIA's MPS daemon and NVML library are in Debian's non-free component
+# (NVML's alternatives package in contrib); this adds both components for
+# the Debian suites this machine uses, in a file of its own.
 enable_non_free() {
   local list=/etc/apt/sources.list.d/gpushare-non-free.sources
-  [ -f "$list" ] && return 0
   local codename
   codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
   cat >"$list" <<SOURCES
 Types: deb
 URIs: http://deb.debian.org/debian
 Suites: $codename $codename-updates
-Components: non-free
+Components: contrib non-free
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES
 }
@@ -38,6 +38,10 @@ ensure_packages() {
   fi
   if [ -n "${1:-}" ] && ! command -v nvidia-cuda-mps-control >/dev/null 2>&1; then
     missing+=(nvidia-cuda-mps)
+    enable_non_free
+  fi
+  if [ "${1:-}" = tests ] && ! ldconfig -p | grep -q 'libnvidia-ml.so.1 '; then
+    missing+=(libnvidia-ml1)
     enable_non_free
   fi
   if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then

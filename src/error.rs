@@ -36,6 +36,8 @@ pub enum Error {
     Mps(#[from] crate::mps::MpsError),
     #[error(transparent)]
     Install(#[from] crate::install::InstallError),
+    #[error("{0}")]
+    Io(String),
 }
 
 impl Error {

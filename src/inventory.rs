@@ -25,8 +25,10 @@ pub enum InventoryError {
     BadFile { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     BadProcfs { path: PathBuf, message: String },
-    #[error("inventory source \"nvml\" is not supported on the create path yet; set devices.inventory to \"auto\", \"procfs\" or \"file:<path>\"")]
-    NvmlUnsupported,
+    #[error("{0}")]
+    Nvml(String),
+    #[error("devices.inventory = \"nvml\" reads the cache {0}, which is missing: run `gpushare inventory --refresh` (NVML is never asked on the create path)")]
+    NoNvmlCache(PathBuf),
     #[error("the inventory lists no GPU ({0}); a GPU container cannot be placed")]
     Empty(String),
 }
@@ -35,10 +37,7 @@ impl InventoryError {
     /// A malformed file or an unusable setting is the operator's input to
     /// fix (exit 2); an unreadable file or a missing driver is a failure.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            InventoryError::BadFile { .. } | InventoryError::NvmlUnsupported
-        )
+        matches!(self, InventoryError::BadFile { .. })
     }
 }
 
@@ -75,7 +74,13 @@ impl Inventory {
         match &cfg.devices.inventory {
             InventorySource::File(p) => Self::from_file(p),
             InventorySource::Procfs => Self::from_procfs(&procfs),
-            InventorySource::Nvml => Err(InventoryError::NvmlUnsupported),
+            InventorySource::Nvml => {
+                let cache = nvml_cache(cfg);
+                if !cache.exists() {
+                    return Err(InventoryError::NoNvmlCache(cache));
+                }
+                Self::from_file(&cache)
+            }
             InventorySource::Auto => {
                 if procfs.is_dir() {
                     Self::from_procfs(&procfs)
@@ -190,10 +195,35 @@ impl Inventory {
             .join(", ")
     }
 
+    /// Writes this list as the inventory file at `path`, atomically.
+    pub fn write_cache(&self, path: &Path) -> Result<(), InventoryError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| InventoryError::Read {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let text = format!(
+            "# Written by `gpushare inventory --refresh` from NVML.\n{}",
+            self.to_toml()
+        );
+        crate::ledger::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| {
+            InventoryError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        })
+    }
+
     /// The inventory file text (`[[gpu]]` tables) for this list.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("inventory serialises")
     }
+}
+
+/// Where `inventory --refresh` keeps NVML's list for the `nvml` source.
+pub fn nvml_cache(cfg: &Config) -> PathBuf {
+    cfg.runtime.state_dir.join("inventory.toml")
 }
 
 /// A PCI address as numbers (domain, bus, device, function): sorts in PCI order.

@@ -19,5 +19,6 @@ pub mod request;
 pub mod runtime_args;
 pub mod shim;
 pub mod simulate;
+pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -37,6 +37,10 @@ enum Command {
     Inventory {
         #[arg(long)]
         json: bool,
+        /// Write the inventory cache (<state_dir>/inventory.toml) from NVML,
+        /// for nodes that use devices.inventory = "nvml".
+        #[arg(long)]
+        refresh: bool,
     },
     /// What create would do with a bundle, without doing it.
     Explain {
@@ -53,6 +57,12 @@ enum Command {
     },
     /// Drop ledger entries whose container is gone.
     Gc,
+    /// The status as Prometheus text exposition.
+    Metrics {
+        /// Serve it at http://ADDR/metrics instead (e.g. 127.0.0.1:9400).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Wire gpushare into an engine's configuration (never restarts it).
     Install {
         #[arg(value_enum)]
@@ -152,8 +162,22 @@ fn run(command: Command) -> gpushare::Result<i32> {
                 s.config.display()
             );
         }
-        Command::Inventory { json } => {
-            let inv = Inventory::load(&Config::load()?)?;
+        Command::Inventory { json, refresh } => {
+            let cfg = Config::load()?;
+            if refresh {
+                let nvml = gpushare::telemetry::open()
+                    .map_err(gpushare::inventory::InventoryError::Nvml)?;
+                let inv = gpushare::telemetry::nvml_inventory(&nvml)
+                    .map_err(gpushare::inventory::InventoryError::Nvml)?;
+                let path = gpushare::inventory::nvml_cache(&cfg);
+                inv.write_cache(&path)?;
+                eprintln!(
+                    "wrote {} ({} GPUs from NVML)",
+                    path.display(),
+                    inv.gpus.len()
+                );
+            }
+            let inv = Inventory::load(&cfg)?;
             if json {
                 print_json(&serde_json::json!({ "gpus": inv.gpus }));
             } else {
@@ -183,7 +207,7 @@ fn run(command: Command) -> gpushare::Result<i32> {
             }
         }
         Command::Status { json } => {
-            let doc = report::status(&Config::load()?)?;
+            let doc = status_doc()?;
             if json {
                 print_json(&doc);
             } else {
@@ -191,6 +215,8 @@ fn run(command: Command) -> gpushare::Result<i32> {
             }
         }
         Command::Mps { action } => return mps_command(action),
+        Command::Metrics { listen: None } => print!("{}", report::metrics(&status_doc()?)),
+        Command::Metrics { listen: Some(addr) } => return serve_metrics(&addr),
         Command::Install {
             engine,
             config,
@@ -327,6 +353,49 @@ fn mps_command(action: MpsAction) -> gpushare::Result<i32> {
     }
     if args.json {
         print_json(&serde_json::json!({ "gpus": rows }));
+    }
+    Ok(0)
+}
+
+/// The status with NVML's figures when NVML answers.
+fn status_doc() -> gpushare::Result<serde_json::Value> {
+    let cfg = Config::load()?;
+    let nvml = gpushare::telemetry::open();
+    let telemetry = match &nvml {
+        Ok(n) => Ok(n as &dyn gpushare::telemetry::Telemetry),
+        Err(why) => Err(why.clone()),
+    };
+    report::status(&cfg, telemetry)
+}
+
+/// A minimal HTTP server for Prometheus: GET /metrics, freshly computed at
+/// every scrape; anything else is 404.
+fn serve_metrics(addr: &str) -> gpushare::Result<i32> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        gpushare::Error::Io(format!(
+            "cannot listen on {addr}: {e}; give a free host:port"
+        ))
+    })?;
+    eprintln!("serving http://{addr}/metrics");
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut line = String::new();
+        let _ = BufReader::new(&stream).read_line(&mut line);
+        let (status, body) =
+            if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?") {
+                match status_doc() {
+                    Ok(doc) => ("200 OK", report::metrics(&doc)),
+                    Err(e) => ("500 Internal Server Error", format!("{}\n", e.one_line())),
+                }
+            } else {
+                ("404 Not Found", "only /metrics is served\n".to_owned())
+            };
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
     }
     Ok(0)
 }
