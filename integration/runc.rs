@@ -195,3 +195,141 @@ fn a_create_that_runc_fails_is_released_by_the_engines_delete() {
         .unwrap();
     assert!(node.ledger().is_empty());
 }
+
+#[test]
+fn status_with_the_real_nvml_library_and_no_driver_says_why() {
+    let node = Node::new("nvml");
+    let ld = Command::new("ldconfig").arg("-p").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&ld.stdout).contains("libnvidia-ml.so.1 "),
+        "libnvidia-ml.so.1 is missing: apt-get install libnvidia-ml1 (Debian non-free)"
+    );
+    let out = Command::new(CLI)
+        .env("GPUSHARE_CONFIG", &node.config)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("GPU figures unavailable: NVML: the NVIDIA driver is not loaded"),
+        "{}",
+        text(&out)
+    );
+    let out = Command::new(CLI)
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["gpus"][0]["utilization_pct"], Value::Null);
+    assert_eq!(doc["gpus"][0]["memory_total_mib"], 15360);
+}
+
+#[test]
+fn status_metrics_and_gc_follow_real_containers() {
+    let node = Node::new("view");
+    let cli = |args: &[&str]| {
+        Command::new(CLI)
+            .env("GPUSHARE_CONFIG", &node.config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ids: Vec<String> = (0..2).map(|i| node.id(i)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let b = node.bundle(
+            &format!("b{i}"),
+            &[&format!("NVIDIA_VISIBLE_DEVICES={i}")],
+            "sleep 1000",
+        );
+        let out = node.create(&b, id);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(node.runc().args(["start", id]).status().unwrap().success());
+    }
+    let status = text(&cli(&["status"]));
+    for id in &ids {
+        assert!(status.contains(&id[..14]), "{status}");
+    }
+    let metrics = String::from_utf8(cli(&["metrics"]).stdout).unwrap();
+    for id in &ids {
+        assert!(
+            metrics.contains("gpushare_container_info{gpu=")
+                && metrics.contains(&format!("container=\"{id}\",state=\"running\"")),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("gpushare_gpu_containers{gpu=\"0\",") && metrics.contains("} 1\n"),
+        "{metrics}"
+    );
+
+    // The same over HTTP.
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = Command::new(CLI)
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(["metrics", "--listen", &addr])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let mut page = None;
+    for _ in 0..100 {
+        page = get("/metrics");
+        if page.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let page = page.expect("the metrics server answers");
+    assert!(
+        page.starts_with("HTTP/1.1 200 OK")
+            && page.contains("text/plain; version=0.0.4")
+            && page.contains(&ids[0]),
+        "{page}"
+    );
+    assert!(get("/").unwrap().starts_with("HTTP/1.1 404"));
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // A container whose process is killed outright (no delete, so no
+    // poststop): gc drops its entry, the other stays.
+    let held = node.ledger();
+    let pid = held.iter().find(|c| c["id"] == ids[0].as_str()).unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if !gpushare::ledger::process_matches(
+            pid as i32,
+            gpushare::ledger::process_start_time(pid as i32),
+        ) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = cli(&["gc"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("dropped {}", ids[0])),
+        "{}",
+        text(&out)
+    );
+    let left: Vec<String> = node
+        .ledger()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(left, [ids[1].clone()]);
+}
