@@ -423,10 +423,15 @@ pub fn metrics(doc: &Value) -> String {
                         esc(c["id"].as_str().unwrap_or("")),
                         esc(c["state"].as_str().unwrap_or(""))
                     );
+                    // `container` is the engine's id; a Kubernetes container
+                    // name goes in `container_name`, so no label appears twice.
                     for (k, v) in c["names"].as_object().into_iter().flatten() {
-                        if matches!(k.as_str(), "pod" | "namespace" | "name" | "container") {
-                            labels.push_str(&format!(",{k}=\"{}\"", esc(v.as_str().unwrap_or(""))));
-                        }
+                        let label = match k.as_str() {
+                            "pod" | "namespace" | "name" => k.as_str(),
+                            "container" => "container_name",
+                            _ => continue,
+                        };
+                        labels.push_str(&format!(",{label}=\"{}\"", esc(v.as_str().unwrap_or(""))));
                     }
                     (labels, c)
                 })
@@ -501,6 +506,7 @@ mod tests {
         let mut names = std::collections::BTreeMap::new();
         names.insert("pod".to_owned(), "cam-\"7\"".to_owned());
         names.insert("namespace".to_owned(), "edge".to_owned());
+        names.insert("container".to_owned(), "infer".to_owned());
         l.reserve(Entry {
             id: "0123456789abcdef0123".into(),
             gpus: vec![inv.gpus[0].uuid.clone()],
@@ -610,6 +616,10 @@ mod tests {
                         c => value.push(c),
                     }
                 }
+                assert!(
+                    labels.iter().all(|(k, _): &(String, String)| *k != key),
+                    "label {key} twice in {line}"
+                );
                 labels.push((key, value));
                 match chars.next() {
                     Some(',') => continue,
@@ -661,6 +671,10 @@ mod tests {
         assert!(
             labels.contains(&("pod".into(), "cam-\"7\"".into())),
             "escaped and read back: {labels:?}"
+        );
+        assert!(
+            labels.contains(&("container_name".into(), "infer".into())),
+            "{labels:?}"
         );
     }
 }
