@@ -364,6 +364,26 @@ pub fn command(cfg: &Config, uuid: &str, line: &str) -> Result<String, MpsError>
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// The client pids in the control daemon's `ps` answer (rows that start
+/// with a pid: `PID ID SERVER DEVICE NAMESPACE COMMAND`); "Server not
+/// found" and headers give none.
+pub fn parse_ps(answer: &str) -> Vec<u32> {
+    answer
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// The MPS clients of a GPU's daemon, by pid.
+pub fn clients(cfg: &Config, uuid: &str) -> Vec<u32> {
+    match daemon(cfg, uuid) {
+        Daemon::Running { .. } => command(cfg, uuid, "ps")
+            .map(|a| parse_ps(&a))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stopped {
     pub index: u32,
@@ -463,4 +483,16 @@ fn restore_compute_mode(gpu: &Gpu, p: &Paths) -> Result<String, MpsError> {
     )?;
     let _ = std::fs::remove_file(&p.compute_mode);
     Ok(format!("{mode} restored"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ps_answers() {
+        assert_eq!(parse_ps("Server not found"), Vec::<u32>::new());
+        let answer = "PID\tID\tSERVER\tDEVICE\tNAMESPACE\tCOMMAND\n4242\t1\t4100\tGPU-4a1c\t4026531836\tpython3 infer.py\n5151\t2\t4100\tGPU-4a1c\t4026532201\t./bench\n";
+        assert_eq!(parse_ps(answer), vec![4242, 5151]);
+    }
 }

@@ -195,11 +195,15 @@ pub fn status(cfg: &Config, telemetry: Result<&dyn Telemetry, String>) -> crate:
                 },
                 Err(why) => (GpuTelemetry::default(), Some(why.clone())),
             };
-            let processes: Vec<Value> = t
+            let mut processes: Vec<Value> = t
                 .processes
                 .iter()
-                .map(|(pid, used)| json!({"pid": pid, "memory_used_mib": used, "container": owner_of(*pid, &entries)}))
+                .map(|(pid, used)| json!({"pid": pid, "memory_used_mib": used, "mps_client": false, "container": owner_of(*pid, &entries)}))
                 .collect();
+            // Behind MPS, NVML sees the server; the daemon names the clients.
+            for pid in crate::mps::clients(cfg, &g.uuid) {
+                processes.push(json!({"pid": pid, "memory_used_mib": null, "mps_client": true, "container": owner_of(pid, &entries)}));
+            }
             json!({
                 "index": g.index, "uuid": g.uuid, "name": g.name,
                 "mps": crate::mps::daemon(cfg, &g.uuid).name(),
@@ -309,9 +313,14 @@ pub fn status_text(doc: &Value) -> String {
         for p in g["processes"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 out,
-                "  process {} {} MiB{}",
+                "  process {} {} MiB{}{}",
                 p["pid"],
                 opt(&p["memory_used_mib"], ""),
+                if p["mps_client"] == true {
+                    " (MPS client)"
+                } else {
+                    ""
+                },
                 p["container"]
                     .as_str()
                     .map(|c| format!(" (container {c})"))
