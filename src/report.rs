@@ -200,9 +200,13 @@ pub fn status(cfg: &Config, telemetry: Result<&dyn Telemetry, String>) -> crate:
                 .iter()
                 .map(|(pid, used)| json!({"pid": pid, "memory_used_mib": used, "mps_client": false, "container": owner_of(*pid, &entries)}))
                 .collect();
-            // Behind MPS, NVML sees the server; the daemon names the clients.
+            // Behind MPS, NVML may see only the server; the daemon names the
+            // clients (newer drivers list them in NVML too: marked, not doubled).
             for pid in crate::mps::clients(cfg, &g.uuid) {
-                processes.push(json!({"pid": pid, "memory_used_mib": null, "mps_client": true, "container": owner_of(pid, &entries)}));
+                match processes.iter_mut().find(|p| p["pid"] == pid) {
+                    Some(p) => p["mps_client"] = true.into(),
+                    None => processes.push(json!({"pid": pid, "memory_used_mib": null, "mps_client": true, "container": owner_of(pid, &entries)})),
+                }
             }
             json!({
                 "index": g.index, "uuid": g.uuid, "name": g.name,
