@@ -29,6 +29,8 @@ pub enum BundleError {
     },
     #[error("{path}: {what}; the bundle's config.json must be an OCI runtime spec")]
     Shape { path: PathBuf, what: String },
+    #[error("{path} is {bytes} bytes; gpushare reads runtime specs of at most 16 MiB: shrink it")]
+    TooLarge { path: PathBuf, bytes: u64 },
     #[error("cannot rewrite {path}: {source}")]
     Write {
         path: PathBuf,
@@ -36,6 +38,10 @@ pub enum BundleError {
         source: std::io::Error,
     },
 }
+
+/// A runtime spec is a few KiB; one this large is not worth parsing on the
+/// path of every container start.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 pub struct Bundle {
     pub dir: PathBuf,
@@ -55,8 +61,15 @@ impl Bundle {
             path: path.clone(),
             source,
         };
+        let meta = std::fs::metadata(&path).map_err(read)?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(BundleError::TooLarge {
+                path,
+                bytes: meta.len(),
+            });
+        }
+        let mode = meta.mode() & 0o7777;
         let original = std::fs::read(&path).map_err(read)?;
-        let mode = std::fs::metadata(&path).map_err(read)?.mode() & 0o7777;
         let spec: Value = serde_json::from_slice(&original).map_err(|e| BundleError::Json {
             path: path.clone(),
             line: e.line(),

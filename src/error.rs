@@ -45,6 +45,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Request(_) | Error::Refused(_) => EXIT_REFUSED,
+            Error::Bundle(crate::bundle::BundleError::TooLarge { .. }) => EXIT_REFUSED,
             Error::Shim(crate::shim::ShimError::NoRuntime { .. }) => EXIT_REFUSED,
             Error::Simulate(crate::simulate::SimulateError::Count(_)) => EXIT_REFUSED,
             Error::Install(

@@ -1,0 +1,256 @@
+//! Hostile and malformed input through the shim and through the hook used
+//! alone, on real runc: each case has its documented outcome and exit code,
+//! a one-line message, and leaves no ledger entry, no container and an
+//! unchanged config.json. Root; see common/mod.rs.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// (environment, refused?, a piece of the one-line message)
+fn cases() -> Vec<(Vec<String>, bool, &'static str)> {
+    let d = |v: &str| vec![format!("NVIDIA_VISIBLE_DEVICES={v}")];
+    let with = |extra: &str| vec!["NVIDIA_VISIBLE_DEVICES=0".to_owned(), extra.to_owned()];
+    vec![
+        (d("0\u{0}1"), true, "is not a GPU index"),
+        (d("0\n1"), true, "is not a GPU index"),
+        (d(&"7".repeat(65536)), true, "65536 bytes"),
+        (d("é"), true, "is not a GPU index"),
+        (d("../0"), true, "is not a GPU index"),
+        (d("GPU-"), true, "is not a GPU UUID"),
+        (d("99"), true, "no GPU has index 99"),
+        (
+            vec![
+                "NVIDIA_VISIBLE_DEVICES=0".into(),
+                "NVIDIA_VISIBLE_DEVICES=99".into(),
+            ],
+            true,
+            "no GPU has index 99",
+        ),
+        (d("0,0"), false, ""),
+        (d(" 0 "), false, ""),
+        (
+            with("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=0"),
+            true,
+            "no GPU threads",
+        ),
+        (
+            with("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=101"),
+            true,
+            "more than 100 percent",
+        ),
+        (
+            with("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=-1"),
+            true,
+            "not a plain decimal",
+        ),
+        (
+            with("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=1e3"),
+            true,
+            "not a plain decimal",
+        ),
+        (
+            with("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=NaN"),
+            true,
+            "not a plain decimal",
+        ),
+        (
+            with("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50.5"),
+            true,
+            "gpushare mps start --gpu 0",
+        ),
+        (
+            with("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0="),
+            true,
+            "needs a unit",
+        ),
+        (
+            with("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT==1G"),
+            true,
+            "is not a device index",
+        ),
+        (
+            with("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=9=1G"),
+            true,
+            "names device 9",
+        ),
+        (
+            with("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=1T"),
+            true,
+            "exceeds GPU 0",
+        ),
+    ]
+}
+
+fn check_refusal(
+    node: &Node,
+    name: &str,
+    out: &std::process::Output,
+    needle: &str,
+    code: Option<i32>,
+) {
+    let t = text(out);
+    assert!(!out.status.success(), "{name}: accepted: {t}");
+    if let Some(c) = code {
+        assert_eq!(out.status.code(), Some(c), "{name}: {t}");
+    }
+    let ours: Vec<&str> = t.lines().filter(|l| l.contains("gpushare")).collect();
+    assert!(
+        !ours.is_empty() && ours.iter().any(|l| l.contains(needle)),
+        "{name}: {needle:?} not in {t}"
+    );
+    assert!(
+        ours.iter().all(|l| l.len() < 2048),
+        "{name}: one readable line"
+    );
+    assert!(node.ledger().is_empty(), "{name}: no ledger entry");
+}
+
+#[test]
+fn the_shim_refuses_or_accepts_every_case_as_documented() {
+    let node = Node::new("adv-shim");
+    for (i, (env, refused, needle)) in cases().into_iter().enumerate() {
+        let env: Vec<&str> = env.iter().map(String::as_str).collect();
+        let b = node.bundle(&format!("b{i}"), &env, "true");
+        let before = std::fs::read(b.join("config.json")).unwrap();
+        let id = node.id(i);
+        let out = node.create(&b, &id);
+        if refused {
+            check_refusal(&node, &format!("case {i}"), &out, needle, Some(2));
+            assert!(!node.runc_knows(&id), "case {i}: no container");
+            assert_eq!(
+                std::fs::read(b.join("config.json")).unwrap(),
+                before,
+                "case {i}: config.json unchanged"
+            );
+        } else {
+            assert!(out.status.success(), "case {i}: {}", text(&out));
+            let held = node.ledger();
+            assert_eq!(held.len(), 1, "case {i}: one GPU held: {held:?}");
+            assert_eq!(held[0]["gpu"], 0);
+            assert!(node
+                .runtime()
+                .args(["delete", "--force", &id])
+                .status()
+                .unwrap()
+                .success());
+            assert!(node.ledger().is_empty());
+        }
+    }
+}
+
+#[test]
+fn the_hook_alone_refuses_or_accepts_every_case_as_documented() {
+    let node = Node::new("adv-hook");
+    for (i, (env, refused, needle)) in cases().into_iter().enumerate() {
+        let env: Vec<&str> = env.iter().map(String::as_str).collect();
+        let b = node.bundle(&format!("b{i}"), &env, "true");
+        node.with_hook(&b);
+        let before = std::fs::read(b.join("config.json")).unwrap();
+        let id = node.id(i);
+        let out = node.runc_run(&b, &id);
+        if env.iter().any(|e| e.contains('\0')) {
+            // runc itself refuses a NUL in the environment before any hook
+            // runs: the documented outcome under the hook alone.
+            assert!(
+                !out.status.success() && text(&out).contains("can't contain null"),
+                "case {i}: {}",
+                text(&out)
+            );
+            assert!(node.ledger().is_empty() && !node.runc_knows(&id));
+        } else if refused {
+            check_refusal(&node, &format!("case {i}"), &out, needle, None);
+            assert!(!node.runc_knows(&id), "case {i}: no container");
+        } else {
+            assert!(out.status.success(), "case {i}: {}", text(&out));
+            assert!(node.ledger().is_empty(), "case {i}: released at poststop");
+        }
+        assert_eq!(
+            std::fs::read(b.join("config.json")).unwrap(),
+            before,
+            "case {i}: config.json unchanged"
+        );
+    }
+}
+
+#[test]
+fn broken_and_hostile_bundles() {
+    let node = Node::new("adv-bundle");
+    // Missing and malformed config.json: a runtime failure (exit 1), named.
+    let b = node.dir.path().join("missing");
+    std::fs::create_dir(&b).unwrap();
+    check_refusal(
+        &node,
+        "missing",
+        &node.create(&b, &node.id(0)),
+        "config.json",
+        Some(1),
+    );
+    std::fs::write(b.join("config.json"), "{\"process\": {\"env\": [").unwrap();
+    check_refusal(
+        &node,
+        "malformed",
+        &node.create(&b, &node.id(1)),
+        "not valid JSON (line 1",
+        Some(1),
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.join("config.json")).unwrap(),
+        "{\"process\": {\"env\": ["
+    );
+    // 50 MB: refused before it is parsed.
+    let mut spec: Value = serde_json::from_slice(
+        &std::fs::read(
+            node.bundle("big", &["NVIDIA_VISIBLE_DEVICES=0"], "true")
+                .join("config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    spec["annotations"] = json!({"padding": "x".repeat(50 << 20)});
+    let big = node.dir.path().join("big");
+    std::fs::write(big.join("config.json"), spec.to_string()).unwrap();
+    check_refusal(
+        &node,
+        "50 MB",
+        &node.create(&big, &node.id(2)),
+        "at most 16 MiB",
+        Some(2),
+    );
+    // A config.json that is a symlink out of the bundle: read through, but
+    // the rewrite replaces the link inside the bundle; the target is never
+    // written.
+    let outside = node.dir.path().join("outside.json");
+    let b = node.bundle("linked", &["NVIDIA_VISIBLE_DEVICES=1"], "true");
+    std::fs::rename(b.join("config.json"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, b.join("config.json")).unwrap();
+    let target_before = std::fs::read(&outside).unwrap();
+    let id = node.id(3);
+    let out = node.create(&b, &id);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(&outside).unwrap(),
+        target_before,
+        "the link's target is untouched"
+    );
+    assert!(!std::fs::symlink_metadata(b.join("config.json"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(node
+        .runtime()
+        .args(["delete", "--force", &id])
+        .status()
+        .unwrap()
+        .success());
+    // No temp file is left in any bundle.
+    for dir in ["missing", "big", "linked"] {
+        let left: Vec<String> = std::fs::read_dir(node.dir.path().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains("gpushare-tmp"))
+            .collect();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+}
