@@ -254,3 +254,93 @@ fn broken_and_hostile_bundles() {
         assert!(left.is_empty(), "{dir}: {left:?}");
     }
 }
+
+#[test]
+fn a_storm_of_200_creates_shim_and_hook_mixed_balances_and_cleans_up() {
+    let node = Node::new("storm200");
+    let n = 200;
+    let bundles: Vec<_> = (0..n)
+        .map(|i| {
+            let b = node.bundle(
+                &format!("s{i}"),
+                &["NVIDIA_VISIBLE_DEVICES=all"],
+                "sleep 1000",
+            );
+            if i % 2 == 1 {
+                node.with_hook(&b);
+            }
+            b
+        })
+        .collect();
+    // Creates in parallel: even ones through the shim, odd ones by runc
+    // with the hook in their spec. Output goes to files (created containers
+    // keep their stdio).
+    let children: Vec<_> = bundles
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let log = std::fs::File::create(b.join("create.log")).unwrap();
+            let mut c = if i % 2 == 0 {
+                node.runtime()
+            } else {
+                node.runc()
+            };
+            c.args(["create", "--bundle"])
+                .arg(b)
+                .arg(node.id(i))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, mut c) in children.into_iter().enumerate() {
+        let ok = c.wait().unwrap().success();
+        assert!(
+            ok,
+            "{i}: {}",
+            std::fs::read_to_string(bundles[i].join("create.log")).unwrap()
+        );
+    }
+    let held = node.ledger();
+    assert_eq!(held.len(), n, "every container held once");
+    let on0 = held.iter().filter(|c| c["gpu"] == 0).count();
+    assert!(
+        on0.abs_diff(n - on0) <= 1,
+        "balanced within one: {on0} / {}",
+        n - on0
+    );
+    assert!(
+        held.iter().all(|c| c["state"] == "running"),
+        "every pid bound"
+    );
+    let deletes: Vec<_> = (0..n)
+        .map(|i| {
+            let mut c = if i % 2 == 0 {
+                node.runtime()
+            } else {
+                node.runc()
+            };
+            c.args(["delete", "--force", &node.id(i)]).spawn().unwrap()
+        })
+        .collect();
+    for mut d in deletes {
+        assert!(d.wait().unwrap().success());
+    }
+    assert!(node.ledger().is_empty(), "every entry released");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(node.dir.path().to_str().unwrap()),
+        "no mount left"
+    );
+    let state: Vec<String> = std::fs::read_dir(node.dir.path().join("node/state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        state
+            .iter()
+            .all(|n| ["ledger", "ledger.lock", "ledger.journal"].contains(&n.as_str())),
+        "no temp file: {state:?}"
+    );
+}
