@@ -344,3 +344,35 @@ fn a_storm_of_200_creates_shim_and_hook_mixed_balances_and_cleans_up() {
         "no temp file: {state:?}"
     );
 }
+
+#[test]
+fn the_container_environment_never_reaches_gpushare() {
+    let node = Node::new("adv-env");
+    let evil = node.dir.path().join("evil.so");
+    let planted = [
+        format!("LD_PRELOAD={}", evil.display()),
+        "PATH=/bin:/nonexistent/evil-bin".to_owned(),
+        "GPUSHARE_CONFIG=/nonexistent/evil.toml".to_owned(),
+        "NVIDIA_VISIBLE_DEVICES=1".to_owned(),
+    ];
+    let env: Vec<&str> = planted.iter().map(String::as_str).collect();
+    // Through the shim: its own process and the runc it execs keep the
+    // engine's environment; the spec's is the container's alone.
+    let b = node.bundle("shim", &env, "cat /dev/nvidia1");
+    let out = node.run(&b, &node.id(0));
+    let t = text(&out);
+    assert!(
+        t.contains("No such device or address") && !t.contains("cannot be preloaded"),
+        "{t}"
+    );
+    // Through the hook alone: runc gives hooks the hook's env, never the
+    // container's; a GPUSHARE_CONFIG in the container changes nothing.
+    let b = node.bundle("hook", &env, "cat /dev/nvidia1");
+    node.with_hook(&b);
+    let t = text(&node.runc_run(&b, &node.id(1)));
+    assert!(
+        t.contains("No such device or address") && !t.contains("cannot be preloaded"),
+        "{t}"
+    );
+    assert!(node.ledger().is_empty());
+}

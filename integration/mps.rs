@@ -34,6 +34,8 @@ impl MpsNode {
     fn mps(&self, args: &[&str]) -> Output {
         Command::new(CLI)
             .env("GPUSHARE_CONFIG", &self.0.config)
+            .env("LD_PRELOAD", "")
+            .env("EVIL_MARKER_FROM_THE_SHELL", "1")
             .arg("mps")
             .args(args)
             .output()
@@ -113,6 +115,23 @@ fn a_container_on_gpu_1_is_a_client_of_gpu_1s_daemon_only() {
     let st = m.status();
     assert!(st.iter().all(|g| g["state"] == "running"), "{st:?}");
     let pids = daemons(&m);
+    // The daemons get an environment of gpushare's making, nothing of the
+    // operator's shell (the test's LD_PRELOAD and PATH below would show).
+    for (pid, _) in &pids {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(
+            !environ.contains("LD_PRELOAD")
+                && !environ.contains("EVIL_MARKER")
+                && environ.contains("PATH=/usr/sbin:/usr/bin:/sbin:/bin"),
+            "{environ:?}"
+        );
+        assert!(
+            environ.contains("CUDA_MPS_PIPE_DIRECTORY=")
+                && environ.contains("CUDA_VISIBLE_DEVICES=GPU-"),
+            "{environ:?}"
+        );
+    }
     assert_eq!(pids.len(), 2);
     assert!(pids
         .iter()
