@@ -11,23 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const GPU1_SCRIPT: &str = "stat -c 'node %t:%T' /dev/nvidia1; cat /dev/nvidia1; \
-    test -e /dev/nvidia0 && echo has-nvidia0 || echo no-nvidia0; \
-    mknod /tmp/sneaky0 c 195 0 && cat /tmp/sneaky0";
-
-fn assert_sees_only_gpu_1(t: &str) {
-    assert!(t.contains("node c3:1"), "/dev/nvidia1 is 195:1: {t}");
-    assert!(
-        t.contains("can't open '/dev/nvidia1': No such device or address"),
-        "{t}"
-    );
-    assert!(t.contains("no-nvidia0"), "{t}");
-    assert!(
-        t.contains("can't open '/tmp/sneaky0': Operation not permitted"),
-        "{t}"
-    );
-}
-
 fn need(binary: &str, package: &str) {
     assert!(
         Command::new(binary)
@@ -240,59 +223,27 @@ fn podman_with_the_installed_hooks_directory_gives_gpu_1_only() {
             node.config.to_str().unwrap(),
         ],
     );
-    let out = Command::new("podman")
-        .args([
-            "--runtime",
-            "runc",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--hooks-dir",
-        ])
-        .arg(&hooks)
-        .args([
-            "run",
-            "--rm",
+    let name = node.id(0);
+    let out = podman_run(
+        &hooks,
+        &node.rootfs,
+        &[
             "--name",
-            &node.id(0),
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
+            &name,
             "--cap-add",
             "MKNOD",
             "-e",
             "NVIDIA_VISIBLE_DEVICES=1",
-            "--rootfs",
-        ])
-        .arg(&node.rootfs)
-        .args(["sh", "-c", GPU1_SCRIPT])
-        .output()
-        .unwrap();
+        ],
+        &["sh", "-c", GPU1_SCRIPT],
+    );
     assert_sees_only_gpu_1(&text(&out));
-    let out = Command::new("podman")
-        .args([
-            "--runtime",
-            "runc",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--hooks-dir",
-        ])
-        .arg(&hooks)
-        .args([
-            "run",
-            "--rm",
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-            "-e",
-            "NVIDIA_VISIBLE_DEVICES=0,1",
-            "--rootfs",
-        ])
-        .arg(&node.rootfs)
-        .args(["true"])
-        .output()
-        .unwrap();
+    let out = podman_run(
+        &hooks,
+        &node.rootfs,
+        &["-e", "NVIDIA_VISIBLE_DEVICES=0,1"],
+        &["true"],
+    );
     assert!(
         !out.status.success() && text(&out).contains("policy.max_gpus_per_container"),
         "{}",

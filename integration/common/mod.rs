@@ -256,3 +256,52 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// podman as these tests run it here: runc (crun fails on this host's
+/// hybrid cgroups), cgroupfs, rlimits runc accepts, and a hooks directory;
+/// `args` go after `run --rm`, then `--rootfs <rootfs>` and the command.
+pub fn podman_run(hooks: &Path, rootfs: &Path, args: &[&str], command: &[&str]) -> Output {
+    Command::new("podman")
+        .args([
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--hooks-dir",
+        ])
+        .arg(hooks)
+        .args([
+            "run",
+            "--rm",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ])
+        .args(args)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .args(command)
+        .output()
+        .unwrap()
+}
+
+/// What a container given GPU 1 runs to show what it can reach.
+pub const GPU1_SCRIPT: &str = "stat -c 'node %t:%T' /dev/nvidia1; cat /dev/nvidia1; \
+    test -e /dev/nvidia0 && echo has-nvidia0 || echo no-nvidia0; \
+    mknod /tmp/sneaky0 c 195 0 && cat /tmp/sneaky0";
+
+/// GPU 1's node is 195:1 and opens (ENXIO: no driver behind it); GPU 0's
+/// is absent, and a hand-made one is denied by the device cgroup.
+pub fn assert_sees_only_gpu_1(t: &str) {
+    assert!(t.contains("node c3:1"), "/dev/nvidia1 is 195:1: {t}");
+    assert!(
+        t.contains("can't open '/dev/nvidia1': No such device or address"),
+        "the cgroup lets it open its GPU: {t}"
+    );
+    assert!(t.contains("no-nvidia0"), "no node for the other GPU: {t}");
+    assert!(
+        t.contains("can't open '/tmp/sneaky0': Operation not permitted"),
+        "a hand-made 195:0 is denied: {t}"
+    );
+}
