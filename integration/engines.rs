@@ -294,24 +294,55 @@ fn image_archive(node: &Node) -> PathBuf {
     archive
 }
 
-#[test]
-fn containerd_configured_by_install_runs_the_gpu_container_and_shows_refusals() {
-    need("containerd", "containerd");
-    let node = Node::new("containerd");
+/// A containerd directory with a minimal version-2 config of its own
+/// (root, state, socket inside it): (dir, config, socket, config text).
+fn containerd_dir(node: &Node) -> (PathBuf, PathBuf, PathBuf, String) {
     let d = node.dir.path().join("containerd");
     std::fs::create_dir_all(&d).unwrap();
     let config = d.join("config.toml");
     let sock = d.join("containerd.sock");
-    std::fs::write(
-        &config,
-        format!(
-            "version = 2\nroot = {:?}\nstate = {:?}\n\n[grpc]\n  address = {:?}\n",
-            d.join("root").display().to_string(),
-            d.join("state").display().to_string(),
-            sock.display().to_string()
-        ),
-    )
-    .unwrap();
+    let text = format!(
+        "version = 2\nroot = {:?}\nstate = {:?}\n\n[grpc]\n  address = {:?}\n",
+        d.join("root").display().to_string(),
+        d.join("state").display().to_string(),
+        sock.display().to_string()
+    );
+    std::fs::write(&config, &text).unwrap();
+    (d, config, sock, text)
+}
+
+/// containerd started on `config`, with gpushare's config in its (and so its
+/// shims') environment, once it answers; stopped on drop.
+fn start_containerd(node: &Node, d: &Path, config: &Path, sock: &Path) -> Daemon {
+    let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+    let child = Command::new("containerd")
+        .env("GPUSHARE_CONFIG", &node.config)
+        .arg("--config")
+        .arg(config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let daemon = Daemon {
+        child,
+        dir: d.to_owned(),
+    };
+    wait_for("containerd", || {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(sock)
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    daemon
+}
+
+#[test]
+fn containerd_configured_by_install_runs_the_gpu_container_and_shows_refusals() {
+    need("containerd", "containerd");
+    let node = Node::new("containerd");
+    let (d, config, sock, _) = containerd_dir(&node);
     install(&node, &["containerd", "--config", config.to_str().unwrap()]);
     let doc: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
     let binary = doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["gpushare"]
@@ -320,19 +351,7 @@ fn containerd_configured_by_install_runs_the_gpu_container_and_shows_refusals() 
         .unwrap()
         .to_owned();
     assert!(Path::new(&binary).is_absolute() && binary.ends_with("gpushare-runtime"));
-    let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-    let child = Command::new("containerd")
-        .env("GPUSHARE_CONFIG", &node.config)
-        .arg("--config")
-        .arg(&config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let _daemon = Daemon {
-        child,
-        dir: d.clone(),
-    };
+    let _daemon = start_containerd(&node, &d, &config, &sock);
     let ctr = |args: &[&str]| -> Output {
         Command::new("ctr")
             .arg("--address")
@@ -342,7 +361,6 @@ fn containerd_configured_by_install_runs_the_gpu_container_and_shows_refusals() 
             .output()
             .unwrap()
     };
-    wait_for("containerd", || ctr(&["version"]).status.success());
     let archive = image_archive(&node);
     let out = ctr(&["image", "import", archive.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
@@ -388,17 +406,7 @@ fn containerd_configured_by_install_runs_the_gpu_container_and_shows_refusals() 
 fn containerd_mode_hook_config_loads_and_its_base_spec_gives_the_gpu() {
     need("containerd", "containerd");
     let node = Node::new("containerd-hook");
-    let d = node.dir.path().join("containerd");
-    std::fs::create_dir_all(&d).unwrap();
-    let config = d.join("config.toml");
-    let sock = d.join("containerd.sock");
-    let original = format!(
-        "version = 2\nroot = {:?}\nstate = {:?}\n\n[grpc]\n  address = {:?}\n",
-        d.join("root").display().to_string(),
-        d.join("state").display().to_string(),
-        sock.display().to_string()
-    );
-    std::fs::write(&config, &original).unwrap();
+    let (d, config, sock, original) = containerd_dir(&node);
     install(
         &node,
         &[
@@ -421,26 +429,7 @@ fn containerd_mode_hook_config_loads_and_its_base_spec_gives_the_gpu() {
         "runc itself runs it"
     );
     // containerd accepts the configuration.
-    let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-    let child = Command::new("containerd")
-        .arg("--config")
-        .arg(&config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let _daemon = Daemon {
-        child,
-        dir: d.clone(),
-    };
-    wait_for("containerd", || {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&sock)
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    let _daemon = start_containerd(&node, &d, &config, &sock);
     // The base spec, as CRI would start from it: the hooks give GPU 1.
     let b = node.dir.path().join("from-base-spec");
     std::fs::create_dir_all(&b).unwrap();

@@ -74,12 +74,7 @@ impl Bundle {
             path: path.clone(),
             line: e.line(),
             column: e.column(),
-            message: e
-                .to_string()
-                .split(" at line")
-                .next()
-                .unwrap_or("")
-                .to_owned(),
+            message: crate::error::json_message(&e),
         })?;
         if !spec.is_object() {
             return Err(BundleError::Shape {

@@ -80,6 +80,16 @@ pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     out.replace(['\n', '\r'], " ")
 }
 
+/// serde_json's message without its " at line N column M" suffix, which
+/// callers report in fields of their own.
+pub fn json_message(e: &serde_json::Error) -> String {
+    e.to_string()
+        .split(" at line")
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// Renders a user-supplied value for an error message: quoted, escaped
 /// (NULs and newlines become visible) and cut to a readable length.
 pub fn shown(value: &str) -> String {

@@ -99,12 +99,7 @@ fn malformed_json(path: &Path, e: &serde_json::Error) -> InstallError {
         format: "JSON",
         line: e.line(),
         column: e.column(),
-        message: e
-            .to_string()
-            .split(" at line")
-            .next()
-            .unwrap_or("")
-            .to_owned(),
+        message: crate::error::json_message(e),
     }
 }
 
