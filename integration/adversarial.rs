@@ -338,9 +338,9 @@ fn a_storm_of_200_creates_shim_and_hook_mixed_balances_and_cleans_up() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(
-        state
-            .iter()
-            .all(|n| ["ledger", "ledger.lock", "ledger.journal"].contains(&n.as_str())),
+        state.iter().all(
+            |n| ["ledger", "ledger.lock", "ledger.journal", "driver.json"].contains(&n.as_str())
+        ),
         "no temp file: {state:?}"
     );
 }

@@ -102,6 +102,16 @@ impl Bundle {
         annotations_of(&self.spec)
     }
 
+    /// The rootfs as the spec names it (`root.path`: absolute, or relative
+    /// to the bundle); `None` when the spec names none.
+    pub fn rootfs(&self) -> Option<PathBuf> {
+        self.spec
+            .pointer("/root/path")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+            .map(|p| self.dir.join(p))
+    }
+
     /// Replaces config.json with `spec`, atomically, keeping its mode. The
     /// temp file is made in the bundle directory and renamed over the name,
     /// so a symlinked config.json is replaced, never written through.

@@ -104,6 +104,24 @@ pub struct MpsConfig {
     pub exclusive: bool,
 }
 
+/// Who brings the driver's user-space into GPU containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inject {
+    /// gpushare mounts the host's driver files itself.
+    Gpushare,
+    /// A runtime gpushare chains to (NVIDIA's) does it.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    pub inject: Inject,
+    /// The host root under which the driver's user-space is found (its
+    /// `etc/ld.so.cache`, libraries, binaries, firmware,
+    /// `proc/driver/nvidia/version`); `None`: `devices.root`.
+    pub root: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file this was read from; `None` when no file exists (defaults).
@@ -111,7 +129,15 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub devices: DevicesConfig,
     pub policy: Policy,
+    pub driver: DriverConfig,
     pub mps: MpsConfig,
+}
+
+impl Config {
+    /// Where the driver's user-space is looked for.
+    pub fn driver_root(&self) -> &Path {
+        self.driver.root.as_deref().unwrap_or(&self.devices.root)
+    }
 }
 
 impl Default for Config {
@@ -133,6 +159,10 @@ impl Default for Config {
                 max_thread_percentage_per_gpu: None,
                 default_thread_percentage: None,
                 percentage_without_mps: Strictness::Reject,
+            },
+            driver: DriverConfig {
+                inject: Inject::Gpushare,
+                root: None,
             },
             mps: MpsConfig {
                 root: "/run/gpushare/mps".into(),
@@ -160,6 +190,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "percentage_without_mps",
         ],
     ),
+    ("driver", &["inject", "root"]),
     (
         "mps",
         &["root", "container_pipe_dir", "control", "compute_mode"],
@@ -337,6 +368,14 @@ impl Validator<'_> {
             "policy.default_thread_percentage" => {
                 cfg.policy.default_thread_percentage = Some(self.percentage(key, value)?)
             }
+            "driver.inject" => {
+                cfg.driver.inject = match value.as_str() {
+                    Some("gpushare") => Inject::Gpushare,
+                    Some("none") => Inject::None,
+                    _ => return Err(self.bad(key, value, "\"gpushare\" or \"none\"")),
+                }
+            }
+            "driver.root" => cfg.driver.root = Some(self.abs_path(key, value)?),
             "mps.root" => cfg.mps.root = self.abs_path(key, value)?,
             "mps.container_pipe_dir" => cfg.mps.container_pipe_dir = self.abs_path(key, value)?,
             "mps.control" => cfg.mps.control = self.string(key, value)?,
@@ -393,6 +432,9 @@ max_gpus_per_container = 2
 all = "reject"
 max_thread_percentage_per_gpu = 100
 default_thread_percentage = 12.5
+[driver]
+inject = "none"
+root = "/host"
 [mps]
 root = "/m"
 container_pipe_dir = "/tmp/mps"
@@ -411,6 +453,15 @@ control = "/usr/bin/nvidia-cuda-mps-control"
         assert_eq!(c.policy.max_thread_percentage_per_gpu, Some(100.0));
         assert_eq!(c.policy.default_thread_percentage, Some(12.5));
         assert_eq!(c.mps.container_pipe_dir, PathBuf::from("/tmp/mps"));
+        assert_eq!(c.driver.inject, Inject::None);
+        assert_eq!(c.driver_root(), Path::new("/host"));
+        let d = parse("[devices]\nroot = \"/sim\"").unwrap();
+        assert_eq!(d.driver.inject, Inject::Gpushare);
+        assert_eq!(
+            d.driver_root(),
+            Path::new("/sim"),
+            "devices.root by default"
+        );
     }
 
     #[test]
@@ -440,6 +491,8 @@ control = "/usr/bin/nvidia-cuda-mps-control"
             ("[runtime]\npath = \"\"", "`runtime.path`"),
             ("[runtime]\nstate_dir = 3", "`runtime.state_dir`"),
             ("runtime = 1", "`runtime`"),
+            ("[driver]\ninject = \"nvidia\"", "`driver.inject`"),
+            ("[driver]\nroot = \"rel\"", "`driver.root`"),
         ];
         for (text, needle) in cases {
             let err = parse(text).unwrap_err().to_string();

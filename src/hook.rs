@@ -214,13 +214,9 @@ fn alone(stage: Stage, state: &State) -> crate::Result<Outcome> {
 
 /// The rootfs as the spec names it: absolute, or relative to the bundle.
 fn rootfs_of(bundle: &Bundle) -> Result<PathBuf, HookError> {
-    let path = bundle
-        .spec
-        .pointer("/root/path")
-        .and_then(|v| v.as_str())
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| HookError::NoRoot(Bundle::config_path(&bundle.dir)))?;
-    Ok(bundle.dir.join(path))
+    bundle
+        .rootfs()
+        .ok_or_else(|| HookError::NoRoot(Bundle::config_path(&bundle.dir)))
 }
 
 /// Keeps only what the live edits need: entering the container's mount

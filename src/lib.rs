@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod bundle;
 pub mod config;
 pub mod decide;
+pub mod driver;
 pub mod edits;
 pub mod error;
 pub mod hook;

@@ -260,6 +260,7 @@ pub fn ensure_target(root: BorrowedFd, rel: &Path, kind: TargetKind) -> Result<O
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_NOEXEC: u64 = 0x8;
@@ -341,6 +342,20 @@ fn attach(
         source_path: source_path.to_owned(),
         target: rel.to_owned(),
         source,
+    })
+}
+
+/// The mount attributes a mount edit's options ask for (`ro`, `nosuid`,
+/// `nodev`, `noexec`; `bind` is how every live mount is made).
+pub fn mount_attrs(options: &[String]) -> u64 {
+    options.iter().fold(0, |acc, o| {
+        acc | match o.as_str() {
+            "ro" => MOUNT_ATTR_RDONLY,
+            "nosuid" => MOUNT_ATTR_NOSUID,
+            "nodev" => MOUNT_ATTR_NODEV,
+            "noexec" => MOUNT_ATTR_NOEXEC,
+            _ => 0,
+        }
     })
 }
 
@@ -459,9 +474,10 @@ pub fn apply(edits: &ContainerEdits, pid: i32, rootfs: &Path) -> Result<(), Live
     };
     let ours = open("/proc/self/ns/mnt")?;
     let theirs = open(&format!("/proc/{pid}/ns/mnt"))?;
-    // Host nodes are cloned here, in our namespace: nothing about them is
-    // looked up through the container's filesystem. Device nodes need dev;
-    // they get neither suid nor exec. Directories get none of the three.
+    // Host nodes and files are cloned here, in our namespace: nothing about
+    // them is looked up through the container's filesystem. Device nodes
+    // need dev; they get neither suid nor exec. Other mounts get what their
+    // options say (driver files: read-only, nosuid, nodev).
     let mut trees = Vec::new();
     for d in &edits.devices {
         trees.push(detached_bind(
@@ -469,12 +485,19 @@ pub fn apply(edits: &ContainerEdits, pid: i32, rootfs: &Path) -> Result<(), Live
             MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
         )?);
     }
-    let mut dir_trees = Vec::new();
+    let mut mount_trees = Vec::new();
     for m in &edits.mounts {
-        dir_trees.push(detached_bind(
-            &m.source,
-            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NODEV,
-        )?);
+        let tree = detached_bind(&m.source, mount_attrs(&m.options))?;
+        let st = fstat(tree.as_raw_fd()).map_err(|source| LiveError::HostNode {
+            path: m.source.clone(),
+            source,
+        })?;
+        let kind = if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+            TargetKind::Dir
+        } else {
+            TargetKind::File
+        };
+        mount_trees.push((tree, kind));
     }
     setns(theirs.as_fd(), CloneFlags::CLONE_NEWNS)
         .map_err(|e| ns_err("enter the mount namespace of", e))?;
@@ -500,13 +523,13 @@ pub fn apply(edits: &ContainerEdits, pid: i32, rootfs: &Path) -> Result<(), Live
                 TargetKind::File,
             )?;
         }
-        for (m, tree) in edits.mounts.iter().zip(&dir_trees) {
+        for (m, (tree, kind)) in edits.mounts.iter().zip(&mount_trees) {
             attach(
                 root.as_fd(),
                 tree,
                 &m.source,
                 Path::new(&m.destination),
-                TargetKind::Dir,
+                *kind,
             )?;
         }
         Ok(())
@@ -624,6 +647,20 @@ mod tests {
         assert!(ensure_target(r.as_fd(), Path::new("/"), TargetKind::Dir).is_err());
         let e = ensure_target(r.as_fd(), Path::new("real"), TargetKind::File).unwrap_err();
         assert!(e.to_string().contains("not a file"), "{e}");
+    }
+
+    #[test]
+    fn mount_options_become_attributes() {
+        let o = |v: &[&str]| mount_attrs(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            o(&["bind", "ro", "nosuid", "nodev"]),
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+        );
+        assert_eq!(
+            o(&["bind", "nosuid", "nodev", "noexec"]),
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
+        );
+        assert_eq!(o(&["rbind"]), 0);
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub fn explain(bundle_dir: &Path, cfg: &Config) -> crate::Result<Explained> {
     let entries = live_entries(cfg)?;
     let mut load = ledger::load_of(&entries, None);
     crate::shim::mps_load(cfg, &inv, &mut load);
-    let p = match plan(&req, cfg, &inv, &load) {
+    let rootfs = bundle.rootfs();
+    let p = match plan(&req, cfg, &inv, &load, rootfs.as_deref(), false) {
         Ok(p) => p,
         Err(Error::Refused(r)) => return Ok(reject(r.0)),
         Err(e) => return Err(e),
@@ -77,7 +78,8 @@ pub fn explain(bundle_dir: &Path, cfg: &Config) -> crate::Result<Explained> {
             "pinned_mem_limit": a.pinned_mem_limit,
             "reason": reason,
             "mps": a.mps,
-            "warnings": a.warnings,
+            "driver": p.driver,
+            "warnings": p.warnings,
             "edits": p.edits,
         }),
         refused: false,
@@ -111,6 +113,21 @@ pub fn explain_text(doc: &Value) -> String {
         if let Some(s) = doc[key].as_str() {
             let _ = writeln!(out, "{label}{s}");
         }
+    }
+    if let Some(d) = doc["driver"].as_object() {
+        let caps = d["capabilities"].as_str().unwrap_or("");
+        let line = match d["inject"].as_str() {
+            Some("gpushare") => format!(
+                "{caps} from driver {} into {}",
+                d["version"].as_str().unwrap_or("(version unknown)"),
+                d["library_dir"].as_str().unwrap_or("")
+            ),
+            _ => format!("{caps}, brought by the chained runtime (driver.inject = \"none\")"),
+        };
+        let _ = writeln!(out, "driver:   {line}");
+    }
+    for w in doc["warnings"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "warning:  {}", w.as_str().unwrap_or(""));
     }
     for d in doc["edits"]["devices"].as_array().into_iter().flatten() {
         let _ = writeln!(

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::error::shown;
@@ -12,6 +13,7 @@ pub const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
 pub const THREAD_PERCENTAGE: &str = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE";
 pub const PINNED_MEM_LIMIT: &str = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT";
 pub const PIPE_DIRECTORY: &str = "CUDA_MPS_PIPE_DIRECTORY";
+pub const DRIVER_CAPABILITIES: &str = "NVIDIA_DRIVER_CAPABILITIES";
 
 #[derive(Debug, Error, PartialEq)]
 #[error("{var}={value} is refused: {why}; accepted: {accepted}")]
@@ -24,6 +26,8 @@ pub struct RequestError {
 
 const DEVICES_ACCEPTED: &str = "GPU indices, GPU-<uuid> (or a unique prefix) or PCI bus ids, comma-separated, or all, none, void";
 const PERCENT_ACCEPTED: &str = "a decimal number greater than 0 and at most 100, like 25 or 12.5";
+const CAPABILITIES_ACCEPTED: &str =
+    "a comma list of compute, utility, video, graphics, display, compat32, ngx, or all";
 const LIMIT_ACCEPTED: &str =
     "<size> or <device>=<size>[,<device>=<size>…] with size a whole number and unit K, M, G or T, like 2G or 0=512M";
 
@@ -73,11 +77,84 @@ pub struct PinnedLimit {
     pub entries: Vec<(u32, u64, String)>,
 }
 
+/// One of the driver capabilities NVIDIA's container toolkit defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    Compute,
+    Utility,
+    Video,
+    Graphics,
+    Display,
+    Compat32,
+    Ngx,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 7] = [
+        Capability::Compute,
+        Capability::Utility,
+        Capability::Video,
+        Capability::Graphics,
+        Capability::Display,
+        Capability::Compat32,
+        Capability::Ngx,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Compute => "compute",
+            Capability::Utility => "utility",
+            Capability::Video => "video",
+            Capability::Graphics => "graphics",
+            Capability::Display => "display",
+            Capability::Compat32 => "compat32",
+            Capability::Ngx => "ngx",
+        }
+    }
+}
+
+/// `NVIDIA_DRIVER_CAPABILITIES` as asked: `all`, or a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capabilities {
+    /// Every capability the driver's injector provides.
+    All,
+    List(Vec<Capability>),
+}
+
+impl Capabilities {
+    /// Ref: NVIDIA container toolkit: unset or empty means `utility,compute`.
+    pub fn default_set() -> Capabilities {
+        Capabilities::List(vec![Capability::Compute, Capability::Utility])
+    }
+
+    pub fn contains(&self, c: Capability) -> bool {
+        match self {
+            Capabilities::All => true,
+            Capabilities::List(l) => l.contains(&c),
+        }
+    }
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Capabilities::All => f.write_str("all"),
+            Capabilities::List(l) => {
+                let names: Vec<&str> = l.iter().map(|c| c.name()).collect();
+                f.write_str(&names.join(","))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     pub devices: Devices,
     pub thread_percentage: Option<Percentage>,
     pub pinned_mem_limit: Option<PinnedLimit>,
+    /// Which parts of the driver's user-space the container gets.
+    pub capabilities: Capabilities,
 }
 
 impl Request {
@@ -92,7 +169,7 @@ impl Request {
     where
         I: IntoIterator<Item = &'a str>,
     {
-        let (mut devices, mut percent, mut limit) = (None, None, None);
+        let (mut devices, mut percent, mut limit, mut caps) = (None, None, None, None);
         for entry in env {
             let Some((key, value)) = entry.split_once('=') else {
                 continue;
@@ -101,6 +178,7 @@ impl Request {
                 VISIBLE_DEVICES => devices = Some(value),
                 THREAD_PERCENTAGE => percent = Some(value),
                 PINNED_MEM_LIMIT => limit = Some(value),
+                DRIVER_CAPABILITIES => caps = Some(value),
                 _ => {}
             }
         }
@@ -110,12 +188,14 @@ impl Request {
                 devices,
                 thread_percentage: None,
                 pinned_mem_limit: None,
+                capabilities: Capabilities::default_set(),
             });
         }
         Ok(Request {
             devices,
             thread_percentage: percent.map(parse_percentage).transpose()?,
             pinned_mem_limit: limit.map(parse_limit).transpose()?,
+            capabilities: parse_capabilities(caps.unwrap_or(""))?,
         })
     }
 }
@@ -184,6 +264,44 @@ pub fn parse_devices(value: &str) -> Result<Devices, RequestError> {
         ids.push(id);
     }
     Ok(Devices::List(ids))
+}
+
+/// Ref: NVIDIA container toolkit: a comma list; `all` anywhere in it means
+/// every capability; unset or empty means `utility,compute`. An unknown
+/// name is refused rather than ignored, so a typo never leaves a container
+/// without the driver it asked for.
+pub fn parse_capabilities(value: &str) -> Result<Capabilities, RequestError> {
+    let err = |why: String| RequestError {
+        var: DRIVER_CAPABILITIES,
+        value: shown(value),
+        why,
+        accepted: CAPABILITIES_ACCEPTED,
+    };
+    if value.trim().is_empty() {
+        return Ok(Capabilities::default_set());
+    }
+    let mut list = Vec::new();
+    let mut all = false;
+    for token in value.split(',') {
+        let t = token.trim();
+        if t.is_empty() {
+            return Err(err("the list has an empty entry".into()));
+        }
+        if t == "all" {
+            all = true;
+            continue;
+        }
+        match Capability::ALL.iter().find(|c| c.name() == t) {
+            Some(c) if !list.contains(c) => list.push(*c),
+            Some(_) => {}
+            None => return Err(err(format!("{} is not a driver capability", shown(t)))),
+        }
+    }
+    if all {
+        return Ok(Capabilities::All);
+    }
+    list.sort();
+    Ok(Capabilities::List(list))
 }
 
 pub fn parse_percentage(value: &str) -> Result<Percentage, RequestError> {
@@ -442,6 +560,44 @@ mod tests {
         // An entry without '=' is not a variable and changes nothing.
         let r = req(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_VISIBLE_DEVICES"]).unwrap();
         assert!(r.is_gpu());
+    }
+
+    #[test]
+    fn capabilities() {
+        use Capability::*;
+        let list = |v: &str| match parse_capabilities(v).unwrap() {
+            Capabilities::List(l) => l,
+            Capabilities::All => panic!("{v}: all"),
+        };
+        assert_eq!(list(""), vec![Compute, Utility]);
+        assert_eq!(list("  "), vec![Compute, Utility]);
+        assert_eq!(list("utility"), vec![Utility]);
+        assert_eq!(list("video, compute,compute"), vec![Compute, Video]);
+        assert_eq!(list("graphics"), vec![Graphics]);
+        assert_eq!(parse_capabilities("all").unwrap(), Capabilities::All);
+        assert_eq!(
+            parse_capabilities("compute,all").unwrap(),
+            Capabilities::All
+        );
+        for v in [
+            "gpu",
+            "compute,",
+            "Compute",
+            "compute;utility",
+            "all,bogus",
+            "\u{202e}",
+        ] {
+            let e = parse_capabilities(v).unwrap_err();
+            assert_eq!(e.var, DRIVER_CAPABILITIES, "{v}");
+            assert!(e.to_string().contains("accepted:"), "{e}");
+        }
+        // Not checked for a container that asks for no GPU.
+        let r = req(&["NVIDIA_DRIVER_CAPABILITIES=nonsense"]).unwrap();
+        assert!(!r.is_gpu());
+        let e = req(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=gpu"]).unwrap_err();
+        assert_eq!(e.var, DRIVER_CAPABILITIES);
+        let r = req(&["NVIDIA_VISIBLE_DEVICES=0"]).unwrap();
+        assert_eq!(r.capabilities, Capabilities::default_set());
     }
 
     #[test]

@@ -9,15 +9,17 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use thiserror::Error;
 
 use crate::bundle::Bundle;
-use crate::config::Config;
+use crate::config::{Config, Inject};
 use crate::decide::{decide, Decision, Load};
+use crate::driver::{self, Driver};
 use crate::edits::{ContainerEdits, HookSpec};
 use crate::inventory::Inventory;
 use crate::ledger::{self, Entry, Ledger, Locked};
-use crate::request::Request;
+use crate::request::{Capabilities, Request, RequestError, DRIVER_CAPABILITIES};
 use crate::runtime_args::CreateArgs;
 
 #[derive(Debug, Error)]
@@ -38,6 +40,21 @@ pub enum ShimError {
 pub struct Plan {
     pub decision: Decision,
     pub edits: ContainerEdits,
+    /// What the container gets of the driver's user-space (GPU containers).
+    pub driver: Option<DriverInjection>,
+    /// For the user: shown on stderr (and in runc's log by the shim).
+    pub warnings: Vec<String>,
+}
+
+/// The driver part of a plan, as `explain` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriverInjection {
+    /// "gpushare", or "none" when a chained runtime brings the driver.
+    pub inject: &'static str,
+    pub version: Option<String>,
+    pub capabilities: String,
+    /// Where the libraries go in this image.
+    pub library_dir: Option<String>,
 }
 
 /// The config's name as messages show it.
@@ -48,15 +65,87 @@ pub fn config_name(cfg: &Config) -> String {
     }
 }
 
-/// Decides for a GPU request and works out the edits. The same function
-/// serves the shim and `explain`, so what explain prints is what happens.
-pub fn plan(req: &Request, cfg: &Config, inv: &Inventory, load: &Load) -> crate::Result<Plan> {
+/// Decides for a GPU request and works out the edits: its devices, MPS,
+/// and the driver's user-space for its capabilities, in the library
+/// directory of the image at `rootfs`. The same function serves the shim,
+/// the hook and `explain`, so what explain prints is what happens.
+/// `store_driver`: write a fresh driver discovery back to its cache (only
+/// under the ledger lock).
+pub fn plan(
+    req: &Request,
+    cfg: &Config,
+    inv: &Inventory,
+    load: &Load,
+    rootfs: Option<&Path>,
+    store_driver: bool,
+) -> crate::Result<Plan> {
+    if cfg.driver.inject == Inject::Gpushare && req.is_gpu() {
+        refuse_uninjected(&req.capabilities, cfg)?;
+    }
     let decision = decide(req, inv, load, &cfg.policy, &config_name(cfg))?;
-    let edits = match &decision {
-        Decision::Untouched => ContainerEdits::default(),
-        Decision::Assign(a) => ContainerEdits::for_assignment(a, cfg)?,
+    let mut plan = Plan {
+        decision,
+        edits: ContainerEdits::default(),
+        driver: None,
+        warnings: Vec::new(),
     };
-    Ok(Plan { decision, edits })
+    let Decision::Assign(a) = &plan.decision else {
+        return Ok(plan);
+    };
+    plan.edits = ContainerEdits::for_assignment(a, cfg)?;
+    plan.warnings = a.warnings.clone();
+    if a.gpus.is_empty() {
+        return Ok(plan);
+    }
+    let caps = &req.capabilities;
+    plan.driver = Some(match cfg.driver.inject {
+        Inject::None => DriverInjection {
+            inject: "none",
+            version: None,
+            capabilities: caps.to_string(),
+            library_dir: None,
+        },
+        Inject::Gpushare => {
+            let driver = Driver::load(cfg, store_driver);
+            let dir = driver::library_dir(rootfs);
+            plan.edits.mounts.extend(driver.mounts(caps, &dir));
+            plan.warnings.extend(driver.warnings(caps));
+            DriverInjection {
+                inject: "gpushare",
+                version: driver.version,
+                capabilities: caps.to_string(),
+                library_dir: Some(dir),
+            }
+        }
+    });
+    Ok(plan)
+}
+
+/// Refuses the capabilities gpushare does not inject (graphics, display,
+/// compat32, ngx): a container that asked for them would start without
+/// them, which must never happen silently.
+fn refuse_uninjected(caps: &Capabilities, cfg: &Config) -> Result<(), RequestError> {
+    let Capabilities::List(list) = caps else {
+        return Ok(());
+    };
+    let other: Vec<&str> = list
+        .iter()
+        .filter(|c| !driver::INJECTED.contains(c))
+        .map(|c| c.name())
+        .collect();
+    if other.is_empty() {
+        return Ok(());
+    }
+    Err(RequestError {
+        var: DRIVER_CAPABILITIES,
+        value: crate::error::shown(&caps.to_string()),
+        why: format!(
+            "gpushare does not inject the driver's {} files; ask for compute, utility, video or all, or have NVIDIA's runtime bring them (driver.inject = \"none\" in {})",
+            other.join(", "),
+            config_name(cfg)
+        ),
+        accepted: "compute, utility, video, all",
+    })
 }
 
 /// Finds the low-level runtime: a path as given, or a name on PATH.
@@ -151,7 +240,8 @@ pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Pl
     locked.drop_stale(cfg.runtime.reservation_timeout_seconds, false);
     let mut load = locked.load(Some(id));
     mps_load(cfg, &inv, &mut load);
-    let plan = plan(&req, cfg, &inv, &load)?;
+    let rootfs = bundle.rootfs();
+    let plan = plan(&req, cfg, &inv, &load, rootfs.as_deref(), true)?;
     let Decision::Assign(a) = &plan.decision else {
         return Ok(None);
     };
@@ -177,7 +267,7 @@ pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Pl
         locked,
         edits: plan.edits,
         entry,
-        warnings: a.warnings.clone(),
+        warnings: plan.warnings,
     }))
 }
 

@@ -133,6 +133,9 @@ fn make(count: u32, model: &str, dir: &Path) -> Result<Simulated, SimulateError>
         "# A simulated node written by `gpushare simulate`.\n\
          [runtime]\nstate_dir = {state:?}\n\n\
          [devices]\nroot = {root:?}\ninventory = {inv:?}\n\n\
+         # The GPUs are simulated; the driver's user-space is the host's own\n\
+         # (Debian: libcuda1, libnvidia-ml1, nvidia-smi), where installed.\n\
+         [driver]\nroot = \"/\"\n\n\
          [mps]\nroot = {mps:?}\n",
         state = dir.join("state").display().to_string(),
         root = dir.display().to_string(),

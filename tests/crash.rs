@@ -77,6 +77,12 @@ fn sigkill_at_random_points_never_tears_a_file_and_gc_converges() {
             serde_json::from_slice::<serde_json::Value>(&spec).is_ok(),
             "iteration {i}: config.json torn"
         );
+        if let Ok(cache) = std::fs::read(node.path().join("state/driver.json")) {
+            assert!(
+                serde_json::from_slice::<gpushare::driver::Driver>(&cache).is_ok(),
+                "iteration {i}: driver.json torn"
+            );
+        }
     }
     assert!(killed > 10, "the kills landed mid-run ({killed})");
     assert!(
@@ -109,7 +115,9 @@ fn sigkill_at_random_points_never_tears_a_file_and_gc_converges() {
             "ledger",
             "ledger.lock",
             "ledger.journal",
-            ".ledger.gpushare-tmp"
+            ".ledger.gpushare-tmp",
+            "driver.json",
+            ".driver.json.gpushare-tmp"
         ]
         .contains(&n.as_str())),
         "{left:?}"
