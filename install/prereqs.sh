@@ -26,8 +26,9 @@ SOURCES
 }
 
 # ensure_packages [mps|tests]: runc and busybox-static always; NVIDIA's MPS
-# control daemon (nvidia-cuda-mps) for mps and tests; the engines (podman,
-# docker.io, containerd) for tests.
+# control daemon (nvidia-cuda-mps) and the driver's user-space (libcuda1,
+# libnvidia-ml1, nvidia-smi) for mps and tests; the engines (podman,
+# docker.io, containerd) and gcc for tests.
 ensure_packages() {
   local missing=()
   command -v runc >/dev/null 2>&1 || missing+=(runc)
@@ -40,9 +41,24 @@ ensure_packages() {
     missing+=(nvidia-cuda-mps)
     enable_non_free
   fi
-  if [ "${1:-}" = tests ] && ! ldconfig -p | grep -q 'libnvidia-ml.so.1 '; then
+  # The driver's user-space (Debian's real libraries and nvidia-smi, which
+  # load and answer "no driver" without a GPU), injected into GPU containers.
+  if [ -n "${1:-}" ] && ! ldconfig -p | grep -q 'libnvidia-ml.so.1 '; then
     missing+=(libnvidia-ml1)
     enable_non_free
+  fi
+  if [ -n "${1:-}" ] && ! ldconfig -p | grep -q 'libcuda.so.1 '; then
+    missing+=(libcuda1)
+    enable_non_free
+  fi
+  if [ -n "${1:-}" ] && [ ! -e /usr/bin/nvidia-smi ]; then
+    missing+=(nvidia-smi)
+    enable_non_free
+  fi
+  # The driver tests build a small C program into an image rootfs.
+  if [ "${1:-}" = tests ]; then
+    command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+    [ -e /usr/include/dlfcn.h ] || missing+=(libc6-dev)
   fi
   if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
     missing+=(busybox-static)

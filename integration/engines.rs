@@ -78,10 +78,14 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
 
 /// The node's rootfs as a tar stream, for `docker import`.
 fn rootfs_tar(node: &Node) -> PathBuf {
-    let tar = node.dir.path().join("rootfs.tar");
+    tar_of(node, &node.rootfs, "rootfs.tar")
+}
+
+fn tar_of(node: &Node, rootfs: &Path, name: &str) -> PathBuf {
+    let tar = node.dir.path().join(name);
     let ok = Command::new("tar")
         .arg("-C")
-        .arg(&node.rootfs)
+        .arg(rootfs)
         .arg("-cf")
         .arg(&tar)
         .arg(".")
@@ -95,6 +99,7 @@ fn rootfs_tar(node: &Node) -> PathBuf {
 fn docker_configured_by_install_gives_gpu_1_refuses_two_and_releases_on_rm() {
     need("dockerd", "docker.io");
     let node = Node::new("docker");
+    require_driver_userspace();
     let d = node.dir.path().join("docker");
     std::fs::create_dir_all(&d).unwrap();
     let daemon_json = d.join("daemon.json");
@@ -139,15 +144,56 @@ fn docker_configured_by_install_gives_gpu_1_refuses_two_and_releases_on_rm() {
             .unwrap()
     };
     wait_for("dockerd", || docker(&["info"]).status.success());
-    let tar = rootfs_tar(&node);
-    let out = Command::new("docker")
-        .arg("-H")
-        .arg(format!("unix://{}", sock.display()))
-        .args(["import", "-", "gpushare-test:1"])
-        .stdin(std::fs::File::open(&tar).unwrap())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    let import = |tar: &Path, tag: &str| {
+        let out = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .args(["import", "-", tag])
+            .stdin(std::fs::File::open(tar).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    import(&rootfs_tar(&node), "gpushare-test:1");
+    import(
+        &tar_of(&node, &node.probe_rootfs("docker"), "probe.tar"),
+        "gpushare-probe:1",
+    );
+
+    // CUDA and NVML from the host's driver, in a plain `docker run`.
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "gpushare",
+        "-e",
+        "NVIDIA_VISIBLE_DEVICES=0",
+        "gpushare-probe:1",
+        "sh",
+        "-c",
+        "cuda-probe; nvidia-smi; echo smi-exit $?",
+    ]);
+    let t = text(&out);
+    assert!(
+        t.contains("libcuda: cuInit=100 (CUDA_ERROR_NO_DEVICE)")
+            && t.contains("nvml: nvmlInit_v2=9 (Driver Not Loaded)")
+            && t.contains("couldn't communicate with the NVIDIA driver")
+            && t.contains("smi-exit 9"),
+        "the driver's libraries and nvidia-smi ran in the container: {t}"
+    );
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "gpushare",
+        "gpushare-probe:1",
+        "cuda-probe",
+    ]);
+    assert!(
+        text(&out).contains("libcuda: dlopen failed"),
+        "a non-GPU container gets no driver: {}",
+        text(&out)
+    );
 
     let out = docker(&[
         "run",

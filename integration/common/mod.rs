@@ -89,6 +89,35 @@ impl Node {
 
     /// A bundle whose process runs `script` with `env` added.
     pub fn bundle(&self, name: &str, env: &[&str], script: &str) -> PathBuf {
+        self.bundle_on(&self.rootfs, name, env, script)
+    }
+
+    /// A Debian-shaped image rootfs with glibc and `/usr/bin/cuda-probe`
+    /// (integration/probe/rootfs.sh), made once per name. Containers that
+    /// must not see each other's mount points (runc leaves empty files for
+    /// them in the rootfs, as an engine's per-container layer would hold
+    /// them) get rootfs of their own.
+    pub fn probe_rootfs(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join(format!("probe-rootfs-{name}"));
+        if !dir.join("usr/bin/cuda-probe").exists() {
+            let out = Command::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/integration/probe/rootfs.sh"
+            ))
+            .arg(&dir)
+            .output()
+            .unwrap();
+            assert!(
+                out.status.success(),
+                "integration/probe/rootfs.sh (needs gcc, libc6-dev): {}",
+                text(&out)
+            );
+        }
+        dir
+    }
+
+    /// A bundle on `rootfs` whose process runs `script` with `env` added.
+    pub fn bundle_on(&self, rootfs: &Path, name: &str, env: &[&str], script: &str) -> PathBuf {
         let b = self.dir.path().join(name);
         std::fs::create_dir_all(&b).unwrap();
         let out = Command::new("runc")
@@ -99,7 +128,7 @@ impl Node {
         assert!(out.status.success());
         let mut spec: Value =
             serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
-        spec["root"] = json!({"path": self.rootfs, "readonly": false});
+        spec["root"] = json!({"path": rootfs, "readonly": false});
         spec["process"]["terminal"] = json!(false);
         spec["process"]["args"] = json!(["sh", "-c", script]);
         let e = spec["process"]["env"].as_array_mut().unwrap();
@@ -284,6 +313,27 @@ pub fn podman_run(hooks: &Path, rootfs: &Path, args: &[&str], command: &[&str]) 
         .args(command)
         .output()
         .unwrap()
+}
+
+/// The host's driver user-space the driver tests need: Debian's real
+/// libraries and nvidia-smi, which load and answer without a GPU.
+pub fn require_driver_userspace() {
+    let ld = Command::new("ldconfig").arg("-p").output().unwrap();
+    let listed = String::from_utf8_lossy(&ld.stdout).into_owned();
+    for (lib, package) in [
+        ("libcuda.so.1 ", "libcuda1"),
+        ("libnvidia-ml.so.1 ", "libnvidia-ml1"),
+    ] {
+        assert!(
+            listed.contains(lib),
+            "{} is not installed: apt-get install {package} (Debian non-free)",
+            lib.trim()
+        );
+    }
+    assert!(
+        Path::new("/usr/bin/nvidia-smi").exists(),
+        "nvidia-smi is not installed: apt-get install nvidia-smi (Debian non-free)"
+    );
 }
 
 /// What a container given GPU 1 runs to show what it can reach.
