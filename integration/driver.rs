@@ -116,6 +116,27 @@ fn the_shim_gives_a_gpu_container_the_drivers_libcuda_nvml_and_nvidia_smi() {
         );
     }
     assert!(node.ledger().is_empty(), "released");
+    // What the operator sees of it.
+    let inv = Command::new(CLI)
+        .env("GPUSHARE_CONFIG", &node.config)
+        .arg("inventory")
+        .output()
+        .unwrap();
+    let t = text(&inv);
+    assert!(inv.status.success(), "{t}");
+    let compute = t
+        .lines()
+        .find(|l| l.trim_start().starts_with("compute"))
+        .unwrap_or("");
+    let utility = t
+        .lines()
+        .find(|l| l.trim_start().starts_with("utility"))
+        .unwrap_or("");
+    assert!(compute.contains("libcuda.so.1"), "{t}");
+    assert!(
+        utility.contains("libnvidia-ml.so.1") && utility.contains("nvidia-smi"),
+        "{t}"
+    );
 }
 
 #[test]

@@ -435,8 +435,7 @@ impl Driver {
     pub fn load(cfg: &Config, store: bool) -> Driver {
         let root = cfg.driver_root();
         let key = key(root);
-        let path = cfg.runtime.state_dir.join(CACHE_FILE);
-        if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(bytes) = std::fs::read(cfg.runtime.state_dir.join(CACHE_FILE)) {
             if let Ok(d) = serde_json::from_slice::<Driver>(&bytes) {
                 if d.key == key {
                     return d;
@@ -446,10 +445,35 @@ impl Driver {
         let d = discover(root, key);
         if store {
             // Best effort: without the cache the next create discovers again.
-            let bytes = serde_json::to_vec(&d).expect("driver serialises");
-            let _ = crate::ledger::write_atomic(&path, &bytes, 0o644);
+            let _ = d.store(cfg);
         }
         d
+    }
+
+    /// Discovers again whatever the cache holds, and stores the result
+    /// under the ledger lock (`gpushare inventory --refresh`).
+    pub fn refresh(cfg: &Config) -> Result<Driver, crate::ledger::LedgerError> {
+        let _lock = crate::ledger::Ledger::new(&cfg.runtime.state_dir).lock()?;
+        let root = cfg.driver_root();
+        let d = discover(root, key(root));
+        let path = cfg.runtime.state_dir.join(CACHE_FILE);
+        d.store(cfg)
+            .map_err(|source| crate::ledger::LedgerError::Io {
+                action: "write",
+                path,
+                source,
+            })?;
+        Ok(d)
+    }
+
+    fn store(&self, cfg: &Config) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(self).expect("driver serialises");
+        crate::ledger::write_atomic(&cfg.runtime.state_dir.join(CACHE_FILE), &bytes, 0o644)
+    }
+
+    /// The files of one capability (`None`: firmware).
+    pub fn files_of(&self, cap: Option<Capability>) -> impl Iterator<Item = &DriverFile> {
+        self.files.iter().filter(move |f| f.capability == cap)
     }
 
     /// Whether a container asking for `caps` gets file `f`.

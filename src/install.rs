@@ -510,12 +510,15 @@ pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
                     (true, _) => None,
                     (false, false) => spec_before.clone(),
                 };
-                changes.push(Change {
-                    path: spec_path.clone(),
-                    before: spec_before,
-                    after: spec_after,
-                    owned: true,
-                });
+                // Shim mode neither writes nor needs it: not a change to show.
+                if spec_before.is_some() || spec_after.is_some() {
+                    changes.push(Change {
+                        path: spec_path.clone(),
+                        before: spec_before,
+                        after: spec_after,
+                        owned: true,
+                    });
+                }
             }
             Ok(changes)
         }
@@ -541,6 +544,83 @@ pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
             Ok(changes)
         }
     }
+}
+
+/// NVIDIA's runtimes an engine's config declares: (where, binary).
+/// Docker: `runtimes.<name>.path`; containerd: a CRI runtime's
+/// `options.BinaryName`; either named `nvidia` or running
+/// `nvidia-container-runtime`.
+pub fn nvidia_runtimes(engine: Engine, text: &str) -> Vec<(String, String)> {
+    let is_nvidia =
+        |name: &str, binary: &str| name == "nvidia" || binary.contains("nvidia-container-runtime");
+    let mut found = Vec::new();
+    match engine {
+        Engine::Docker => {
+            let doc: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            for (name, rt) in doc["runtimes"].as_object().into_iter().flatten() {
+                let binary = rt["path"].as_str().unwrap_or("");
+                if is_nvidia(name, binary) {
+                    found.push((format!("runtimes.{name}"), binary.to_owned()));
+                }
+            }
+        }
+        Engine::Containerd => {
+            let Ok(doc) = text.parse::<toml::Table>() else {
+                return found;
+            };
+            let version = doc
+                .get("version")
+                .and_then(toml::Value::as_integer)
+                .unwrap_or(1);
+            let Some(keys) = cri_runtimes_path(version) else {
+                return found;
+            };
+            let mut table = Some(&doc);
+            for k in keys {
+                table = table.and_then(|t| t.get(k)).and_then(toml::Value::as_table);
+            }
+            for (name, rt) in table.into_iter().flatten() {
+                let binary = rt
+                    .get("options")
+                    .and_then(|o| o.get("BinaryName"))
+                    .and_then(toml::Value::as_str)
+                    .unwrap_or("");
+                if is_nvidia(name, binary) {
+                    found.push((format!("runtime {name:?}"), binary.to_owned()));
+                }
+            }
+        }
+        Engine::Podman | Engine::Crio => {}
+    }
+    found
+}
+
+/// What to tell an operator whose engine already runs NVIDIA's runtime:
+/// gpushare needs none of it, and how to chain it if they want it.
+pub fn chaining_note(o: &Options) -> Option<String> {
+    let default = match o.engine {
+        Engine::Docker => DOCKER_CONFIG,
+        Engine::Containerd => CONTAINERD_CONFIG,
+        Engine::Podman | Engine::Crio => return None,
+    };
+    let path = o.config.clone().unwrap_or_else(|| default.into());
+    let text = std::fs::read_to_string(&path).ok()?;
+    let found = nvidia_runtimes(o.engine, &text);
+    let (at, binary) = found.first()?;
+    let binary = if binary.is_empty() {
+        "nvidia-container-runtime"
+    } else {
+        binary
+    };
+    let config = o
+        .gpushare_config
+        .clone()
+        .unwrap_or_else(crate::config::Config::path_from_env);
+    Some(format!(
+        "note: NVIDIA's runtime is configured in {} too ({at}: {binary}). gpushare injects the driver itself, so containers of runtime `gpushare` need nothing of it. To chain NVIDIA's runtime behind gpushare instead (for its CDI devices or graphics), put `[runtime] path = {binary:?}` and `[driver] inject = \"none\"` in {}",
+        path.display(),
+        config.display()
+    ))
 }
 
 /// Whether two texts say the same to the engine (so re-formatting alone is
@@ -661,6 +741,32 @@ mod tests {
 
     fn p() -> PathBuf {
         PathBuf::from("/etc/x")
+    }
+
+    #[test]
+    fn nvidia_runtimes_are_found_in_both_engines() {
+        assert_eq!(
+            nvidia_runtimes(Engine::Docker, &fixture("daemon.json")),
+            [(
+                "runtimes.nvidia".to_owned(),
+                "nvidia-container-runtime".to_owned()
+            )]
+        );
+        assert!(nvidia_runtimes(Engine::Docker, "{}").is_empty());
+        assert!(nvidia_runtimes(Engine::Docker, "not json").is_empty());
+        let v2 = format!(
+            "{}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.gpu]\n  runtime_type = \"io.containerd.runc.v2\"\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.gpu.options]\n    BinaryName = \"/usr/bin/nvidia-container-runtime\"\n",
+            fixture("containerd-v2.toml")
+        );
+        assert_eq!(
+            nvidia_runtimes(Engine::Containerd, &v2),
+            [(
+                "runtime \"gpu\"".to_owned(),
+                "/usr/bin/nvidia-container-runtime".to_owned()
+            )]
+        );
+        assert!(nvidia_runtimes(Engine::Containerd, &fixture("containerd-v2.toml")).is_empty());
+        assert!(nvidia_runtimes(Engine::Containerd, &fixture("containerd-v3.toml")).is_empty());
     }
 
     #[test]

@@ -153,6 +153,47 @@ pub fn explain_text(doc: &Value) -> String {
     out
 }
 
+/// The driver part of `gpushare inventory`: what GPU containers get, per
+/// capability; `None`: a chained runtime brings it.
+pub fn driver_text(driver: Option<&crate::driver::Driver>) -> String {
+    let Some(d) = driver else {
+        return "driver: brought by the chained runtime (driver.inject = \"none\")\n".into();
+    };
+    let mut out = String::new();
+    if d.files.is_empty() {
+        let _ = writeln!(
+            out,
+            "driver: none found under {} ({}): GPU containers get their devices only",
+            d.root.display(),
+            d.problem.as_deref().unwrap_or("no files")
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "driver {} (from {}), injected read-only into GPU containers:",
+        d.version.as_deref().unwrap_or("(version unknown)"),
+        d.root.join("etc/ld.so.cache").display()
+    );
+    let groups = crate::driver::INJECTED
+        .iter()
+        .map(|c| (c.name(), Some(*c)))
+        .chain([("firmware", None)]);
+    for (label, cap) in groups {
+        let names: Vec<&str> = d
+            .files_of(cap)
+            .map(|f| f.name.rsplit('/').next().unwrap_or(&f.name))
+            .collect();
+        let list = if names.is_empty() {
+            "-".to_owned()
+        } else {
+            names.join(" ")
+        };
+        let _ = writeln!(out, "  {label:<9} {list}");
+    }
+    out
+}
+
 /// 50 → "50%", 12.5 → "12.5%".
 fn percent(p: f64) -> String {
     format!("{p}%")

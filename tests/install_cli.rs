@@ -48,6 +48,16 @@ fn docker_install_twice_then_uninstall_gives_the_original_bytes_back() {
 
     let out = install(&node, &["docker", "--config", f]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The fixture runs NVIDIA's runtime too: said, with the chained set-up.
+    assert!(
+        stdout(&out).contains("note: NVIDIA's runtime is configured in")
+            && stdout(&out).contains("runtimes.nvidia: nvidia-container-runtime")
+            && stdout(&out).contains(
+                "`[runtime] path = \"nvidia-container-runtime\"` and `[driver] inject = \"none\"`"
+            ),
+        "{}",
+        stdout(&out)
+    );
     assert!(
         stdout(&out)
             .trim_end()
@@ -151,9 +161,18 @@ fn containerd_v2_install_and_uninstall_round_trip() {
     let original = fixture("install/containerd-v2.toml");
     std::fs::write(&file, &original).unwrap();
     let f = file.to_str().unwrap();
-    assert!(install(&node, &["containerd", "--config", f])
-        .status
-        .success());
+    let out = install(&node, &["containerd", "--config", f]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stdout(&out).contains("gpushare-base-spec.json"),
+        "shim mode neither writes nor mentions the base spec: {}",
+        stdout(&out)
+    );
+    assert!(
+        !stdout(&out).contains("NVIDIA's runtime"),
+        "{}",
+        stdout(&out)
+    );
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(
         text.contains("# runc with systemd cgroups, as kubeadm sets it up"),

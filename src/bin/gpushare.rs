@@ -38,7 +38,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Write the inventory cache (<state_dir>/inventory.toml) from NVML,
-        /// for nodes that use devices.inventory = "nvml".
+        /// for nodes that use devices.inventory = "nvml", and find the
+        /// driver's files again (<state_dir>/driver.json).
         #[arg(long)]
         refresh: bool,
     },
@@ -178,8 +179,13 @@ fn run(command: Command) -> gpushare::Result<i32> {
                 );
             }
             let inv = Inventory::load(&cfg)?;
+            let driver = match (cfg.driver.inject, refresh) {
+                (gpushare::config::Inject::None, _) => None,
+                (_, true) => Some(gpushare::driver::Driver::refresh(&cfg)?),
+                (_, false) => Some(gpushare::driver::Driver::load(&cfg, false)),
+            };
             if json {
-                print_json(&serde_json::json!({ "gpus": inv.gpus }));
+                print_json(&serde_json::json!({ "gpus": inv.gpus, "driver": driver }));
             } else {
                 for g in &inv.gpus {
                     let mem = g.memory_mib.map_or("-".into(), |m| format!("{m} MiB"));
@@ -188,6 +194,7 @@ fn run(command: Command) -> gpushare::Result<i32> {
                         g.index, g.name, g.uuid, g.pci_bus_id, g.minor
                     );
                 }
+                print!("{}", report::driver_text(driver.as_ref()));
                 eprintln!("source: {}", inv.source);
             }
         }
@@ -244,11 +251,17 @@ fn run(command: Command) -> gpushare::Result<i32> {
                 hook_mode: mode == ModeArg::Hook,
             };
             let changes = install::plan(&opts)?;
+            let note = (!uninstall)
+                .then(|| install::chaining_note(&opts))
+                .flatten();
             if changes.iter().all(install::Change::is_noop) {
                 for c in &changes {
                     println!("unchanged: {}", c.path.display());
                 }
                 println!("nothing to change");
+                if let Some(n) = &note {
+                    println!("{n}");
+                }
                 return Ok(0);
             }
             if dry_run {
@@ -256,6 +269,9 @@ fn run(command: Command) -> gpushare::Result<i32> {
                     print!("{}", install::diff(c));
                 }
                 println!("dry run: nothing written");
+                if let Some(n) = &note {
+                    println!("{n}");
+                }
                 return Ok(0);
             }
             let backups = install::apply(&changes, uninstall)?;
@@ -269,6 +285,9 @@ fn run(command: Command) -> gpushare::Result<i32> {
             }
             for b in backups {
                 println!("backup: {}", b.display());
+            }
+            if let Some(n) = &note {
+                println!("{n}");
             }
             println!("{}", install::restart_hint(engine));
         }
