@@ -52,22 +52,22 @@ echo
 echo "== MPS on GPU 0: its containers get a share of its threads"
 "$BIN/gpushare" mps start --gpu 0
 
-# A busybox root filesystem shared by every demo container.
+# The image every demo container runs: a Debian-shaped root filesystem with
+# glibc, busybox and cuda-probe (a small program that loads libcuda and NVML
+# as CUDA programs do), and no driver file: gpushare brings the node's.
 ROOTFS=$WORK/rootfs
-mkdir -p "$ROOTFS"/{bin,dev,proc,sys,tmp}
-cp /bin/busybox "$ROOTFS/bin/busybox"
-for a in sh ls echo sleep cat; do ln -s busybox "$ROOTFS/bin/$a"; done
+integration/probe/rootfs.sh "$ROOTFS"
 
 # bundle NAME ENV...: a bundle whose process shows what it was given, then waits.
 bundle() {
   local name=$1; shift
-  local env='"PATH=/bin"'
+  local env='"PATH=/usr/bin:/bin"'
   for e in "$@"; do env="$env, \"$e\""; done
   mkdir -p "$WORK/$name"
   cat >"$WORK/$name/config.json" <<JSON
 {"ociVersion": "1.0.2-dev",
  "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
-   "args": ["sh", "-c", "echo \"\$(hostname): NVIDIA_VISIBLE_DEVICES=\$NVIDIA_VISIBLE_DEVICES \${CUDA_MPS_ACTIVE_THREAD_PERCENTAGE:+CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=\$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE} \${CUDA_MPS_PIPE_DIRECTORY:+CUDA_MPS_PIPE_DIRECTORY=\$CUDA_MPS_PIPE_DIRECTORY}\"; ls -l /dev | grep nvidia; exec sleep 3600"],
+   "args": ["sh", "-c", "echo \"\$(hostname): NVIDIA_VISIBLE_DEVICES=\$NVIDIA_VISIBLE_DEVICES \${CUDA_MPS_ACTIVE_THREAD_PERCENTAGE:+CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=\$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE} \${CUDA_MPS_PIPE_DIRECTORY:+CUDA_MPS_PIPE_DIRECTORY=\$CUDA_MPS_PIPE_DIRECTORY}\"; ls -l /dev | grep nvidia; cuda-probe; exec sleep 3600"],
    "env": [$env],
    "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]},
    "noNewPrivileges": true},

@@ -4,9 +4,12 @@
 //! 1. The shim alone: `gpushare-runtime create` of a GPU bundle with
 //!    `/bin/true` as the low-level runtime, against `/bin/true` run directly.
 //!    The difference is all the shim adds: config, inventory, ledger lock,
-//!    decision, spec rewrite, exec.
-//! 2. A whole create + delete with the real runc, through the shim and
-//!    straight, interleaved so both see the same machine.
+//!    decision, driver cache, spec rewrite, exec. The GPU create is timed
+//!    with the driver's libraries injected and without (`driver.inject =
+//!    "none"`), so the injection's own cost shows.
+//! 2. A whole create + delete with the real runc, through the shim (with
+//!    and without the driver's libraries, which runc then mounts) and
+//!    straight, interleaved so all see the same machine.
 //! 3. The hook binding a pid in a ledger of 1000 entries, and the hook for a
 //!    container the shim did not place.
 //!
@@ -182,6 +185,21 @@ fn main() {
         text.replace("[runtime]\n", "[runtime]\npath = \"/bin/true\"\n"),
     )
     .unwrap();
+    // The same node with the driver left to a chained runtime: no libraries.
+    let no_driver = |cfg: &Path, name: &str| -> PathBuf {
+        let p = w.join(name);
+        let t = std::fs::read_to_string(cfg).unwrap();
+        std::fs::write(&p, t.replace("[driver]\n", "[driver]\ninject = \"none\"\n")).unwrap();
+        p
+    };
+    let true_nolib_cfg = no_driver(&true_cfg, "true-nolib.toml");
+    let nolib_config = no_driver(&config, "nolib.toml");
+    let driver_files = gpushare::driver::Driver::load(
+        &gpushare::config::Config::load_path(&config).unwrap(),
+        false,
+    )
+    .files
+    .len();
     let rootfs = w.join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("needs busybox-static");
@@ -203,6 +221,7 @@ fn main() {
     };
     let mut direct = Vec::new();
     let mut via_gpu = Vec::new();
+    let mut via_gpu_nolib = Vec::new();
     let mut via_plain = Vec::new();
     for _ in 0..n {
         direct.push(measure(
@@ -210,22 +229,30 @@ fn main() {
             None,
         ));
         via_gpu.push(measure(&mut shim(&gpu, &true_cfg, "bench-gpu"), None));
+        via_gpu_nolib.push(measure(
+            &mut shim(&gpu, &true_nolib_cfg, "bench-gpu-nolib"),
+            None,
+        ));
         via_plain.push(measure(&mut shim(&plain, &true_cfg, "bench-plain"), None));
     }
-    let (d, g, p) = (
+    let (d, g, gn, p) = (
         summarise(&direct),
         summarise(&via_gpu),
+        summarise(&via_gpu_nolib),
         summarise(&via_plain),
     );
-    println!("gpushare bench, {n} runs each, medians; state on {base}");
+    println!("gpushare bench, {n} runs each, medians; state on {base}; the host's driver user-space: {driver_files} files");
     println!();
     line("/bin/true alone", &d);
     line("shim + /bin/true, GPU container (all)", &g);
+    line("shim + /bin/true, GPU container, no libraries", &gn);
     line("shim + /bin/true, non-GPU container", &p);
     println!(
-        "=> the shim adds, per GPU create: wall {:.0} µs, cpu {:.0} µs; per non-GPU create: wall {:.0} µs, cpu {:.0} µs",
+        "=> the shim adds, per GPU create: wall {:.0} µs, cpu {:.0} µs (of which the driver's libraries: wall {:.0} µs, cpu {:.0} µs); per non-GPU create: wall {:.0} µs, cpu {:.0} µs",
         g.wall - d.wall,
         g.cpu - d.cpu,
+        g.wall - gn.wall,
+        g.cpu - gn.cpu,
         p.wall - d.wall,
         p.cpu - d.cpu
     );
@@ -235,11 +262,15 @@ fn main() {
     // Straight runc gets a bundle the shim never touched: the difference is
     // everything gpushare adds, the hook's two runs included.
     let pristine = bundle(&w.join("pristine"), &rootfs, "NVIDIA_VISIBLE_DEVICES=all");
-    let cycle = |through_shim: bool, i: usize| -> f64 {
-        let id = format!("bench-{}-{i}", if through_shim { "shim" } else { "runc" });
+    // Through the shim with this config, or straight runc (None).
+    let cycle = |via: Option<&Path>, i: usize| -> f64 {
+        let id = format!(
+            "bench-{}-{i}",
+            via.map_or("runc".into(), |c| c.file_stem().unwrap().to_string_lossy().into_owned())
+        );
         let t = Instant::now();
-        let mut create = if through_shim {
-            shim(&gpu, &config, &id)
+        let mut create = if let Some(cfg) = via {
+            shim(&gpu, cfg, &id)
         } else {
             let mut c = Command::new("runc");
             c.arg("--root")
@@ -264,13 +295,14 @@ fn main() {
         assert!(s1.success() && s2.success(), "{id}");
         t.elapsed().as_secs_f64() * 1e6
     };
-    let (mut straight, mut through) = (Vec::new(), Vec::new());
+    let (mut straight, mut through, mut through_nolib) = (Vec::new(), Vec::new(), Vec::new());
     let m = n.min(30);
     for i in 0..m {
-        through.push(cycle(true, i));
-        straight.push(cycle(false, i));
+        through.push(cycle(Some(&config), i));
+        through_nolib.push(cycle(Some(&nolib_config), i));
+        straight.push(cycle(None, i));
     }
-    let (s, t) = (median(straight), median(through));
+    let (s, t, tn) = (median(straight), median(through), median(through_nolib));
     println!();
     println!("{:<48} wall {:>8.0} µs", "runc create + delete", s);
     println!(
@@ -278,8 +310,13 @@ fn main() {
         "gpushare-runtime create + delete", t
     );
     println!(
-        "=> difference per cycle: {:.0} µs ({m} cycles each; runc's own spread is of this order)",
-        t - s
+        "{:<48} wall {:>8.0} µs",
+        "gpushare-runtime create + delete, no libraries", tn
+    );
+    println!(
+        "=> difference per cycle: {:.0} µs, of which runc mounting the driver's files {:.0} µs ({m} cycles each; runc's own spread is of this order)",
+        t - s,
+        t - tn
     );
 
     // 3. The hook with 1000 ledger entries.
