@@ -266,7 +266,11 @@ fn main() {
     let cycle = |via: Option<&Path>, i: usize| -> f64 {
         let id = format!(
             "bench-{}-{i}",
-            via.map_or("runc".into(), |c| c.file_stem().unwrap().to_string_lossy().into_owned())
+            via.map_or("runc".into(), |c| c
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned())
         );
         let t = Instant::now();
         let mut create = if let Some(cfg) = via {

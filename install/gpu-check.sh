@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# The checks that need a real NVIDIA GPU, in one go, with a report.
+#
+#   install/gpu-check.sh prepare   # here (cargo, gcc): stage target/gpu-check
+#   install/gpu-check.sh run       # on the GPU machine (root), from the repo root
+#
+# `prepare` builds the node binaries (install/build.sh), the probe image
+# (integration/probe/rootfs.sh: glibc + busybox + cuda-probe, no driver file)
+# and stages runc with its libseccomp, so `run` needs neither cargo nor gcc
+# nor network: carry target/gpu-check to the GPU machine.
+#
+# `run` writes its report to $OUT/gpu-check.txt (or ./gpu-check.txt) and
+# checks, with the node's real driver:
+#  1. a container through gpushare-runtime + runc, NVIDIA_VISIBLE_DEVICES=0:
+#     cuInit = 0, one device and its name, a context, a 1 MiB allocation set
+#     and read back; nvidia-smi inside lists exactly one GPU;
+#  2. the same through the hook alone (runc with the hooks.d-style hooks);
+#  3. MPS (daemon started by gpushare, compute mode left as the card has it):
+#     two clients at 25 % and 50 % at once, each context's SM count
+#     (cuCtxGetExecAffinity), and `gpushare status` while both hold the GPU;
+#  4. a third client, given the control utility by the `utility`
+#     capability, sends `quit`: the daemon must refuse it and keep serving.
+# Without a driver it runs against a simulated node as far as it can and
+# says what it could not check.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STAGE=$PWD/target/gpu-check
+
+prepare() {
+  set -e
+  mkdir -p "$STAGE/bin"
+  bins=$(install/build.sh)
+  cp "$bins"/gpushare "$bins"/gpushare-runtime "$bins"/gpushare-hook "$STAGE/bin/"
+  rm -rf "$STAGE/rootfs"
+  integration/probe/rootfs.sh "$STAGE/rootfs"
+  # runc as Debian builds it, with the one library it links beyond glibc.
+  runc=$(command -v runc)
+  cp -L "$runc" "$STAGE/bin/runc.real"
+  mkdir -p "$STAGE/lib"
+  cp -L "$(ldd "$runc" | awk '/libseccomp/ {print $3}')" "$STAGE/lib/"
+  cat >"$STAGE/bin/runc" <<'SH'
+#!/bin/sh
+d=$(dirname "$0")
+LD_LIBRARY_PATH="$d/../lib" exec "$d/runc.real" "$@"
+SH
+  chmod 755 "$STAGE/bin/runc"
+  du -sh "$STAGE"
+  echo "staged $STAGE: carry target/gpu-check, then run install/gpu-check.sh run"
+}
+
+say() { echo "$*" | tee -a "$REPORT"; }
+section() { say; say "== $*"; }
+# Runs a command, its output into the report.
+show() { "$@" 2>&1 | tee -a "$REPORT"; return "${PIPESTATUS[0]}"; }
+
+run() {
+  [ "$(id -u)" -eq 0 ] || { echo "gpu-check run: needs root" >&2; exit 1; }
+  [ -x "$STAGE/bin/gpushare-runtime" ] || { echo "gpu-check run: $STAGE is not staged: run install/gpu-check.sh prepare first (where cargo is)" >&2; exit 1; }
+  local out=${OUT:-$PWD}
+  REPORT=$out/gpu-check.txt
+  : >"$REPORT"
+  BIN=$STAGE/bin
+  # On /run, as a node keeps it (not /dev/shm: the MPS daemons cover that).
+  WORK=$(mktemp -d /run/gpushare-gpu-check.XXXXXX)
+  RUNC_ROOT=$WORK/runc-root
+  local runc_path
+  runc_path=$(command -v runc || echo "$BIN/runc")
+  trap 'for c in $(ls "$RUNC_ROOT" 2>/dev/null); do "$runc_path" --root "$RUNC_ROOT" delete --force "$c" >/dev/null 2>&1; done; "$BIN/gpushare" mps stop >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+
+  section "machine"
+  say "date: $(date -u +%FT%TZ)"
+  say "kernel: $(uname -r)"
+  show nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_mode --format=csv,noheader
+  say "runc: $runc_path ($("$runc_path" --version | head -1))"
+  say "gpushare: $("$BIN/gpushare" --version)"
+  say "ld.so.cache driver entries:"
+  ldconfig -p | grep -E 'libcuda\.so|libnvidia-ml\.so' | tee -a "$REPORT"
+  local real=0
+  if compgen -G "/proc/driver/nvidia/gpus/*/information" >/dev/null; then
+    real=1
+    cat >"$WORK/config.toml" <<TOML
+[runtime]
+path = "$runc_path"
+state_dir = "$WORK/state"
+[devices]
+inventory = "procfs"
+[mps]
+root = "$WORK/mps"
+compute_mode = "leave"
+TOML
+    export GPUSHARE_CONFIG=$WORK/config.toml
+  else
+    say "no NVIDIA driver loaded: a simulated node, the host's driver user-space"
+    eval "$("$BIN/gpushare" simulate --gpus 2 --dir "$WORK/node")"
+    sed -i "s|^\[runtime\]|[runtime]\npath = \"$runc_path\"|" "$GPUSHARE_CONFIG"
+  fi
+  show "$BIN/gpushare" inventory
+
+  # bundle NAME SCRIPT ENV...: a bundle on its own copy of the probe image.
+  bundle() {
+    local name=$1 script=$2; shift 2
+    local env='"PATH=/usr/bin:/bin"'
+    for e in "$@"; do env="$env, \"$e\""; done
+    mkdir -p "$WORK/$name"
+    cp -a "$STAGE/rootfs" "$WORK/$name/rootfs"
+    cat >"$WORK/$name/config.json" <<JSON
+{"ociVersion": "1.0.2-dev",
+ "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
+   "args": ["sh", "-c", "$script"], "env": [$env],
+   "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]},
+   "noNewPrivileges": true},
+ "root": {"path": "rootfs", "readonly": false},
+ "hostname": "$name",
+ "mounts": [
+   {"destination": "/proc", "type": "proc", "source": "proc"},
+   {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+   {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}],
+ "linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]},
+   "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]}}
+JSON
+  }
+  with_hook() { # bundle: hooks as a hooks.d file gives them
+    python3 - "$WORK/$1/config.json" "$BIN/gpushare-hook" "$GPUSHARE_CONFIG" <<'PY'
+import json, sys
+p, hook, cfg = sys.argv[1:]
+s = json.load(open(p))
+h = lambda st: [{"path": hook, "args": ["gpushare-hook", st], "env": ["GPUSHARE_CONFIG=" + cfg]}]
+s["hooks"] = {"prestart": h("prestart"), "poststop": h("poststop")}
+json.dump(s, open(p, "w"))
+PY
+  }
+  local fails=0
+  expect() { # what, pattern, file
+    if grep -qE "$2" "$3"; then say "ok: $1"; else say "FAILED: $1 (no /$2/ in the output above)"; fails=$((fails + 1)); fi
+  }
+
+  section "1. CUDA through gpushare-runtime + runc (NVIDIA_VISIBLE_DEVICES=0)"
+  bundle shim "cuda-probe; nvidia-smi -L; echo smi-exit \$?" NVIDIA_VISIBLE_DEVICES=0
+  show timeout 120 "$BIN/gpushare-runtime" --root "$RUNC_ROOT" run --bundle "$WORK/shim" gc-shim </dev/null >"$WORK/shim.out"
+  tee -a "$REPORT" <"$WORK/shim.out"
+  if [ $real = 1 ]; then
+    expect "cuInit = 0" 'cuInit=0 ' "$WORK/shim.out"
+    expect "one device" '^devices: 1$' "$WORK/shim.out"
+    expect "1 MiB set and read back" 'memory: 1 MiB allocated, set and read back: ok' "$WORK/shim.out"
+    expect "nvidia-smi lists one GPU" '^GPU 0: ' "$WORK/shim.out"
+  else
+    expect "the real libcuda answered" 'cuInit=(100|999)' "$WORK/shim.out"
+  fi
+
+  section "2. CUDA through the hook alone (runc, hooks.d-style hooks)"
+  bundle hook "cuda-probe" NVIDIA_VISIBLE_DEVICES=0
+  with_hook hook
+  show timeout 120 "$runc_path" --root "$RUNC_ROOT" run --bundle "$WORK/hook" gc-hook </dev/null >"$WORK/hook.out"
+  tee -a "$REPORT" <"$WORK/hook.out"
+  if [ $real = 1 ]; then
+    expect "cuInit = 0 (hook alone)" 'cuInit=0 ' "$WORK/hook.out"
+    expect "1 MiB set and read back (hook alone)" 'read back: ok' "$WORK/hook.out"
+  else
+    expect "the real libcuda answered (hook alone)" 'cuInit=(100|999)' "$WORK/hook.out"
+  fi
+
+  section "3. MPS: two clients at 25 % and 50 % at once"
+  show "$BIN/gpushare" mps start --gpu 0
+  for pct in 25 50; do
+    bundle "mps$pct" "cuda-probe --hold 20" NVIDIA_VISIBLE_DEVICES=0 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=$pct
+    "$BIN/gpushare-runtime" --root "$RUNC_ROOT" create --bundle "$WORK/mps$pct" "gc-mps$pct" </dev/null >"$WORK/mps$pct.out" 2>&1
+    "$runc_path" --root "$RUNC_ROOT" start "gc-mps$pct"
+  done
+  for _ in $(seq 1 60); do
+    grep -q 'read back' "$WORK/mps25.out" && grep -q 'read back' "$WORK/mps50.out" && break
+    grep -q 'cuInit=[1-9]' "$WORK/mps25.out" && grep -q 'cuInit=[1-9]' "$WORK/mps50.out" && break
+    sleep 0.5
+  done
+  say "-- while both hold the GPU: gpushare status"
+  show "$BIN/gpushare" status
+  "$BIN/gpushare" status --json >"$WORK/status.json" 2>&1
+  for pct in 25 50; do
+    for _ in $(seq 1 60); do "$runc_path" --root "$RUNC_ROOT" state "gc-mps$pct" 2>/dev/null | grep -q '"stopped"' && break; sleep 0.5; done
+    say "-- client at $pct %:"
+    tee -a "$REPORT" <"$WORK/mps$pct.out"
+    "$runc_path" --root "$RUNC_ROOT" delete --force "gc-mps$pct" >/dev/null 2>&1
+  done
+  if [ $real = 1 ]; then
+    local sms a b
+    sms=$(sed -n 's/^device 0: .*, \([0-9]*\) SMs$/\1/p' "$WORK/shim.out")
+    a=$(sed -n 's/^context: SM count //p' "$WORK/mps25.out")
+    b=$(sed -n 's/^context: SM count //p' "$WORK/mps50.out")
+    say "SMs: device $sms, client at 25 % $a, client at 50 % $b"
+    expect "25 % client ran" 'read back: ok' "$WORK/mps25.out"
+    expect "50 % client ran" 'read back: ok' "$WORK/mps50.out"
+    if [ -n "$sms" ] && [ -n "$a" ] && [ -n "$b" ] && [ $((a * 4)) -le $((sms * 3 / 2)) ] && [ $((a * 4)) -ge $((sms / 2)) ] && [ $((b * 2)) -le $((sms * 3 / 2)) ] && [ $((b * 2)) -ge $((sms / 2)) ]; then
+      say "ok: SM counts are about a quarter and a half"
+    else
+      say "FAILED: SM counts are not about a quarter and a half"; fails=$((fails + 1))
+    fi
+    expect "status lists both clients" '"thread_percentage": 25' "$WORK/status.json"
+  else
+    say "(no GPU: an MPS client's libcuda meets the daemon, which cannot start a server)"
+    expect "the clients reached the MPS daemon" 'CUDA_ERROR_MPS' "$WORK/mps25.out"
+  fi
+
+  section "4. a client sends quit to the MPS control daemon"
+  bundle quitter "echo quit | nvidia-cuda-mps-control; echo control-exit \$?" NVIDIA_VISIBLE_DEVICES=0 NVIDIA_DRIVER_CAPABILITIES=compute,utility
+  show timeout 60 "$BIN/gpushare-runtime" --root "$RUNC_ROOT" run --bundle "$WORK/quitter" gc-quit </dev/null >"$WORK/quit.out"
+  tee -a "$REPORT" <"$WORK/quit.out"
+  show "$BIN/gpushare" mps status --gpu 0 >"$WORK/mps-status.out"
+  expect "the daemon still runs after a client's quit" 'running' "$WORK/mps-status.out"
+  show "$BIN/gpushare" mps stop --gpu 0
+
+  section "result"
+  if [ $real = 0 ]; then say "simulated node: the checks that need a GPU (cuInit = 0, SM shares) were not run"; fi
+  say "failed checks: $fails"
+  [ $fails -eq 0 ]
+}
+
+case "${1:-}" in
+  prepare) prepare ;;
+  run) run ;;
+  *) echo "usage: install/gpu-check.sh prepare|run" >&2; exit 2 ;;
+esac
