@@ -100,7 +100,11 @@ fn daemons(m: &MpsNode) -> Vec<(i32, u64)> {
         .collect()
 }
 
-const CLIENT: &str = "env | grep CUDA_MPS; echo get_default_active_thread_percentage | /usr/bin/nvidia-cuda-mps-control; grep ' /dev/shm ' /proc/self/mountinfo";
+/// A client: its MPS variables, the daemon's answer, a command only a
+/// container sends (the daemon logs it as unknown), and its /dev/shm.
+const CLIENT: &str = "env | grep CUDA_MPS; echo get_default_active_thread_percentage | /usr/bin/nvidia-cuda-mps-control; \
+    echo from-a-container | /usr/bin/nvidia-cuda-mps-control; grep ' /dev/shm ' /proc/self/mountinfo";
+const CLIENT_MARK: &str = "Cmd:from-a-container";
 
 #[test]
 fn a_container_on_gpu_1_is_a_client_of_gpu_1s_daemon_only() {
@@ -165,15 +169,10 @@ fn a_container_on_gpu_1_is_a_client_of_gpu_1s_daemon_only() {
         "its /dev/shm is the daemons' tmpfs: {t}"
     );
     assert!(
-        m.control_log(1)
-            .contains("Cmd:get_default_active_thread_percentage"),
+        m.control_log(1).contains(CLIENT_MARK),
         "GPU 1's daemon saw it"
     );
-    assert!(
-        !m.control_log(0)
-            .contains("Cmd:get_default_active_thread_percentage"),
-        "GPU 0's did not"
-    );
+    assert!(!m.control_log(0).contains(CLIENT_MARK), "GPU 0's did not");
 
     // The hook used alone makes the same client, mounting live.
     let b = m.0.bundle(
@@ -188,12 +187,7 @@ fn a_container_on_gpu_1_is_a_client_of_gpu_1s_daemon_only() {
     let out = m.0.runc_run(&b, &m.0.id(1));
     let t = text(&out);
     assert!(t.contains("100.0") && t.contains("gpushare-mps-shm"), "{t}");
-    assert_eq!(
-        m.control_log(1)
-            .matches("Cmd:get_default_active_thread_percentage")
-            .count(),
-        2
-    );
+    assert_eq!(m.control_log(1).matches(CLIENT_MARK).count(), 2);
 
     // A container user who is not root reaches the daemon as well.
     let b = m.0.bundle("user", &["NVIDIA_VISIBLE_DEVICES=1"], CLIENT);
@@ -202,12 +196,7 @@ fn a_container_on_gpu_1_is_a_client_of_gpu_1s_daemon_only() {
     });
     let t = text(&m.0.run(&b, &m.0.id(2)));
     assert!(t.contains("100.0"), "uid 1000: {t}");
-    assert_eq!(
-        m.control_log(1)
-            .matches("Cmd:get_default_active_thread_percentage")
-            .count(),
-        3
-    );
+    assert_eq!(m.control_log(1).matches(CLIENT_MARK).count(), 3);
 
     let out = m.mps(&["stop"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -357,9 +346,16 @@ fn refusals_share_without_mps_over_the_budget_and_malformed_limits() {
         "limit-dev",
         &[
             "NVIDIA_VISIBLE_DEVICES=1",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=10",
             "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=1=2G",
         ],
         "0=<size>",
+    );
+    // A client that asks for no share holds the whole GPU: over the budget.
+    refused(
+        "whole",
+        &["NVIDIA_VISIBLE_DEVICES=1"],
+        "a whole-GPU share (100%: the container sets no CUDA_MPS_ACTIVE_THREAD_PERCENTAGE)",
     );
     let ledger = m.0.ledger();
     assert_eq!(ledger.len(), 1, "only the container that fit: {ledger:?}");
@@ -437,5 +433,246 @@ fn on_a_real_driver_the_compute_mode_is_exclusive_while_mps_runs_and_restored() 
             "-i GPU-5b2d0c11-0000-4000-8000-000000000000 -c EXCLUSIVE_PROCESS",
             "-i GPU-5b2d0c11-0000-4000-8000-000000000000 -c DEFAULT",
         ]
+    );
+}
+
+/// What a hostile root client on GPU 0 tries against the daemon its
+/// neighbours depend on (the control utility is in its image).
+const ATTACK: &str = "echo quit | nvidia-cuda-mps-control; \
+    touch /tmp/nvidia-mps/x && echo CREATED; \
+    dd if=/dev/zero of=/tmp/nvidia-mps/big bs=1M count=20 2>/dev/null && echo FILLED; \
+    mv /tmp/nvidia-mps/control /tmp/nvidia-mps/c2 && echo RENAMED; \
+    rm /tmp/nvidia-mps/control_lock && echo REMOVED; \
+    CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps nvidia-cuda-mps-control -d && echo IMPOSTOR; \
+    echo get_default_active_thread_percentage | nvidia-cuda-mps-control; \
+    echo set_default_active_thread_percentage 5 | nvidia-cuda-mps-control; \
+    echo set_default_device_pinned_mem_limit 0 1M | nvidia-cuda-mps-control; \
+    grep ' /tmp/nvidia-mps' /proc/self/mountinfo";
+
+/// `default`: the daemon's default share as the attacker first finds it.
+fn assert_attack_failed(t: &str, default: &str) {
+    assert!(
+        t.contains("Not enough privilege to execute quit command"),
+        "quit refused: {t}"
+    );
+    for done in ["CREATED", "FILLED", "RENAMED", "REMOVED", "IMPOSTOR"] {
+        assert!(!t.contains(done), "{done}: {t}");
+    }
+    assert!(t.contains("Read-only file system"), "{t}");
+    assert!(
+        t.lines().any(|l| l == default),
+        "a client still gets its answer ({default}): {t}"
+    );
+    let pipe = t
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/tmp/nvidia-mps"))
+        .unwrap_or_else(|| panic!("the pipe directory is mounted: {t}"));
+    let opts: Vec<&str> = pipe.split(' ').nth(5).unwrap().split(',').collect();
+    assert!(
+        ["ro", "nosuid", "nodev", "noexec"]
+            .iter()
+            .all(|o| opts.contains(o)),
+        "{pipe}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.split(' ').nth(4) == Some("/tmp/nvidia-mps/control_privileged")),
+        "control_privileged is masked: {t}"
+    );
+}
+
+#[test]
+fn a_tenant_cannot_stop_rename_fill_or_impersonate_the_daemon_nor_lower_a_neighbours_share() {
+    let m = MpsNode::new("mps-tenant", "");
+    assert!(m.mps(&["start"]).status.success());
+    let before = m.status()[0]["pid"].as_i64().unwrap();
+    let pipe = m
+        .mps_root()
+        .join(m.status()[0]["uuid"].as_str().unwrap())
+        .join("pipe");
+    let listing = || {
+        let mut v: Vec<String> = std::fs::read_dir(&pipe)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let files = listing();
+
+    // Through the shim.
+    let b =
+        m.0.bundle("attacker", &["NVIDIA_VISIBLE_DEVICES=0"], ATTACK);
+    assert_attack_failed(&text(&m.0.run(&b, &m.0.id(0))), "100.0");
+    let st = m.status();
+    assert_eq!(st[0]["state"], "running", "{st:?}");
+    assert_eq!(st[0]["pid"].as_i64(), Some(before), "the same daemon");
+    assert_eq!(listing(), files, "nothing made, renamed or removed there");
+    // The defaults it lowered show as drift.
+    assert_eq!(st[0]["default_active_thread_percentage"], json!(5.0));
+    assert_eq!(st[0]["default_pinned_mem_limit"], json!("1M"));
+    assert_eq!(st[0]["drift"], json!(true));
+    assert_eq!(st[1]["drift"], json!(false));
+    let line = text(&m.mps(&["status", "--gpu", "0"]));
+    assert!(
+        line.contains("default share 5%") && line.contains("drifted"),
+        "{line}"
+    );
+
+    // The next client, asking for no share, still has its whole share,
+    // explicitly; one with a share keeps it.
+    let b =
+        m.0.bundle("next", &["NVIDIA_VISIBLE_DEVICES=0"], "env | grep CUDA_MPS");
+    let t = text(&m.0.run(&b, &m.0.id(1)));
+    assert!(t.contains("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100"), "{t}");
+
+    // The hook alone gives the same mounts.
+    let b =
+        m.0.bundle("attacker-alone", &["NVIDIA_VISIBLE_DEVICES=0"], ATTACK);
+    m.0.with_hook(&b);
+    assert_attack_failed(&text(&m.0.runc_run(&b, &m.0.id(2))), "5.0");
+    assert_eq!(m.status()[0]["pid"].as_i64(), Some(before));
+    assert_eq!(listing(), files);
+    // Under the hook alone the environment is the container's own, so a
+    // client asking for no share is not given one explicitly there: the
+    // daemon's default (put back by `mps run`) applies.
+    assert!(m.0.ledger().is_empty());
+}
+
+#[test]
+fn each_gpus_shared_memory_is_its_own_and_goes_with_its_daemon() {
+    let m = MpsNode::new("mps-shm", "");
+    let cfg = std::fs::read_to_string(&m.0.config).unwrap();
+    std::fs::write(
+        &m.0.config,
+        cfg.replace("[mps]\n", "[mps]\nshm_size = \"64M\"\n"),
+    )
+    .unwrap();
+    let out = m.mps(&["start"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let write = m.0.bundle(
+        "writer",
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+        "echo secret-of-gpu-0 > /dev/shm/left-behind && chmod 600 /dev/shm/left-behind; grep ' /dev/shm ' /proc/self/mountinfo",
+    );
+    let t = text(&m.0.run(&write, &m.0.id(0)));
+    assert!(t.contains("size=65536k"), "mps.shm_size: {t}");
+    let read = |name: &str, gpu: u32, n: usize| {
+        let b = m.0.bundle(
+            name,
+            &[&format!("NVIDIA_VISIBLE_DEVICES={gpu}")],
+            "cat /dev/shm/left-behind || echo NOT-THERE",
+        );
+        text(&m.0.run(&b, &m.0.id(n)))
+    };
+    let t = read("other-gpu", 1, 1);
+    assert!(
+        t.contains("NOT-THERE") && !t.contains("secret-of-gpu-0"),
+        "{t}"
+    );
+    // Clients of one GPU do share it: that is how MPS works (SECURITY.md).
+    assert!(read("same-gpu", 0, 2).contains("secret-of-gpu-0"));
+    let shm0 = m
+        .mps_root()
+        .join(m.status()[0]["uuid"].as_str().unwrap())
+        .join("shm");
+    assert!(shm0.join("left-behind").exists());
+    assert!(m.mps(&["stop", "--gpu", "0"]).status.success());
+    assert!(
+        !shm0.exists(),
+        "emptied, unmounted and removed with its daemon"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(shm0.to_str().unwrap()));
+    assert!(
+        mounts.contains(m.mps_root().to_str().unwrap()),
+        "GPU 1's stays"
+    );
+}
+
+#[test]
+fn mps_run_restarts_a_killed_daemon_puts_back_drifted_defaults_and_stops_all_on_sigterm() {
+    let m = MpsNode::new("mps-run", "");
+    let log = m.0.dir.path().join("mps-run.log");
+    let mut run = Command::new(CLI)
+        .env("GPUSHARE_CONFIG", &m.0.config)
+        .args(["mps", "run"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &str, secs: u64, ok: &dyn Fn(&[Value]) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let st = m.status();
+            if ok(&st) {
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} within {secs} s: {st:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let st = wait_for("both daemons running", 10, &|st| {
+        st.iter().all(|g| g["state"] == "running")
+    });
+    let first: Vec<i64> = st.iter().map(|g| g["pid"].as_i64().unwrap()).collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let st = wait_for("GPU 0's daemon running again", 10, &|st| {
+        st[0]["state"] == "running" && st[0]["pid"].as_i64() != Some(first[0])
+    });
+    let second = st[0]["pid"].as_i64().unwrap();
+    let second_start = gpushare::ledger::process_start_time(second as i32);
+    let first_start = gpushare::ledger::process_start_time(first[1] as i32);
+    assert_eq!(st[1]["pid"].as_i64(), Some(first[1]), "GPU 1's untouched");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains(&format!("daemon pid {} is dead", first[0])) && said.contains("restarting"),
+        "{said}"
+    );
+
+    // A client lowers GPU 1's defaults; the supervisor puts them back.
+    let b = m.0.bundle(
+        "lower",
+        &["NVIDIA_VISIBLE_DEVICES=1"],
+        "echo set_default_active_thread_percentage 5 | nvidia-cuda-mps-control; \
+         echo set_default_device_pinned_mem_limit 0 1M | nvidia-cuda-mps-control",
+    );
+    assert!(m.0.run(&b, &m.0.id(0)).status.success());
+    wait_for("GPU 1's defaults put back", 10, &|st| {
+        st[1]["default_active_thread_percentage"] == json!(100.0) && st[1]["drift"] == json!(false)
+    });
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("restored default active thread percentage 5 -> 100")
+            && said.contains("restored default pinned memory limit 1M -> none"),
+        "{said}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = run.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    for (pid, start) in [(second, second_start), (first[1], first_start)] {
+        assert!(
+            !gpushare::ledger::process_matches(pid as i32, start),
+            "daemon {pid} is gone: {}",
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()
+        );
+    }
+    assert!(m.status().iter().all(|g| g["state"] == "stopped"));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(m.mps_root().to_str().unwrap()),
+        "no mount left"
     );
 }

@@ -102,6 +102,9 @@ pub struct MpsConfig {
     /// (NVIDIA's advice: only the MPS server then opens the GPU), or leave
     /// the compute mode alone.
     pub exclusive: bool,
+    /// The size of each GPU's shared-memory tmpfs, as tmpfs takes it
+    /// (`1G`, `512M`, `10%`).
+    pub shm_size: String,
 }
 
 /// Who brings the driver's user-space into GPU containers.
@@ -169,6 +172,10 @@ impl Default for Config {
                 container_pipe_dir: "/tmp/nvidia-mps".into(),
                 control: "nvidia-cuda-mps-control".into(),
                 exclusive: true,
+                // MPS itself needs a few MiB per client; the rest is for the
+                // clients' own /dev/shm use (data loaders, IPC), shared by
+                // the clients of one GPU. A T4 node has 16-64 GiB of RAM.
+                shm_size: "1G".into(),
             },
         }
     }
@@ -193,7 +200,13 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("driver", &["inject", "root"]),
     (
         "mps",
-        &["root", "container_pipe_dir", "control", "compute_mode"],
+        &[
+            "root",
+            "container_pipe_dir",
+            "control",
+            "compute_mode",
+            "shm_size",
+        ],
     ),
 ];
 
@@ -386,6 +399,27 @@ impl Validator<'_> {
                     _ => return Err(self.bad(key, value, "\"exclusive\" or \"leave\"")),
                 }
             }
+            "mps.shm_size" => {
+                let s = self.string(key, value)?;
+                // The last character is the unit (a char boundary, whatever
+                // the text holds).
+                let at = s.char_indices().last().map_or(0, |(i, _)| i);
+                let (num, unit) = s.split_at(at);
+                let ok = !num.is_empty()
+                    && num.len() <= 9
+                    && num.bytes().all(|b| b.is_ascii_digit())
+                    && num.bytes().any(|b| b != b'0')
+                    && (matches!(unit, "K" | "M" | "G")
+                        || (unit == "%" && num.parse::<u32>().is_ok_and(|n| n <= 100)));
+                if !ok {
+                    return Err(self.bad(
+                        key,
+                        value,
+                        "a size with unit K, M or G (like \"1G\"), or a percentage of RAM (like \"10%\")",
+                    ));
+                }
+                cfg.mps.shm_size = s;
+            }
             _ => unreachable!("key {key} is listed in SECTIONS but not handled"),
         }
         Ok(())
@@ -439,6 +473,7 @@ root = "/host"
 root = "/m"
 container_pipe_dir = "/tmp/mps"
 control = "/usr/bin/nvidia-cuda-mps-control"
+shm_size = "512M"
 "#,
         )
         .unwrap();
@@ -453,6 +488,7 @@ control = "/usr/bin/nvidia-cuda-mps-control"
         assert_eq!(c.policy.max_thread_percentage_per_gpu, Some(100.0));
         assert_eq!(c.policy.default_thread_percentage, Some(12.5));
         assert_eq!(c.mps.container_pipe_dir, PathBuf::from("/tmp/mps"));
+        assert_eq!(c.mps.shm_size, "512M");
         assert_eq!(c.driver.inject, Inject::None);
         assert_eq!(c.driver_root(), Path::new("/host"));
         let d = parse("[devices]\nroot = \"/sim\"").unwrap();
@@ -492,6 +528,12 @@ control = "/usr/bin/nvidia-cuda-mps-control"
             ("[runtime]\nstate_dir = 3", "`runtime.state_dir`"),
             ("runtime = 1", "`runtime`"),
             ("[driver]\ninject = \"nvidia\"", "`driver.inject`"),
+            ("[mps]\nshm_size = \"1X\"", "`mps.shm_size`"),
+            ("[mps]\nshm_size = \"0G\"", "`mps.shm_size`"),
+            ("[mps]\nshm_size = \"150%\"", "`mps.shm_size`"),
+            ("[mps]\nshm_size = \"1G,nr_inodes=1\"", "`mps.shm_size`"),
+            ("[mps]\nshm_size = 1", "`mps.shm_size`"),
+            ("[mps]\nshm_size = \"1€\"", "`mps.shm_size`"),
             ("[driver]\nroot = \"rel\"", "`driver.root`"),
         ];
         for (text, needle) in cases {

@@ -14,6 +14,9 @@ use crate::request::{
     DeviceId, Devices, Percentage, Request, PINNED_MEM_LIMIT, THREAD_PERCENTAGE, VISIBLE_DEVICES,
 };
 
+/// The share of an MPS client that asks for none where no default is set.
+pub const FULL_SHARE: f64 = 100.0;
+
 /// A policy or resolution refusal: the container must not be created.
 #[derive(Debug, Error, Clone, PartialEq)]
 #[error("{0}")]
@@ -84,14 +87,16 @@ pub fn decide(
     config_name: &str,
 ) -> Result<Decision, Refusal> {
     let asked = req.thread_percentage.as_ref().map(|p| p.value);
-    // The share a container would hold on `g`: only MPS clients hold one,
-    // and only their shares count against the budget.
+    // The share a container would hold on `g`: only MPS clients hold one
+    // (their own, else the policy's default, else the whole GPU), and only
+    // their shares count against the budget.
     let share_on = |g: &Gpu| {
-        load.mps_on(g)
-            .then(|| asked.or(policy.default_thread_percentage))
-            .flatten()
+        load.mps_on(g).then(|| {
+            asked
+                .or(policy.default_thread_percentage)
+                .unwrap_or(FULL_SHARE)
+        })
     };
-    let percent = asked.or(policy.default_thread_percentage);
     let fits = |g: &Gpu| match (policy.max_thread_percentage_per_gpu, share_on(g)) {
         (Some(budget), Some(p)) => load.of(g).committed_percentage + p <= budget + 1e-9,
         _ => true,
@@ -123,7 +128,7 @@ pub fn decide(
                     inv,
                     load,
                     policy,
-                    percent,
+                    asked,
                     config_name,
                 )));
             }
@@ -162,7 +167,7 @@ pub fn decide(
                     inv,
                     load,
                     policy,
-                    percent,
+                    asked,
                     config_name,
                 )));
             }
@@ -222,15 +227,16 @@ pub fn decide(
             }
         }
     }
+    // An MPS client's share is always explicit, so a default that a client
+    // lowered through the daemon's socket changes nobody's share.
     let thread_percentage = if gpus.is_empty() {
         None
     } else if mps {
-        req.thread_percentage.clone().or_else(|| {
-            policy.default_thread_percentage.map(|d| Percentage {
-                text: d.to_string(),
-                value: d,
-            })
-        })
+        let d = policy.default_thread_percentage.unwrap_or(FULL_SHARE);
+        Some(req.thread_percentage.clone().unwrap_or(Percentage {
+            text: d.to_string(),
+            value: d,
+        }))
     } else {
         req.thread_percentage.clone()
     };
@@ -247,7 +253,7 @@ fn budget_message(
     inv: &Inventory,
     load: &Load,
     policy: &Policy,
-    percent: Option<f64>,
+    asked: Option<f64>,
     config_name: &str,
 ) -> String {
     let budget = policy.max_thread_percentage_per_gpu.unwrap_or(100.0);
@@ -256,9 +262,15 @@ fn budget_message(
         .iter()
         .map(|g| format!("GPU {} {}%", g.index, load.of(g).committed_percentage))
         .collect();
+    let share = match (asked, policy.default_thread_percentage) {
+        (Some(p), _) => format!("{THREAD_PERCENTAGE}={p}"),
+        (None, Some(d)) => format!("the default share of {d}% (policy.default_thread_percentage)"),
+        (None, None) => {
+            format!("a whole-GPU share ({FULL_SHARE}%: the container sets no {THREAD_PERCENTAGE})")
+        }
+    };
     format!(
-        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={} does not fit the {budget}% per-GPU budget (policy.max_thread_percentage_per_gpu in {config_name}); committed now: {}: ask for less, or wait for a container to stop",
-        percent.unwrap_or(0.0),
+        "{share} does not fit the {budget}% per-GPU budget (policy.max_thread_percentage_per_gpu in {config_name}); committed now: {}: ask for less, or wait for a container to stop",
         committed.join(", ")
     )
 }

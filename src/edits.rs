@@ -121,30 +121,44 @@ impl ContainerEdits {
             edits.env.push(format!("{PINNED_MEM_LIMIT}={l}"));
         }
         if a.mps {
-            // The container becomes a client of its GPU's daemon: the pipe
-            // directory where CUDA looks for it, and the daemon's /dev/shm.
-            let pipe_dir = cfg.mps.container_pipe_dir.display().to_string();
-            let options: Vec<String> = ["bind", "nosuid", "nodev", "noexec"]
-                .map(String::from)
-                .to_vec();
-            edits.mounts.push(MountEdit {
-                destination: pipe_dir.clone(),
-                source: crate::mps::paths(cfg, &a.gpus[0].uuid).pipe,
-                typ: "bind".into(),
-                options: options.clone(),
-            });
-            edits.mounts.push(MountEdit {
-                destination: "/dev/shm".into(),
-                source: crate::mps::shm_dir(cfg),
-                typ: "bind".into(),
-                options,
-            });
-            edits.env.push(format!("{PIPE_DIRECTORY}={pipe_dir}"));
+            edits.mps_client(cfg, &a.gpus[0].uuid);
         }
         edits
             .annotations
             .push((ANNOTATION_GPUS.to_owned(), uuids.join(",")));
         Ok(edits)
+    }
+
+    /// Makes the container a client of its GPU's MPS daemon, one that
+    /// cannot break it: the daemon's pipe directory where CUDA looks for it
+    /// (`mps.container_pipe_dir`), read-only, so nothing there can be
+    /// created, renamed or removed (no impostor daemon, no file on the
+    /// host's /run); the root-only `control_privileged` socket masked with
+    /// /dev/null, so no client can `quit` the daemon; and the GPU's own
+    /// shared-memory tmpfs as /dev/shm.
+    fn mps_client(&mut self, cfg: &Config, uuid: &str) {
+        let pipe_dir = cfg.mps.container_pipe_dir.display().to_string();
+        let p = crate::mps::paths(cfg, uuid);
+        let opts = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        self.mounts.push(MountEdit {
+            destination: pipe_dir.clone(),
+            source: p.pipe,
+            typ: "bind".into(),
+            options: opts(&["bind", "ro", "nosuid", "nodev", "noexec"]),
+        });
+        self.mounts.push(MountEdit {
+            destination: format!("{pipe_dir}/{}", crate::mps::PRIVILEGED_SOCKET),
+            source: "/dev/null".into(),
+            typ: "bind".into(),
+            options: opts(&["bind", "ro", "nosuid", "nodev", "noexec"]),
+        });
+        self.mounts.push(MountEdit {
+            destination: "/dev/shm".into(),
+            source: p.shm,
+            typ: "bind".into(),
+            options: opts(&["bind", "nosuid", "nodev", "noexec"]),
+        });
+        self.env.push(format!("{PIPE_DIRECTORY}={pipe_dir}"));
     }
 
     pub fn is_empty(&self) -> bool {

@@ -210,7 +210,8 @@ pub fn ensure_target(root: BorrowedFd, rel: &Path, kind: TargetKind) -> Result<O
                     .map_err(|e| err("remove symlink", e))?;
             }
             (SFlag::S_IFDIR, TargetKind::Dir) => return Ok(fd),
-            (SFlag::S_IFREG | SFlag::S_IFCHR, TargetKind::File) => return Ok(fd),
+            // A socket is where a mask lands (MPS's control_privileged).
+            (SFlag::S_IFREG | SFlag::S_IFCHR | SFlag::S_IFSOCK, TargetKind::File) => return Ok(fd),
             _ => {
                 return Err(LiveError::Path {
                     path: rel,

@@ -2,10 +2,16 @@
 //!
 //! Each daemon runs with `CUDA_VISIBLE_DEVICES=<uuid>`, its pipe and log
 //! directories under `<mps.root>/<uuid>/`, in a private mount namespace
-//! whose `/dev/shm` is the tmpfs `<mps.root>/shm` that clients get too (MPS
-//! servers and clients share memory through `/dev/shm`). The daemon's pid
-//! and start time are kept in `<mps.root>/<uuid>/daemon.pid`, so telling
+//! whose `/dev/shm` is that GPU's own tmpfs `<mps.root>/<uuid>/shm`, which
+//! its clients get too (MPS servers and clients share memory through
+//! `/dev/shm`) and the clients of other GPUs never see. The daemon's pid and
+//! start time are kept in `<mps.root>/<uuid>/daemon.pid`, so telling
 //! running from dead costs two small reads and no connection.
+//!
+//! What a client can change through the daemon's ordinary `control` socket
+//! (the default share and pinned-memory limit, a running server's share) is
+//! read back by `defaults` and put back by `restore`, which the supervisor
+//! (`supervise`, behind `gpushare mps run`) does every few seconds.
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -13,6 +19,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -89,6 +96,8 @@ pub struct Paths {
     pub dir: PathBuf,
     pub pipe: PathBuf,
     pub log: PathBuf,
+    /// The GPU's shared-memory tmpfs: its daemon's and its clients' /dev/shm.
+    pub shm: PathBuf,
     pid: PathBuf,
     compute_mode: PathBuf,
 }
@@ -98,15 +107,16 @@ pub fn paths(cfg: &Config, uuid: &str) -> Paths {
     Paths {
         pipe: dir.join("pipe"),
         log: dir.join("log"),
+        shm: dir.join("shm"),
         pid: dir.join("daemon.pid"),
         compute_mode: dir.join("compute-mode"),
         dir,
     }
 }
 
-pub fn shm_dir(cfg: &Config) -> PathBuf {
-    cfg.mps.root.join("shm")
-}
+/// The daemon's socket that only root may use (`quit` and the other
+/// privileged commands): masked in every client.
+pub const PRIVILEGED_SOCKET: &str = "control_privileged";
 
 /// The daemon's state, from its pid file and control socket.
 pub fn daemon(cfg: &Config, uuid: &str) -> Daemon {
@@ -142,27 +152,42 @@ fn is_mount_point(path: &Path) -> bool {
     }
 }
 
-/// Mounts the shared-memory tmpfs at `<mps.root>/shm` unless it is there.
-/// World-writable and sticky, as /dev/shm is, so clients of any user can
-/// make their segments; half the RAM at most, as /dev/shm's default.
-fn ensure_shm(cfg: &Config) -> Result<(), MpsError> {
-    let shm = shm_dir(cfg);
+/// Mounts the GPU's shared-memory tmpfs at `<mps.root>/<uuid>/shm` unless
+/// it is there: world-writable and sticky, as /dev/shm is, so clients of any
+/// user can make their segments; `mps.shm_size` at most.
+fn ensure_shm(cfg: &Config, p: &Paths) -> Result<(), MpsError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
-        .create(&shm)
-        .map_err(io("create", &shm))?;
-    if is_mount_point(&shm) {
+        .create(&p.shm)
+        .map_err(io("create", &p.shm))?;
+    if is_mount_point(&p.shm) {
         return Ok(());
     }
     mount(
         Some("gpushare-mps-shm"),
-        &shm,
+        &p.shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=50%"),
+        Some(format!("mode=1777,size={}", cfg.mps.shm_size).as_str()),
     )
-    .map_err(|source| MpsError::Shm { path: shm, source })
+    .map_err(|source| MpsError::Shm {
+        path: p.shm.clone(),
+        source,
+    })
+}
+
+/// Unmounts the GPU's shared memory (its files go with the tmpfs) and
+/// removes the mount point.
+fn release_shm(p: &Paths) -> Result<(), MpsError> {
+    if p.shm.exists() && is_mount_point(&p.shm) {
+        umount2(&p.shm, MntFlags::MNT_DETACH).map_err(|source| MpsError::Shm {
+            path: p.shm.clone(),
+            source,
+        })?;
+    }
+    let _ = std::fs::remove_dir(&p.shm);
+    Ok(())
 }
 
 /// What `start` did for one GPU.
@@ -184,32 +209,17 @@ fn real_gpus(cfg: &Config) -> bool {
 }
 
 /// Starts the GPU's daemon unless it runs. A failed start leaves nothing
-/// behind: no pipe directory, no pid file, and no shared-memory mount when
-/// no other daemon uses it.
-pub fn start(cfg: &Config, inv: &Inventory, gpu: &Gpu) -> Result<Started, MpsError> {
+/// behind: no pipe directory, no pid file, no shared-memory mount.
+pub fn start(cfg: &Config, gpu: &Gpu) -> Result<Started, MpsError> {
     let result = try_start(cfg, gpu);
     if result.is_err() {
         let p = paths(cfg, &gpu.uuid);
         let _ = std::fs::remove_dir_all(&p.pipe);
         let _ = std::fs::remove_file(&p.pid);
         let _ = restore_compute_mode(gpu, &p);
-        release_shm(cfg, inv)?;
+        release_shm(&p)?;
     }
     result
-}
-
-/// Unmounts the shared memory once no daemon runs.
-fn release_shm(cfg: &Config, inv: &Inventory) -> Result<(), MpsError> {
-    let any_left = inv
-        .gpus
-        .iter()
-        .any(|g| matches!(daemon(cfg, &g.uuid), Daemon::Running { .. }));
-    let shm = shm_dir(cfg);
-    if !any_left && shm.exists() && is_mount_point(&shm) {
-        umount2(&shm, MntFlags::MNT_DETACH)
-            .map_err(|source| MpsError::Shm { path: shm, source })?;
-    }
-    Ok(())
 }
 
 fn try_start(cfg: &Config, gpu: &Gpu) -> Result<Started, MpsError> {
@@ -227,10 +237,12 @@ fn try_start(cfg: &Config, gpu: &Gpu) -> Result<Started, MpsError> {
         started.compute_mode = "unchanged".into();
         return Ok(started);
     }
-    // A dead daemon's socket and pid file go; its logs stay.
+    // A dead daemon's sockets and pid file go, and its shared memory with
+    // what its clients left there; its logs stay.
     let _ = std::fs::remove_dir_all(&p.pipe);
     let _ = std::fs::remove_file(&p.pid);
-    ensure_shm(cfg)?;
+    release_shm(&p)?;
+    ensure_shm(cfg, &p)?;
     for d in [&p.pipe, &p.log] {
         // 0755: clients of any user reach the sockets (which the daemon
         // makes 0666); only root changes the directory.
@@ -249,7 +261,7 @@ fn try_start(cfg: &Config, gpu: &Gpu) -> Result<Started, MpsError> {
     } else {
         set_exclusive(gpu, &p)?
     };
-    let shm = shm_dir(cfg);
+    let shm = p.shm.clone();
     let mut cmd = Command::new(&cfg.mps.control);
     cmd.arg("-d")
         .env_clear()
@@ -264,8 +276,8 @@ fn try_start(cfg: &Config, gpu: &Gpu) -> Result<Started, MpsError> {
     // program and only makes syscalls before exec.
     unsafe {
         cmd.pre_exec(move || {
-            // A mount namespace of the daemon's own, whose /dev/shm is the
-            // shared tmpfs; mounts stay out of the host's namespace.
+            // A mount namespace of the daemon's own, whose /dev/shm is its
+            // GPU's tmpfs; mounts stay out of the host's namespace.
             unshare(CloneFlags::CLONE_NEWNS)?;
             mount(
                 None::<&str>,
@@ -393,7 +405,7 @@ pub struct Stopped {
     pub compute_mode: String,
 }
 
-pub fn stop(cfg: &Config, inv: &Inventory, gpu: &Gpu) -> Result<Stopped, MpsError> {
+pub fn stop(cfg: &Config, gpu: &Gpu) -> Result<Stopped, MpsError> {
     let p = paths(cfg, &gpu.uuid);
     let was = daemon(cfg, &gpu.uuid);
     if let Daemon::Running { pid } = was {
@@ -411,8 +423,8 @@ pub fn stop(cfg: &Config, inv: &Inventory, gpu: &Gpu) -> Result<Stopped, MpsErro
     let _ = std::fs::remove_dir_all(&p.pipe);
     let _ = std::fs::remove_file(&p.pid);
     let compute_mode = restore_compute_mode(gpu, &p)?;
-    // The shared memory goes with the last daemon.
-    release_shm(cfg, inv)?;
+    // The GPU's shared memory goes with its daemon, emptied.
+    release_shm(&p)?;
     Ok(Stopped {
         index: gpu.index,
         uuid: gpu.uuid.clone(),
@@ -485,9 +497,308 @@ fn restore_compute_mode(gpu: &Gpu, p: &Paths) -> Result<String, MpsError> {
     Ok(format!("{mode} restored"))
 }
 
+/// What clients can change of a daemon through its ordinary socket.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Defaults {
+    /// The share servers it starts give their clients: 100 unless changed.
+    pub active_thread_percentage: Option<f64>,
+    /// The pinned-memory limit of its GPU (device 0 to the daemon) for
+    /// clients that set none: none unless changed.
+    pub pinned_mem_limit: Option<String>,
+}
+
+impl Defaults {
+    /// Whether they differ from what gpushare keeps: a 100 % share and no
+    /// pinned-memory limit.
+    pub fn drifted(&self) -> bool {
+        self.active_thread_percentage
+            .is_some_and(|p| (p - 100.0).abs() > 1e-9)
+            || self.pinned_mem_limit.is_some()
+    }
+}
+
+/// A running daemon's defaults, as it answers them.
+pub fn defaults(cfg: &Config, uuid: &str) -> Result<Defaults, MpsError> {
+    let pct = command(cfg, uuid, "get_default_active_thread_percentage")?;
+    let pinned = command(cfg, uuid, "get_default_device_pinned_mem_limit 0")?;
+    Ok(Defaults {
+        active_thread_percentage: pct.trim().parse().ok(),
+        pinned_mem_limit: Some(pinned.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+    })
+}
+
+/// Puts back what a client may have changed through the daemon's ordinary
+/// socket: its default share (100), its default pinned-memory limit (none:
+/// `0` clears it) and each running server's share. Says what it restored.
+pub fn restore(cfg: &Config, uuid: &str) -> Result<Vec<String>, MpsError> {
+    let mut done = Vec::new();
+    let d = defaults(cfg, uuid)?;
+    if let Some(p) = d
+        .active_thread_percentage
+        .filter(|p| (p - 100.0).abs() > 1e-9)
+    {
+        command(cfg, uuid, "set_default_active_thread_percentage 100")?;
+        done.push(format!("default active thread percentage {p} -> 100"));
+    }
+    if let Some(l) = &d.pinned_mem_limit {
+        command(cfg, uuid, "set_default_device_pinned_mem_limit 0 0")?;
+        done.push(format!("default pinned memory limit {l} -> none"));
+    }
+    for pid in parse_ps(&command(cfg, uuid, "get_server_list")?) {
+        let pct = command(cfg, uuid, &format!("get_active_thread_percentage {pid}"))?;
+        if let Ok(p) = pct.trim().parse::<f64>() {
+            if (p - 100.0).abs() > 1e-9 {
+                command(
+                    cfg,
+                    uuid,
+                    &format!("set_active_thread_percentage {pid} 100"),
+                )?;
+                done.push(format!(
+                    "server {pid}'s active thread percentage {p} -> 100"
+                ));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// One GPU's daemon as `gpushare mps status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DaemonStatus {
+    pub index: u32,
+    pub uuid: String,
+    #[serde(flatten)]
+    pub daemon: Daemon,
+    pub pipe_directory: PathBuf,
+    pub log_directory: PathBuf,
+    pub shm_directory: PathBuf,
+    /// A running daemon's defaults (null otherwise, or when it did not answer).
+    pub default_active_thread_percentage: Option<f64>,
+    pub default_pinned_mem_limit: Option<String>,
+    /// The defaults differ from a 100 % share and no pinned-memory limit.
+    pub drift: bool,
+}
+
+pub fn status(cfg: &Config, gpu: &Gpu) -> DaemonStatus {
+    let d = daemon(cfg, &gpu.uuid);
+    let p = paths(cfg, &gpu.uuid);
+    let defaults = match d {
+        Daemon::Running { .. } => defaults(cfg, &gpu.uuid).ok(),
+        _ => None,
+    };
+    DaemonStatus {
+        index: gpu.index,
+        uuid: gpu.uuid.clone(),
+        daemon: d,
+        pipe_directory: p.pipe,
+        log_directory: p.log,
+        shm_directory: p.shm,
+        drift: defaults.as_ref().is_some_and(Defaults::drifted),
+        default_active_thread_percentage: defaults
+            .as_ref()
+            .and_then(|d| d.active_thread_percentage),
+        default_pinned_mem_limit: defaults.and_then(|d| d.pinned_mem_limit),
+    }
+}
+
+impl DaemonStatus {
+    /// One line: state, pid, defaults (and their drift), pipe directory.
+    pub fn line(&self) -> String {
+        let mut out = format!("GPU {} {}: {}", self.index, self.uuid, self.daemon.name());
+        if let Daemon::Running { pid } = self.daemon {
+            out.push_str(&format!(", pid {pid}"));
+            if let Some(p) = self.default_active_thread_percentage {
+                out.push_str(&format!(", default share {p}%"));
+            }
+            if let Some(l) = &self.default_pinned_mem_limit {
+                out.push_str(&format!(", default pinned limit {l}"));
+            }
+            if self.drift {
+                out.push_str(" (drifted from 100% and no pinned limit: a client changed it; `gpushare mps run` puts it back)");
+            }
+        }
+        out.push_str(&format!("; pipe {}", self.pipe_directory.display()));
+        out
+    }
+}
+
+/// The last line of a daemon's control log: often why it stopped.
+fn last_log_line(p: &Paths) -> Option<String> {
+    let text = std::fs::read_to_string(p.log.join("control.log")).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_owned())
+}
+
+/// How often the supervisor looks at the daemons, and at their defaults.
+const TICK: Duration = Duration::from_millis(250);
+const DRIFT_EVERY: Duration = Duration::from_secs(2);
+/// A daemon that ran this long is healthy again: the backoff starts over.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One GPU as the supervisor follows it.
+struct Watch<'a> {
+    gpu: &'a Gpu,
+    /// The daemon's pid once it runs.
+    pid: Option<i32>,
+    since: Instant,
+    /// Starts that failed, or daemons that died young, in a row.
+    failures: u32,
+    next_start: Instant,
+    next_drift: Instant,
+}
+
+/// `gpushare mps run`: starts every GPU's daemon, restarts one that dies
+/// (at once, then with a backoff doubling to 30 s while it keeps dying
+/// young), puts back drifted defaults, and once `quit` is set stops them
+/// all (daemons quit, compute modes restored, shared memory unmounted).
+/// Every event is one line to `log`.
+pub fn supervise(cfg: &Config, inv: &Inventory, quit: &AtomicBool, log: &mut dyn FnMut(String)) {
+    let now = Instant::now();
+    let mut watches: Vec<Watch> = inv
+        .gpus
+        .iter()
+        .map(|gpu| Watch {
+            gpu,
+            pid: None,
+            since: now,
+            failures: 0,
+            next_start: now,
+            next_drift: now,
+        })
+        .collect();
+    while !quit.load(Ordering::SeqCst) {
+        for w in &mut watches {
+            supervise_one(cfg, w, log);
+        }
+        std::thread::sleep(TICK);
+    }
+    for w in &watches {
+        let name = format!("GPU {} {}", w.gpu.index, w.gpu.uuid);
+        match stop(cfg, w.gpu) {
+            Ok(s) => log(format!(
+                "{name}: stopped (was {}); compute mode {}",
+                s.was, s.compute_mode
+            )),
+            Err(e) => log(format!(
+                "{name}: cannot stop: {}",
+                crate::error::one_line(&e)
+            )),
+        }
+    }
+}
+
+fn supervise_one(cfg: &Config, w: &mut Watch, log: &mut dyn FnMut(String)) {
+    let name = format!("GPU {} {}", w.gpu.index, w.gpu.uuid);
+    let now = Instant::now();
+    match daemon(cfg, &w.gpu.uuid) {
+        Daemon::Running { pid } => {
+            if w.pid != Some(pid) {
+                log(format!("{name}: daemon running, pid {pid}"));
+                w.pid = Some(pid);
+                w.since = now;
+            }
+            if w.failures > 0 && now.duration_since(w.since) > HEALTHY_AFTER {
+                w.failures = 0;
+            }
+            if now >= w.next_drift {
+                w.next_drift = now + DRIFT_EVERY;
+                match restore(cfg, &w.gpu.uuid) {
+                    Ok(done) => {
+                        for d in done {
+                            log(format!("{name}: restored {d} (a client changed it)"));
+                        }
+                    }
+                    Err(e) => log(format!(
+                        "{name}: cannot read the daemon's defaults: {}",
+                        crate::error::one_line(&e)
+                    )),
+                }
+            }
+        }
+        gone => {
+            if let Some(pid) = w.pid.take() {
+                let why = last_log_line(&paths(cfg, &w.gpu.uuid))
+                    .map_or("no log line".into(), |l| format!("its log ends: {l}"));
+                let ran = now.duration_since(w.since);
+                if ran < HEALTHY_AFTER {
+                    w.failures += 1;
+                }
+                let wait = backoff(w.failures);
+                w.next_start = now + wait;
+                log(format!(
+                    "{name}: daemon pid {pid} is {} after {:.0} s (killed or crashed; {why}); restarting in {:.0} s",
+                    gone.name(),
+                    ran.as_secs_f64(),
+                    wait.as_secs_f64()
+                ));
+            }
+            if now < w.next_start {
+                return;
+            }
+            match start(cfg, w.gpu) {
+                Ok(s) => {
+                    log(format!(
+                        "{name}: started, pid {}; compute mode {}",
+                        s.pid, s.compute_mode
+                    ));
+                    w.pid = Some(s.pid);
+                    w.since = Instant::now();
+                    w.next_drift = w.since;
+                }
+                Err(e) => {
+                    // A start that fails waits at least a second.
+                    w.failures += 1;
+                    let wait = backoff(w.failures + 1);
+                    w.next_start = now + wait;
+                    log(format!(
+                        "{name}: cannot start the daemon: {}; next try in {:.0} s",
+                        crate::error::one_line(&e),
+                        wait.as_secs_f64()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The wait before restarting a daemon after `failures` young deaths in a
+/// row: none after the first, then 1, 2, 4 … s, at most 30 s.
+fn backoff(failures: u32) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(1u64 << (failures - 2).min(5)).min(MAX_BACKOFF)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_half_a_minute() {
+        let secs: Vec<u64> = (1..=9).map(|f| backoff(f).as_secs()).collect();
+        assert_eq!(secs, [0, 1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn drift_is_any_change_from_100_and_no_limit() {
+        let d = |p: Option<f64>, l: Option<&str>| Defaults {
+            active_thread_percentage: p,
+            pinned_mem_limit: l.map(str::to_owned),
+        };
+        assert!(!d(Some(100.0), None).drifted());
+        assert!(d(Some(5.0), None).drifted());
+        assert!(d(Some(100.0), Some("1M")).drifted());
+        assert!(
+            !d(None, None).drifted(),
+            "an unreadable answer is not drift"
+        );
+    }
 
     #[test]
     fn ps_answers() {

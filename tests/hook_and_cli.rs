@@ -178,7 +178,8 @@ fn explain_says_what_create_would_do_and_does_nothing() {
     );
     assert_eq!(doc["mps"], true);
     assert_eq!(doc["edits"]["devices"][0]["path"], "/dev/nvidia1");
-    // An MPS client gets its GPU's pipe directory and the daemon's /dev/shm.
+    // An MPS client gets its GPU's pipe directory (read-only, the root-only
+    // socket masked) and its GPU's /dev/shm.
     let mounts = doc["edits"]["mounts"].as_array().unwrap();
     assert_eq!(mounts[0]["destination"], "/tmp/nvidia-mps");
     assert_eq!(
@@ -190,13 +191,26 @@ fn explain_says_what_create_would_do_and_does_nothing() {
             .to_str()
             .unwrap()
     );
-    assert_eq!(mounts[1]["destination"], "/dev/shm");
-    assert_eq!(
-        mounts[1]["source"].as_str().unwrap(),
-        node.path().join("mps/shm").to_str().unwrap()
-    );
     assert_eq!(
         mounts[0]["options"],
+        json!(["bind", "ro", "nosuid", "nodev", "noexec"])
+    );
+    assert_eq!(
+        (mounts[1]["destination"].as_str(), mounts[1]["source"].as_str()),
+        (Some("/tmp/nvidia-mps/control_privileged"), Some("/dev/null"))
+    );
+    assert_eq!(mounts[2]["destination"], "/dev/shm");
+    assert_eq!(
+        mounts[2]["source"].as_str().unwrap(),
+        node.path()
+            .join("mps")
+            .join(uuid(1))
+            .join("shm")
+            .to_str()
+            .unwrap()
+    );
+    assert_eq!(
+        mounts[2]["options"],
         json!(["bind", "nosuid", "nodev", "noexec"])
     );
     assert_eq!(std::fs::read(b.join("config.json")).unwrap(), bytes);

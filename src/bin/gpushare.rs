@@ -117,8 +117,12 @@ enum MpsAction {
     Start(MpsArgs),
     /// Stop the daemon of every GPU (or one) and clean up after it.
     Stop(MpsArgs),
-    /// Running, stopped or dead, per GPU.
+    /// Running, stopped or dead, per GPU, with the daemon's defaults.
     Status(MpsArgs),
+    /// Supervise every GPU's daemon in the foreground (systemd Type=simple):
+    /// start them, restart one that dies, put back defaults a client
+    /// changed, stop them all on SIGTERM.
+    Run,
 }
 
 #[derive(clap::Args)]
@@ -311,6 +315,7 @@ fn mps_command(action: MpsAction) -> gpushare::Result<i32> {
     let inv = Inventory::load(&cfg)?;
     let args = match &action {
         MpsAction::Start(a) | MpsAction::Stop(a) | MpsAction::Status(a) => a,
+        MpsAction::Run => return mps_run(&cfg, &inv),
     };
     let gpus: Vec<&gpushare::inventory::Gpu> = match &args.gpu {
         Some(id) => vec![gpushare::decide::resolve_one(id, &inv)?],
@@ -320,7 +325,7 @@ fn mps_command(action: MpsAction) -> gpushare::Result<i32> {
     for g in gpus {
         let row = match &action {
             MpsAction::Start(_) => {
-                let s = mps::start(&cfg, &inv, g)?;
+                let s = mps::start(&cfg, g)?;
                 if !args.json {
                     let how = if s.already {
                         "already running"
@@ -335,7 +340,7 @@ fn mps_command(action: MpsAction) -> gpushare::Result<i32> {
                 serde_json::to_value(&s).expect("serialises")
             }
             MpsAction::Stop(_) => {
-                let s = mps::stop(&cfg, &inv, g)?;
+                let s = mps::stop(&cfg, g)?;
                 if !args.json {
                     println!(
                         "GPU {} {}: stopped (was {}); compute mode {}",
@@ -345,34 +350,51 @@ fn mps_command(action: MpsAction) -> gpushare::Result<i32> {
                 serde_json::to_value(&s).expect("serialises")
             }
             MpsAction::Status(_) => {
-                let d = mps::daemon(&cfg, &g.uuid);
-                let p = mps::paths(&cfg, &g.uuid);
+                let st = mps::status(&cfg, g);
                 if !args.json {
-                    let pid = match d {
-                        mps::Daemon::Running { pid } => format!(", pid {pid}"),
-                        _ => String::new(),
-                    };
-                    println!(
-                        "GPU {} {}: {}{pid}; pipe {}",
-                        g.index,
-                        g.uuid,
-                        d.name(),
-                        p.pipe.display()
-                    );
+                    println!("{}", st.line());
                 }
-                let mut v = serde_json::to_value(d).expect("serialises");
-                v["index"] = g.index.into();
-                v["uuid"] = g.uuid.clone().into();
-                v["pipe_directory"] = p.pipe.display().to_string().into();
-                v["log_directory"] = p.log.display().to_string().into();
-                v
+                serde_json::to_value(&st).expect("serialises")
             }
+            MpsAction::Run => unreachable!("handled above"),
         };
         rows.push(row);
     }
     if args.json {
         print_json(&serde_json::json!({ "gpus": rows }));
     }
+    Ok(0)
+}
+
+/// Set by SIGTERM and SIGINT: `mps run` stops its daemons and exits.
+static QUIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_quit_signal(_: libc::c_int) {
+    QUIT.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn mps_run(cfg: &Config, inv: &Inventory) -> gpushare::Result<i32> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_quit_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { sigaction(sig, &action) }.map_err(|e| {
+            gpushare::Error::Io(format!(
+                "cannot handle {sig}: {e}; run `gpushare mps run` as root"
+            ))
+        })?;
+    }
+    eprintln!(
+        "gpushare mps run: supervising {} GPU daemons (SIGTERM stops them)",
+        inv.gpus.len()
+    );
+    gpushare::mps::supervise(cfg, inv, &QUIT, &mut |line| eprintln!("{line}"));
+    eprintln!("gpushare mps run: all daemons stopped");
     Ok(0)
 }
 
