@@ -338,10 +338,25 @@ fn a_storm_of_200_creates_shim_and_hook_mixed_balances_and_cleans_up() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(
-        state.iter().all(
-            |n| ["ledger", "ledger.lock", "ledger.journal", "driver.json"].contains(&n.as_str())
-        ),
+        state.iter().all(|n| [
+            "ledger",
+            "ledger.lock",
+            "ledger.journal",
+            "driver.json",
+            "pid"
+        ]
+        .contains(&n.as_str())),
         "no temp file: {state:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(node.dir.path().join("node/state/pid")).map_or(0, |d| d.count()),
+        0,
+        "every pid file the shims asked for is gone"
+    );
+    assert_eq!(
+        std::fs::read_dir(node.dir.path().join("node/state/pid")).map_or(0, |d| d.count()),
+        0,
+        "every pid file the shims asked for is gone"
     );
 }
 

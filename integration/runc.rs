@@ -160,7 +160,7 @@ fn twenty_concurrent_creates_with_all_split_ten_ten_and_deletes_empty_the_ledger
         ledger
             .iter()
             .all(|c| c["state"] == "running" && c["pid"].as_u64().is_some()),
-        "every pid bound by the hook: {ledger:?}"
+        "every pid bound by the shim: {ledger:?}"
     );
     for i in 0..20 {
         let out = node
@@ -171,22 +171,36 @@ fn twenty_concurrent_creates_with_all_split_ten_ten_and_deletes_empty_the_ledger
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
     }
-    assert!(node.ledger().is_empty(), "poststop released every entry");
+    assert!(node.ledger().is_empty(), "each delete released its entry");
 }
 
 #[test]
-fn a_create_that_runc_fails_is_released_by_the_engines_delete() {
+fn a_create_that_runc_fails_is_released_at_once() {
     let node = Node::new("failed");
     let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"], "true");
     let mut spec: Value =
         serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
     spec["root"]["path"] = json!("/nonexistent/rootfs");
     std::fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    let bytes = std::fs::read(b.join("config.json")).unwrap();
     let id = node.id(0);
     let out = node.create(&b, &id);
     assert!(!out.status.success(), "runc refuses a missing rootfs");
-    assert_eq!(node.ledger().len(), 1, "the shim had reserved the GPU");
-    // runc answers that there is no such container; the GPU is free anyway.
+    assert!(
+        text(&out).contains("nonexistent"),
+        "runc's own error reaches the caller: {}",
+        text(&out)
+    );
+    assert!(
+        node.ledger().is_empty(),
+        "released when runc failed, not at the timeout"
+    );
+    assert_eq!(
+        std::fs::read(b.join("config.json")).unwrap(),
+        bytes,
+        "config.json put back"
+    );
+    // The engine's delete then finds nothing to release.
     let _ = node
         .runtime()
         .args(["delete", "--force"])

@@ -72,7 +72,7 @@ pub struct RuntimeConfig {
     /// Low-level runtime to exec: a name looked up on PATH, or a path.
     pub path: String,
     pub state_dir: PathBuf,
-    /// A reservation that no hook has bound to a pid within this many
+    /// A reservation that was never bound to a pid within this many
     /// seconds is taken to be a create that failed after the shim ran.
     pub reservation_timeout_seconds: u64,
 }

@@ -5,9 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{major, minor, SFlag};
-use oci_spec::runtime::{
-    HookBuilder, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-};
+use oci_spec::runtime::{LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use thiserror::Error;
@@ -62,30 +60,6 @@ pub struct ContainerEdits {
     pub env: Vec<String>,
     #[serde(skip)]
     pub annotations: Vec<(String, String)>,
-}
-
-/// Our hook as the shim writes it into a spec.
-#[derive(Debug, Clone)]
-pub struct HookSpec {
-    pub path: PathBuf,
-    /// The hook's whole environment: runc passes its own environment to a
-    /// hook whose `env` is empty, and the hook must not inherit that.
-    pub env: Vec<String>,
-    pub timeout_seconds: i64,
-}
-
-impl HookSpec {
-    pub fn for_config(hook_path: PathBuf, cfg: &Config) -> HookSpec {
-        let mut env = vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_owned()];
-        if let Some(src) = &cfg.source {
-            env.push(format!("{}={}", crate::config::ENV_VAR, src.display()));
-        }
-        HookSpec {
-            path: hook_path,
-            env,
-            timeout_seconds: 10,
-        }
-    }
 }
 
 /// The host nodes every GPU container needs besides its GPU's own.
@@ -167,11 +141,7 @@ impl ContainerEdits {
 
     /// Applies the edits to a spec. Idempotent: every entry gpushare adds
     /// first replaces any equal one, so applying twice equals applying once.
-    pub fn apply_to_spec(
-        &self,
-        spec: &mut Value,
-        hook: Option<&HookSpec>,
-    ) -> Result<(), EditsError> {
+    pub fn apply_to_spec(&self, spec: &mut Value) -> Result<(), EditsError> {
         let root = spec
             .as_object_mut()
             .ok_or(EditsError::Shape("the top level"))?;
@@ -242,24 +212,6 @@ impl ContainerEdits {
             }
         }
 
-        if let Some(h) = hook {
-            let hooks = object_at(root, "hooks", "hooks")?;
-            for (stage, what) in [
-                ("createRuntime", "hooks.createRuntime"),
-                ("poststop", "hooks.poststop"),
-            ] {
-                let list = array_at(hooks, stage, what)?;
-                list.retain(|v| v.get("path").and_then(Value::as_str) != h.path.to_str());
-                let built = HookBuilder::default()
-                    .path(&h.path)
-                    .args(vec!["gpushare-hook".to_owned(), stage.to_owned()])
-                    .env(h.env.clone())
-                    .timeout(h.timeout_seconds)
-                    .build()
-                    .expect("hook fields are set");
-                list.push(serde_json::to_value(built).expect("hook serialises"));
-            }
-        }
         Ok(())
     }
 }
@@ -333,14 +285,6 @@ mod tests {
         }
     }
 
-    fn hook() -> HookSpec {
-        HookSpec {
-            path: "/usr/bin/gpushare-hook".into(),
-            env: vec!["PATH=/bin".into()],
-            timeout_seconds: 10,
-        }
-    }
-
     #[test]
     fn unknown_fields_survive_and_applying_twice_equals_once() {
         let text = std::fs::read_to_string(concat!(
@@ -350,9 +294,9 @@ mod tests {
         .unwrap();
         let original: Value = serde_json::from_str(&text).unwrap();
         let mut once = original.clone();
-        edits().apply_to_spec(&mut once, Some(&hook())).unwrap();
+        edits().apply_to_spec(&mut once).unwrap();
         let mut twice = once.clone();
-        edits().apply_to_spec(&mut twice, Some(&hook())).unwrap();
+        edits().apply_to_spec(&mut twice).unwrap();
         assert_eq!(once, twice);
 
         // Everything not ours is unchanged, the unknown fields included.
@@ -404,17 +348,13 @@ mod tests {
         );
         assert_eq!(once["annotations"][ANNOTATION_GPUS], "GPU-1");
         assert_eq!(once["annotations"]["org.example"], "kept");
-        let cr = once["hooks"]["createRuntime"].as_array().unwrap();
-        assert_eq!(cr.len(), 1);
-        assert_eq!(cr[0]["args"], json!(["gpushare-hook", "createRuntime"]));
-        assert_eq!(cr[0]["env"], json!(["PATH=/bin"]));
-        assert_eq!(once["hooks"]["poststop"].as_array().unwrap().len(), 1);
+        assert_eq!(once["hooks"], original["hooks"], "no hook is added");
     }
 
     #[test]
     fn a_minimal_spec_gains_the_sections_it_lacks() {
         let mut spec = json!({"ociVersion": "1.0.2", "process": {"args": ["sh"]}, "linux": null});
-        edits().apply_to_spec(&mut spec, None).unwrap();
+        edits().apply_to_spec(&mut spec).unwrap();
         assert_eq!(spec["linux"]["devices"].as_array().unwrap().len(), 1);
         assert!(spec.get("hooks").is_none());
     }
@@ -426,7 +366,7 @@ mod tests {
             json!({"process": {"env": "x"}}),
             json!({"linux": {"resources": {"devices": {}}}}),
         ] {
-            let e = edits().apply_to_spec(&mut spec, None).unwrap_err();
+            let e = edits().apply_to_spec(&mut spec).unwrap_err();
             assert!(e.to_string().contains("unexpected type"), "{e}");
         }
     }

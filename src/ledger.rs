@@ -139,6 +139,21 @@ impl Ledger {
         })
     }
 
+    /// Whether the ledger or its journal names container `id` at all: a
+    /// byte search, no parse and no lock, so a `delete` of a container
+    /// gpushare never placed costs two small reads. A false hit (a released
+    /// entry still in the journal) only means the caller looks closer.
+    pub fn mentions(&self, id: &str) -> bool {
+        let needle = format!(
+            "\"id\":{}",
+            serde_json::to_string(id).expect("a string serialises")
+        );
+        [self.path(), self.journal_path()].iter().any(|p| {
+            std::fs::read(p)
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+    }
+
     /// Whether a ledger was ever written here.
     pub fn exists(&self) -> bool {
         self.path().exists() || self.journal_path().exists()

@@ -46,6 +46,24 @@ pub struct CreateArgs {
     pub id: String,
     /// As given; relative to the current directory; "" when not given.
     pub bundle: PathBuf,
+    /// `run` (create, start and, unless detached, wait) rather than `create`.
+    pub run: bool,
+    /// `run --detach`: runc returns once the container started.
+    pub detach: bool,
+    /// `--pid-file` as given (relative to the current directory).
+    pub pid_file: Option<PathBuf>,
+    /// Where the subcommand is in the arguments: a flag inserted right after
+    /// it is the subcommand's.
+    pub subcommand_at: usize,
+}
+
+/// Go's strconv.ParseBool, which urfave/cli uses for `--flag=value`.
+fn go_bool(v: &[u8]) -> Option<bool> {
+    match v {
+        b"1" | b"t" | b"T" | b"true" | b"TRUE" | b"True" => Some(true),
+        b"0" | b"f" | b"F" | b"false" | b"FALSE" | b"False" => Some(false),
+        _ => None,
+    }
 }
 
 /// Splits `-name=value`/`--name=value`/`-name`/`--name`; `None` for a
@@ -109,6 +127,7 @@ pub fn parse(args: &[OsString]) -> Invocation {
         return inv;
     };
     let sub = sub.to_string_lossy().into_owned();
+    let subcommand_at = i;
     i += 1;
     inv.subcommand = Some(sub.clone());
     if sub == "delete" {
@@ -119,6 +138,8 @@ pub fn parse(args: &[OsString]) -> Invocation {
         return inv;
     }
     let mut bundle = PathBuf::new();
+    let mut pid_file = None;
+    let mut detach = false;
     let mut positional: Vec<&OsString> = Vec::new();
     let mut help = false;
     while i < args.len() {
@@ -142,9 +163,23 @@ pub fn parse(args: &[OsString]) -> Invocation {
                 };
                 if name == b"bundle" || name == b"b" {
                     bundle = PathBuf::from(v);
+                } else if name == b"pid-file" {
+                    pid_file = Some(PathBuf::from(v));
                 }
             }
-            Some((name, _)) if is(name, CREATE_BOOL) => help |= name == b"help" || name == b"h",
+            Some((name, value)) if is(name, CREATE_BOOL) => {
+                let on = match value {
+                    None => true,
+                    Some(v) => match go_bool(v) {
+                        Some(b) => b,
+                        None => return inv, // runc: invalid boolean value
+                    },
+                };
+                help |= on && (name == b"help" || name == b"h");
+                if name == b"detach" || name == b"d" {
+                    detach = on;
+                }
+            }
             Some(_) => return inv,
         }
         i += 1;
@@ -156,6 +191,10 @@ pub fn parse(args: &[OsString]) -> Invocation {
     inv.create = Some(CreateArgs {
         id: positional[0].to_string_lossy().into_owned(),
         bundle,
+        run: sub == "run",
+        detach,
+        pid_file,
+        subcommand_at,
     });
     inv
 }
@@ -222,6 +261,22 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn run_detach_and_pid_file() {
+        let c = p("--root /r run -d --pid-file /p -b /b c1").create.unwrap();
+        assert!(c.run && c.detach);
+        assert_eq!(c.pid_file, Some(PathBuf::from("/p")));
+        assert_eq!(c.subcommand_at, 2);
+        let c = p("run --detach=false c1").create.unwrap();
+        assert!(c.run && !c.detach);
+        let c = p("create --pid-file=rel.pid c1").create.unwrap();
+        assert!(!c.run && !c.detach);
+        assert_eq!(c.pid_file, Some(PathBuf::from("rel.pid")));
+        assert_eq!(c.subcommand_at, 0);
+        assert!(p("run --detach=maybe c1").create.is_none());
+        assert!(p("create --help=false c1").create.is_some());
     }
 
     #[test]

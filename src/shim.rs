@@ -1,13 +1,22 @@
-//! `gpushare-runtime`: stands where runc stood. On `create` and `run` it
-//! decides, rewrites the bundle's config.json and reserves the GPU in the
-//! ledger; then, for every subcommand, it execs the low-level runtime with
-//! the arguments it was given. A refusal leaves nothing behind: the
-//! config.json is as it was and the ledger holds no entry.
+//! `gpushare-runtime`: stands where runc stood. On `create` and `run` of a
+//! GPU container it decides, rewrites the bundle's config.json and reserves
+//! the GPU in the ledger, then runs the low-level runtime as its child with
+//! the arguments it was given (signals forwarded, stdio and exit status
+//! passed through), binds the container's pid from the runtime's pid file
+//! once it exists, and releases the reservation at once if the runtime
+//! fails. `delete` of a container in the ledger runs the runtime's delete
+//! and releases after it succeeds. Everything else, non-GPU creates
+//! included, is a bare exec of the runtime: no hook is involved.
+//! A refusal leaves nothing behind: the config.json is as it was and the
+//! ledger holds no entry.
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 use thiserror::Error;
@@ -16,11 +25,11 @@ use crate::bundle::Bundle;
 use crate::config::{Config, Inject};
 use crate::decide::{decide, Decision, Load};
 use crate::driver::{self, Driver};
-use crate::edits::{ContainerEdits, HookSpec};
+use crate::edits::ContainerEdits;
 use crate::inventory::Inventory;
-use crate::ledger::{self, Entry, Ledger, Locked};
+use crate::ledger::{self, Entry, Ledger, Locked, Record};
 use crate::request::{Capabilities, Request, RequestError, DRIVER_CAPABILITIES};
-use crate::runtime_args::CreateArgs;
+use crate::runtime_args::{CreateArgs, Invocation};
 
 #[derive(Debug, Error)]
 pub enum ShimError {
@@ -32,8 +41,6 @@ pub enum ShimError {
         #[source]
         source: std::io::Error,
     },
-    #[error("gpushare-hook is not beside gpushare-runtime ({0} is missing); install both binaries in one directory")]
-    NoHook(PathBuf),
 }
 
 /// What create would do with a request: the decision and its edits.
@@ -172,36 +179,301 @@ fn is_executable(p: &Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file()
 }
 
-/// The hook binary the shim writes into specs: the one installed beside
-/// the running shim, by absolute path (the runtime runs hooks with no PATH
-/// lookup we could rely on).
-pub fn hook_path() -> Result<PathBuf, ShimError> {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let hook = exe.with_file_name("gpushare-hook");
-    if is_executable(&hook) {
-        Ok(hook)
-    } else {
-        Err(ShimError::NoHook(hook))
-    }
-}
-
-/// What `intercept` left in place, to undo if the runtime cannot be run.
+/// What `intercept` left in place: the rewritten bundle and the reserved
+/// entry, to bind to the container's pid or to undo.
 pub struct Placed {
     bundle: Bundle,
     ledger: Ledger,
-    id: String,
+    entry: Entry,
 }
 
 impl Placed {
     /// Puts the config.json back and drops the reservation.
     pub fn undo(self) {
         let _ = self.bundle.restore();
-        if let Ok(mut locked) = self.ledger.lock() {
-            if locked.release(&self.id).is_some() {
-                let _ = locked.commit();
+        let _ = self.ledger.append(&Record::Release {
+            id: self.entry.id.clone(),
+        });
+    }
+
+    /// Records the container's init pid with its entry.
+    fn bind(&self, pid: i32) -> Result<(), ledger::LedgerError> {
+        self.ledger.append(&Record::Bind(Entry {
+            pid: Some(pid),
+            pid_start: ledger::process_start_time(pid),
+            ..self.entry.clone()
+        }))
+    }
+
+    /// Runs the low-level runtime's `create` or `run` as a child and keeps
+    /// the ledger true to what it did: the pid bound from the runtime's own
+    /// pid file once it is written (as soon as it appears, for a `run` in
+    /// the foreground), the reservation released if the runtime fails (and
+    /// the config.json put back) or once a foreground `run` has ended.
+    pub fn run(
+        self,
+        runtime: &Path,
+        args: &[OsString],
+        create: &CreateArgs,
+        state_dir: &Path,
+    ) -> crate::Result<ExitStatus> {
+        // The caller's pid file when it asked for one (containerd and
+        // Docker always do), else one of ours, inserted as the
+        // subcommand's flag and removed afterwards.
+        let own = create.pid_file.is_none().then(|| own_pid_file(state_dir));
+        let mut args = args.to_vec();
+        if let Some(p) = &own {
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::create_dir_all(dir);
             }
+            let _ = std::fs::remove_file(p);
+            let at = create.subcommand_at + 1;
+            args.splice(at..at, [OsString::from("--pid-file"), p.clone().into()]);
+        }
+        let pid_file = own
+            .clone()
+            .or_else(|| create.pid_file.clone())
+            .expect("one is set");
+        let mut child = match ForwardingChild::spawn(runtime, &args) {
+            Ok(c) => c,
+            Err(e) => {
+                self.undo();
+                return Err(e.into());
+            }
+        };
+        let foreground = create.run && !create.detach;
+        let mut bound = false;
+        let status = if foreground {
+            // The container runs until `run` returns: bind as soon as the
+            // runtime writes the pid file, polling with a backoff.
+            let mut wait = Duration::from_millis(1);
+            loop {
+                if let Some(st) = child.try_wait()? {
+                    break st;
+                }
+                if !bound {
+                    if let Some(pid) = read_pid(&pid_file) {
+                        bound = self.bind(pid).is_ok();
+                    }
+                }
+                if bound {
+                    break child.wait()?;
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
+        } else {
+            let st = child.wait()?;
+            if st.success() {
+                match read_pid(&pid_file) {
+                    Some(pid) => bound = self.bind(pid).is_ok(),
+                    None => eprintln!(
+                        "gpushare: warning: {} gave no pid in {}: the GPU stays reserved until runtime.reservation_timeout_seconds",
+                        runtime.display(),
+                        pid_file.display()
+                    ),
+                }
+            }
+            st
+        };
+        if let Some(p) = &own {
+            let _ = std::fs::remove_file(p);
+        }
+        if !status.success() {
+            // The runtime made no container (it cleans up after a failed
+            // create): nothing of gpushare's stays either.
+            self.undo();
+        } else if foreground {
+            // `run` returned: the container has ended.
+            let _ = self.ledger.append(&Record::Release {
+                id: self.entry.id.clone(),
+            });
+        }
+        let _ = bound;
+        Ok(status)
+    }
+}
+
+/// Where a shim asks the runtime to write the container's pid when its
+/// caller gave no `--pid-file`: `<state_dir>/pid/<shim pid>`.
+fn own_pid_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("pid").join(std::process::id().to_string())
+}
+
+/// Removes the pid files of shims that are gone (killed before they could
+/// remove their own), for `gpushare gc`. Says how many went.
+pub fn clean_pid_files(state_dir: &Path) -> usize {
+    let Ok(list) = std::fs::read_dir(state_dir.join("pid")) else {
+        return 0;
+    };
+    list.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+                .is_some_and(|pid| !ledger::process_matches(pid, None))
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// The pid a runtime wrote to its pid file, once it is whole.
+fn read_pid(path: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.trim().parse().ok().filter(|p: &i32| *p > 0)
+}
+
+/// The child runtime the signal handler forwards to (0: none yet).
+static CHILD: AtomicI32 = AtomicI32::new(0);
+/// Signals that came before the child's pid was known, one bit each.
+static PENDING: AtomicU64 = AtomicU64::new(0);
+
+/// The signals a runtime's parent passes on to it, as runc itself passes
+/// them to a container's process: all but the uncatchable ones, SIGCHLD
+/// and the synchronous faults.
+const FORWARDED: &[libc::c_int] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGTERM,
+    libc::SIGCONT,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGURG,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGWINCH,
+    libc::SIGIO,
+    libc::SIGPWR,
+];
+
+/// Sends every pending signal to the child, once its pid is known.
+fn send_pending(pid: i32) {
+    let bits = PENDING.swap(0, Ordering::SeqCst);
+    for sig in 1..64 {
+        if bits & (1 << sig) != 0 {
+            // SAFETY: kill is async-signal-safe; pid is our child's.
+            unsafe { libc::kill(pid, sig) };
         }
     }
+}
+
+/// Passes a signal on to the child. Before the child exists the signal is
+/// kept, and whichever of this handler and the spawner sees both the pid
+/// and the bit sends it: the spawner stores the pid then takes the bits,
+/// the handler sets its bit then looks at the pid again, so none is lost
+/// and none goes twice.
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe; pid is our child's.
+        unsafe { libc::kill(pid, sig) };
+        return;
+    }
+    PENDING.fetch_or(1 << sig, Ordering::SeqCst);
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        send_pending(pid);
+    }
+}
+
+/// The low-level runtime running as our child, every forwarded signal we
+/// receive passed on to it.
+struct ForwardingChild(std::process::Child);
+
+impl ForwardingChild {
+    fn spawn(runtime: &Path, args: &[OsString]) -> Result<ForwardingChild, ShimError> {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+        // Nothing is blocked around the spawn: the child would inherit the
+        // mask. Signals that come first are kept and replayed (above).
+        let action = SigAction::new(
+            SigHandler::Handler(forward_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for &sig in FORWARDED {
+            if let Ok(s) = nix::sys::signal::Signal::try_from(sig) {
+                // SAFETY: the handler only uses atomics and kill(2).
+                let _ = unsafe { sigaction(s, &action) };
+            }
+        }
+        let child = std::process::Command::new(runtime)
+            .arg0(runtime.file_name().unwrap_or(runtime.as_os_str()))
+            .args(args)
+            .spawn()
+            .map_err(|source| ShimError::Exec {
+                path: runtime.to_owned(),
+                source,
+            })?;
+        let pid = child.id() as i32;
+        CHILD.store(pid, Ordering::SeqCst);
+        send_pending(pid);
+        Ok(ForwardingChild(child))
+    }
+
+    fn try_wait(&mut self) -> crate::Result<Option<ExitStatus>> {
+        self.0
+            .try_wait()
+            .map_err(|e| crate::Error::Io(format!("cannot wait for the runtime: {e}")))
+    }
+
+    fn wait(&mut self) -> crate::Result<ExitStatus> {
+        let st = self
+            .0
+            .wait()
+            .map_err(|e| crate::Error::Io(format!("cannot wait for the runtime: {e}")))?;
+        CHILD.store(0, Ordering::SeqCst);
+        Ok(st)
+    }
+}
+
+/// Ends this process as the child runtime ended: its exit code, or the
+/// same signal (so a caller's wait sees what it would have seen of runc).
+pub fn exit_like(status: ExitStatus) -> ! {
+    if let Some(code) = status.code() {
+        std::process::exit(code);
+    }
+    let sig = status.signal().unwrap_or(libc::SIGKILL);
+    // SAFETY: restores the default action and raises the signal at
+    // ourselves; plain syscalls.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+    }
+    std::process::exit(128 + sig)
+}
+
+/// One `gpushare-runtime` invocation. Returns the wait status of a runtime
+/// run as a child (a GPU container's create or run, a placed container's
+/// delete); every other call execs the runtime and returns only on failure.
+pub fn handle(inv: &Invocation, args: &[OsString]) -> crate::Result<ExitStatus> {
+    let cfg = Config::load()?;
+    let runtime = resolve_runtime(&cfg)?;
+    if let Some(create) = &inv.create {
+        if let Some(placed) = intercept(create, &cfg)? {
+            return placed.run(&runtime, args, create, &cfg.runtime.state_dir);
+        }
+    } else if let Some(id) = &inv.delete {
+        let ledger = Ledger::new(&cfg.runtime.state_dir);
+        if ledger.mentions(id) {
+            let status = ForwardingChild::spawn(&runtime, args)?.wait()?;
+            if status.success() {
+                ledger.append(&Record::Release { id: id.clone() })?;
+            }
+            return Ok(status);
+        }
+    }
+    Err(exec_runtime(&runtime, args).into())
 }
 
 /// A GPU container placed under the ledger lock: what it gets and its
@@ -273,7 +545,7 @@ pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Pl
 
 /// The create path. `Ok(None)`: not a GPU container (or no GPU), the spec
 /// is untouched. `Ok(Some(_))`: spec rewritten and GPU reserved.
-pub fn intercept(args: &CreateArgs, cfg: &Config, hook: &Path) -> crate::Result<Option<Placed>> {
+pub fn intercept(args: &CreateArgs, cfg: &Config) -> crate::Result<Option<Placed>> {
     let dir = if args.bundle.as_os_str().is_empty() {
         PathBuf::from(".")
     } else {
@@ -293,9 +565,9 @@ pub fn intercept(args: &CreateArgs, cfg: &Config, hook: &Path) -> crate::Result<
         eprintln!("gpushare: warning: {w}");
     }
     let mut spec = bundle.spec.clone();
-    edits.apply_to_spec(&mut spec, Some(&HookSpec::for_config(hook.to_owned(), cfg)))?;
+    edits.apply_to_spec(&mut spec)?;
     bundle.write(&spec)?;
-    locked.reserve(entry);
+    locked.reserve(entry.clone());
     if let Err(e) = locked.commit() {
         let _ = bundle.restore();
         return Err(e.into());
@@ -303,26 +575,8 @@ pub fn intercept(args: &CreateArgs, cfg: &Config, hook: &Path) -> crate::Result<
     Ok(Some(Placed {
         bundle,
         ledger: Ledger::new(&cfg.runtime.state_dir),
-        id: args.id.clone(),
+        entry,
     }))
-}
-
-/// Before a `delete` is passed on: a reservation that no hook ever bound
-/// belongs to a create that failed after the shim ran (runc never made the
-/// container, so no poststop hook will release it). Engines delete such a
-/// container to clean up, and so the GPU is released here at once instead
-/// of at the reservation timeout. A bound entry is left to poststop.
-pub fn release_unbound(id: &str, cfg: &Config) -> crate::Result<()> {
-    let ledger = Ledger::new(&cfg.runtime.state_dir);
-    if !ledger.exists() {
-        return Ok(());
-    }
-    let mut locked = ledger.lock()?;
-    if locked.get(id).is_some_and(|e| e.pid.is_none()) {
-        locked.release(id);
-        locked.commit()?;
-    }
-    Ok(())
 }
 
 /// Replaces this process with the low-level runtime, argv[0] as runc's own.

@@ -196,8 +196,14 @@ fn explain_says_what_create_would_do_and_does_nothing() {
         json!(["bind", "ro", "nosuid", "nodev", "noexec"])
     );
     assert_eq!(
-        (mounts[1]["destination"].as_str(), mounts[1]["source"].as_str()),
-        (Some("/tmp/nvidia-mps/control_privileged"), Some("/dev/null"))
+        (
+            mounts[1]["destination"].as_str(),
+            mounts[1]["source"].as_str()
+        ),
+        (
+            Some("/tmp/nvidia-mps/control_privileged"),
+            Some("/dev/null")
+        )
     );
     assert_eq!(mounts[2]["destination"], "/dev/shm");
     assert_eq!(
@@ -298,7 +304,10 @@ fn status_lists_every_gpu_and_its_holders() {
         .collect();
     assert_eq!(ids, ["a", "b"]);
     assert_eq!(gpus[0]["containers"][0]["thread_percentage"], 30.0);
-    assert_eq!(gpus[0]["containers"][0]["state"], "reserved");
+    assert_eq!(
+        gpus[0]["containers"][0]["state"], "running",
+        "the shim bound its pid from the runtime's pid file"
+    );
     assert!(gpus[1]["containers"].as_array().unwrap().is_empty());
 
     let text = stdout(&node.cli(&["status"]));

@@ -1,5 +1,7 @@
 //! gpushare-runtime against fixture bundles and a recording fake runtime:
-//! what it passes on, what it rewrites, and what a refusal leaves behind.
+//! what it passes on, what it rewrites, how it runs the runtime as its
+//! child (exit status, stdio, signals, the pid bound without any hook), and
+//! what a refusal or a failed create leaves behind.
 
 mod common;
 
@@ -18,6 +20,7 @@ fn a_gpu_create_is_rewritten_reserved_and_passed_on_unchanged() {
         ],
     );
     let before = spec(&b);
+    let pid_file = node.path().join("c1.pid");
     let args = [
         "--root",
         "/run/x",
@@ -27,10 +30,16 @@ fn a_gpu_create_is_rewritten_reserved_and_passed_on_unchanged() {
         "--bundle",
         b.to_str().unwrap(),
         "--pid-file",
-        "/p",
+        pid_file.to_str().unwrap(),
         "c1",
     ];
-    let out = node.runtime(&args);
+    let me = std::process::id().to_string();
+    let out = node
+        .command(BIN_RUNTIME)
+        .env("FAKE_PID", &me)
+        .args(args)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let argv = node.recorded().expect("the runtime ran");
     assert!(argv[0].ends_with("fake-runc"), "{argv:?}");
@@ -65,19 +74,8 @@ fn a_gpu_create_is_rewritten_reserved_and_passed_on_unchanged() {
     );
     // The symlinked nodes resolve to /dev/null, 1:3.
     assert_eq!(after["linux"]["devices"][1]["major"], 1);
-    let hook = &after["hooks"]["createRuntime"][0];
-    assert_eq!(hook["path"].as_str().unwrap(), BIN_HOOK);
-    assert!(hook["env"]
-        .as_array()
-        .unwrap()
-        .contains(&Value::from(format!(
-            "GPUSHARE_CONFIG={}",
-            node.config.display()
-        ))));
-    assert_eq!(
-        after["hooks"]["poststop"][0]["path"].as_str().unwrap(),
-        BIN_HOOK
-    );
+    // No hook: the shim binds the pid itself.
+    assert_eq!(after["hooks"], before["hooks"]);
     // Fields gpushare does not know are kept.
     assert_eq!(after["x-vendor-extension"], before["x-vendor-extension"]);
     assert_eq!(
@@ -91,7 +89,11 @@ fn a_gpu_create_is_rewritten_reserved_and_passed_on_unchanged() {
     assert_eq!(ledger[0]["id"], "c1");
     assert_eq!(ledger[0]["gpus"][0].as_str().unwrap(), uuid(1));
     assert_eq!(ledger[0]["thread_percentage"], 30.0);
-    assert!(ledger[0].get("pid").is_none());
+    assert_eq!(
+        ledger[0]["pid"].to_string(),
+        me,
+        "bound from the runtime's pid file"
+    );
 }
 
 #[test]
@@ -431,27 +433,222 @@ fn a_percentage_budget_is_enforced_across_creates() {
 }
 
 #[test]
-fn delete_releases_a_reservation_no_hook_bound_but_leaves_bound_ones_to_poststop() {
+fn delete_releases_after_the_runtimes_delete_succeeds_and_keeps_it_when_that_fails() {
     let node = Node::new(2, "");
-    for id in ["failed", "running"] {
+    let me = std::process::id().to_string();
+    for id in ["a", "b"] {
         let b = node.bundle(id, &["NVIDIA_VISIBLE_DEVICES=0"]);
-        assert!(node
-            .runtime(&["create", "--bundle", b.to_str().unwrap(), id])
-            .status
-            .success());
-    }
-    // Bind "running" as the createRuntime hook would.
-    let state = serde_json::json!({"ociVersion": "1.0.2", "id": "running", "status": "creating", "pid": std::process::id(), "bundle": "/b", "annotations": {"gpushare/gpus": uuid(0)}});
-    assert!(node.hook("createRuntime", &state).status.success());
-    for id in ["failed", "running"] {
-        let out = node.runtime(&["delete", "--force", id]);
+        let out = node
+            .command(BIN_RUNTIME)
+            .env("FAKE_PID", &me)
+            .args(["create", "--bundle", b.to_str().unwrap(), id])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
-        assert_eq!(node.recorded().unwrap()[1..], ["delete", "--force", id]);
     }
+    let out = node
+        .command(BIN_RUNTIME)
+        .env("FAKE_EXIT", "1")
+        .env("FAKE_STDERR", "container a is running")
+        .args(["delete", "a"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("container a is running"));
+    assert_eq!(node.ledger().len(), 2, "a failed delete releases nothing");
+    let out = node.runtime(&["--root", "/r", "delete", "--force", "a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        node.recorded().unwrap()[1..],
+        ["--root", "/r", "delete", "--force", "a"]
+    );
     let ids: Vec<String> = node
         .ledger()
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(ids, ["running"]);
+    assert_eq!(ids, ["b"]);
+}
+
+/// The fake runtime's parent: the shim when it ran the runtime as a
+/// child, the test itself when the shim exec'd it.
+fn parent_of_runtime(node: &Node) -> u32 {
+    std::fs::read_to_string(node.path().join("argv.ppid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn without_a_pid_file_the_shim_asks_for_its_own_and_removes_it() {
+    let node = Node::new(1, "");
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let me = std::process::id().to_string();
+    let child = node
+        .command(BIN_RUNTIME)
+        .env("FAKE_PID", &me)
+        .args([
+            "--root",
+            "/r",
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "c",
+        ])
+        .spawn()
+        .unwrap();
+    let shim_pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let argv = node.recorded().unwrap();
+    assert_eq!(argv[1..4], ["--root", "/r", "create"]);
+    assert_eq!(argv[4], "--pid-file", "{argv:?}");
+    assert_eq!(
+        argv[5],
+        node.path()
+            .join("state/pid")
+            .join(shim_pid.to_string())
+            .to_str()
+            .unwrap()
+    );
+    assert_eq!(argv[6..], ["--bundle", b.to_str().unwrap(), "c"]);
+    assert!(!std::path::Path::new(&argv[5]).exists(), "removed");
+    assert_eq!(node.ledger()[0]["pid"].to_string(), me);
+    assert_eq!(
+        parent_of_runtime(&node),
+        shim_pid,
+        "run as the shim's child"
+    );
+}
+
+#[test]
+fn a_failed_create_passes_its_status_and_output_through_and_leaves_nothing() {
+    let node = Node::new(1, "");
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let bytes = std::fs::read(b.join("config.json")).unwrap();
+    let out = node
+        .command(BIN_RUNTIME)
+        .env("FAKE_EXIT", "3")
+        .env("FAKE_STDOUT", "to stdout")
+        .env(
+            "FAKE_STDERR",
+            "runc: container_linux.go: starting container process caused: boom",
+        )
+        .args(["create", "--bundle", b.to_str().unwrap(), "c"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(stdout(&out), "to stdout\n");
+    assert!(stderr(&out).contains("caused: boom"), "{}", stderr(&out));
+    assert!(
+        node.ledger().is_empty(),
+        "released at once, not at the timeout"
+    );
+    assert_eq!(
+        std::fs::read(b.join("config.json")).unwrap(),
+        bytes,
+        "put back"
+    );
+    // Death by a signal is passed on as death by that signal.
+    let out = node
+        .command(BIN_RUNTIME)
+        .env("FAKE_DIE_BY", "TERM")
+        .args(["create", "--bundle", b.to_str().unwrap(), "c"])
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGTERM), "{:?}", out.status);
+    assert!(node.ledger().is_empty());
+}
+
+#[test]
+fn signals_to_the_shim_reach_the_runtime() {
+    let node = Node::new(1, "");
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    for sig in [libc::SIGUSR1, libc::SIGTERM] {
+        let _ = std::fs::remove_file(node.path().join("argv.signal"));
+        let _ = std::fs::remove_file(node.argv_file());
+        let child = node
+            .command(BIN_RUNTIME)
+            .env("FAKE_SLEEP", "20")
+            .args(["create", "--bundle", b.to_str().unwrap(), "c"])
+            .spawn()
+            .unwrap();
+        // Once the runtime runs (its argv is written), signal the shim.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while node.recorded().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the runtime never ran"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(42), "the runtime trapped it");
+        let got = std::fs::read_to_string(node.path().join("argv.signal")).unwrap();
+        assert_eq!(
+            got.trim(),
+            if sig == libc::SIGUSR1 { "USR1" } else { "TERM" }
+        );
+        assert!(node.ledger().is_empty(), "its create failed: released");
+    }
+}
+
+#[test]
+fn a_foreground_run_holds_the_gpu_while_it_runs_and_a_detached_one_keeps_it() {
+    let node = Node::new(1, "");
+    let me = std::process::id().to_string();
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let child = node
+        .command(BIN_RUNTIME)
+        .env("FAKE_PID", &me)
+        .env("FAKE_SLEEP", "1")
+        .args(["run", "--bundle", b.to_str().unwrap(), "fg"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let l = node.ledger();
+        if l.len() == 1 && l[0]["pid"].as_u64() == Some(u64::from(std::process::id())) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bound while running: {l:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(child.wait_with_output().unwrap().status.success());
+    assert!(node.ledger().is_empty(), "released when run returned");
+
+    let out = node
+        .command(BIN_RUNTIME)
+        .env("FAKE_PID", &me)
+        .args(["run", "-d", "--bundle", b.to_str().unwrap(), "bg"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let l = node.ledger();
+    assert_eq!((l.len(), l[0]["pid"].to_string()), (1, me));
+}
+
+#[test]
+fn non_gpu_creates_and_other_calls_are_a_bare_exec() {
+    let node = Node::new(1, "");
+    let b = node.bundle("b", &[]);
+    for args in [
+        vec!["create", "--bundle", b.to_str().unwrap(), "plain"],
+        vec!["start", "plain"],
+        vec!["delete", "plain"],
+    ] {
+        let out = node.runtime(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            parent_of_runtime(&node),
+            std::process::id(),
+            "{args:?}: the shim exec'd the runtime"
+        );
+    }
 }

@@ -303,7 +303,11 @@ fn run(command: Command) -> gpushare::Result<i32> {
             for e in &gone {
                 println!("dropped {} ({})", e.id, e.gpus.join(","));
             }
-            eprintln!("{} entries dropped", gone.len());
+            let pid_files = gpushare::shim::clean_pid_files(&cfg.runtime.state_dir);
+            eprintln!(
+                "{} entries dropped, {pid_files} pid files of killed runtime calls removed",
+                gone.len()
+            );
         }
     }
     Ok(0)

@@ -18,6 +18,32 @@ pub struct Node {
     pub config: PathBuf,
 }
 
+/// A recording fake of runc: writes its argv (one argument a line) to
+/// $FAKE_ARGV and its parent's pid to $FAKE_ARGV.ppid, writes the pid file
+/// it is given (with $FAKE_PID, else its own pid), prints $FAKE_STDOUT and
+/// $FAKE_STDERR, then, as told: sleeps $FAKE_SLEEP seconds recording a
+/// SIGUSR1 or SIGTERM it gets in $FAKE_ARGV.signal (and exiting 42), kills
+/// itself with $FAKE_DIE_BY, or exits with $FAKE_EXIT.
+pub const FAKE_RUNTIME: &str = r#"#!/bin/sh
+printf '%s\n' "$0" "$@" > "$FAKE_ARGV"
+echo "$PPID" > "$FAKE_ARGV.ppid"
+prev=""
+for a in "$@"; do
+  [ "$prev" = "--pid-file" ] && echo "${FAKE_PID:-$$}" > "$a"
+  case "$a" in --pid-file=*) echo "${FAKE_PID:-$$}" > "${a#--pid-file=}";; esac
+  prev="$a"
+done
+[ -n "$FAKE_STDOUT" ] && echo "$FAKE_STDOUT"
+[ -n "$FAKE_STDERR" ] && echo "$FAKE_STDERR" >&2
+if [ -n "$FAKE_SLEEP" ]; then
+  trap 'echo USR1 > "$FAKE_ARGV.signal"; exit 42' USR1
+  trap 'echo TERM > "$FAKE_ARGV.signal"; exit 42' TERM
+  sleep "$FAKE_SLEEP" & wait $!
+fi
+[ -n "$FAKE_DIE_BY" ] && kill -"$FAKE_DIE_BY" $$
+exit "${FAKE_EXIT:-0}"
+"#;
+
 pub fn uuid(i: u32) -> String {
     format!("GPU-{:08x}-5a7e-4d00-8000-{:012x}", 0x4a1c_9d20 + i, i)
 }
@@ -44,17 +70,13 @@ impl Node {
         }
         std::fs::write(root.join("inventory.toml"), inv).unwrap();
         let fake = root.join("fake-runc");
-        std::fs::write(
-            &fake,
-            "#!/bin/sh\n# Records its argv, one argument a line, and exits as told.\nprintf '%s\\n' \"$0\" \"$@\" > \"$FAKE_ARGV\"\nexit \"${FAKE_EXIT:-0}\"\n",
-        )
-        .unwrap();
+        std::fs::write(&fake, FAKE_RUNTIME).unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = root.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "[runtime]\npath = \"{}\"\nstate_dir = \"{}\"\n[devices]\nroot = \"{}\"\ninventory = \"file:{}\"\n[mps]\nroot = \"{}\"\n{extra}",
+                "[runtime]\npath = \"{}\"\nstate_dir = \"{}\"\n[devices]\nroot = \"{}\"\ninventory = \"file:{}\"\n[driver]\ninject = \"none\"\n[mps]\nroot = \"{}\"\n{extra}",
                 fake.display(),
                 root.join("state").display(),
                 root.display(),
@@ -92,8 +114,10 @@ impl Node {
 
     pub fn command(&self, bin: &str) -> Command {
         let mut c = Command::new(bin);
+        // The fake's "container" is this test process: alive while it runs.
         c.env("GPUSHARE_CONFIG", &self.config)
             .env("FAKE_ARGV", self.argv_file())
+            .env("FAKE_PID", std::process::id().to_string())
             .stdin(Stdio::null());
         c
     }
