@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use toml::{Table, Value};
 
+use crate::front::config::SECTIONS;
+
 pub const DEFAULT_PATH: &str = "/etc/gpushare/config.toml";
 pub const ENV_VAR: &str = "GPUSHARE_CONFIG";
 
@@ -180,35 +182,6 @@ impl Default for Config {
         }
     }
 }
-
-const SECTIONS: &[(&str, &[&str])] = &[
-    (
-        "runtime",
-        &["path", "state_dir", "reservation_timeout_seconds"],
-    ),
-    ("devices", &["root", "inventory"]),
-    (
-        "policy",
-        &[
-            "max_gpus_per_container",
-            "all",
-            "max_thread_percentage_per_gpu",
-            "default_thread_percentage",
-            "percentage_without_mps",
-        ],
-    ),
-    ("driver", &["inject", "root"]),
-    (
-        "mps",
-        &[
-            "root",
-            "container_pipe_dir",
-            "control",
-            "compute_mode",
-            "shm_size",
-        ],
-    ),
-];
 
 impl Config {
     /// The config path in force: `GPUSHARE_CONFIG` when set and non-empty,

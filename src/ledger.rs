@@ -1,17 +1,35 @@
-//! Who holds which GPU: `<state_dir>/ledger`. Every read-decide-write runs
-//! under one exclusive `flock` on `<state_dir>/ledger.lock` (a separate file,
-//! because the ledger itself is replaced on every write), and every write is
-//! temp file + fsync + rename + directory fsync, so concurrent creates never
-//! double-book and a crash leaves either the old or the new ledger, whole.
+//! Who holds which GPU: `<state_dir>/ledger` (a snapshot) and
+//! `<state_dir>/ledger.journal` (what happened since). Every read-decide-
+//! write runs under one exclusive `flock` on `<state_dir>/ledger.lock`, so
+//! concurrent creates never double-book.
 //!
-//! The hook does not rewrite the ledger: binding a pid and releasing an
-//! entry are appended, under the same lock, to `<state_dir>/ledger.journal`
-//! as one small record each. Readers apply the journal to the ledger; the
-//! next commit folds it in and empties it. A hook then costs the same with
-//! a thousand entries as with one. Replaying a record is idempotent, so a
-//! crash between a commit and the journal's truncation changes nothing.
+//! Both files are lines, one record each, so that a decision costs little
+//! however many containers are held:
+//!
+//! ```text
+//! gpushare-ledger 2                                            (snapshot header)
+//! E <id> <created> <pid> <pid_start> <share> <gpus> <len> <json>   an entry, added or replaced
+//! X <id> $                                                     an entry released
+//! ```
+//!
+//! `<id>` and each of `<gpus>` (comma-separated UUIDs) are percent-encoded,
+//! so no field holds a space; `-` stands for an absent pid, start time or
+//! share; `<json>` is the whole entry (for `status`), `<len>` its length in
+//! bytes. A decision reads the leading fields only, as borrowed slices: no
+//! JSON is parsed on the create path. A change is one appended line
+//! (preceded by a newline, so a line torn by a crash stands alone; a torn
+//! line fails its length or `$` check and is skipped). Once the journal
+//! outgrows the snapshot, a commit folds it in: the live lines are copied
+//! as they are into a new snapshot (temp file + fsync + rename + directory
+//! fsync), expired reservations and entries whose process is gone left out,
+//! and the journal emptied. Replaying a record is idempotent, so a crash
+//! between the snapshot's rename and the journal's truncation changes
+//! nothing.
+//!
+//! A ledger written by an earlier gpushare (one JSON document, JSON journal
+//! records) is still read, and rewritten in this form at the next commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -48,7 +66,7 @@ pub struct Entry {
     pub thread_percentage: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned_mem_limit: Option<String>,
-    /// The container's init pid, once the createRuntime hook has run.
+    /// The container's init pid, once the runtime has made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
     /// The pid's start time (clock ticks after boot), so a reused pid is
@@ -57,7 +75,7 @@ pub struct Entry {
     pub pid_start: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub names: BTreeMap<String, String>,
-    /// Unix seconds when the shim reserved it.
+    /// Unix seconds when it was reserved.
     pub created: u64,
 }
 
@@ -73,26 +91,34 @@ impl Entry {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct LedgerFile {
-    version: u32,
-    entries: Vec<Entry>,
-}
+/// The snapshot's first line.
+const HEADER: &[u8] = b"gpushare-ledger 2\n";
 
-const VERSION: u32 = 1;
+/// How many bound entries a decision checks for liveness, in rotation, so
+/// its cost does not grow with the number of containers held; compaction
+/// and `gpushare gc` check them all.
+const LIVENESS_PER_DECISION: usize = 16;
+
+/// The journal is folded into the snapshot once it is larger than this, so
+/// a decision reads little of it however many containers are held (the
+/// snapshot itself is mapped, not read).
+const COMPACT_AFTER: usize = 32 << 10;
 
 #[derive(Debug, Clone)]
 pub struct Ledger {
     dir: PathBuf,
 }
 
-/// The ledger read under its exclusive lock; `commit` writes it back.
-/// Dropping it without committing leaves the ledger as it was.
-pub struct Locked {
-    path: PathBuf,
-    journal: PathBuf,
-    _lock: Flock<File>,
-    pub entries: Vec<Entry>,
+/// A change the runtime or the hook makes, as one journal record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// The entry, added or replaced (a reservation, or its pid bound). It
+    /// carries the whole entry, so a reservation dropped meanwhile is made
+    /// anew: the container really holds the GPU.
+    Bind(Entry),
+    Release {
+        id: String,
+    },
 }
 
 pub fn now() -> u64 {
@@ -109,6 +135,301 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// Percent-encodes a field: bytes outside `[A-Za-z0-9_.+-]` (runc's id
+/// alphabet) become `%XX`, so a field never holds a space or a newline.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if crate::front::ids::plain_byte(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The record line (without its newlines) for a change.
+fn record_line(r: &Record) -> String {
+    match r {
+        Record::Bind(e) => {
+            let json = serde_json::to_string(e).expect("an entry serialises");
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            format!(
+                "E {} {} {} {} {} {} {} {json}",
+                encode(&e.id),
+                e.created,
+                opt(e.pid.map(|p| p.to_string())),
+                opt(e.pid_start.map(|p| p.to_string())),
+                opt(e.thread_percentage.map(|p| p.to_string())),
+                e.gpus
+                    .iter()
+                    .map(|g| encode(g))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                json.len(),
+            )
+        }
+        Record::Release { id } => format!("X {} $", encode(id)),
+    }
+}
+
+/// One live entry as its record line gives it, borrowed from the bytes read.
+#[derive(Debug, Clone, Copy)]
+struct Line<'a> {
+    id: &'a [u8],
+    created: u64,
+    pid: Option<i32>,
+    pid_start: Option<u64>,
+    share: Option<f64>,
+    gpus: &'a [u8],
+    json: &'a [u8],
+    /// The whole record line, copied as it is into a new snapshot.
+    raw: &'a [u8],
+}
+
+enum Parsed<'a> {
+    Upsert(Line<'a>),
+    Release(&'a [u8]),
+}
+
+/// A plain decimal integer field (every number but the share), read
+/// without UTF-8 checks: it is on every line a decision reads.
+fn integer(field: &[u8]) -> Option<u64> {
+    if field.is_empty() || field.len() > 19 || !field.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        field
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
+/// `-` (absent) or an integer; `None` when it is neither.
+fn optional_integer(field: &[u8]) -> Option<Option<u64>> {
+    if field == b"-" {
+        return Some(None);
+    }
+    integer(field).map(Some)
+}
+
+/// Reads one record line; `None` for anything else (a torn line, the
+/// header, a blank). The leading fields are split in one pass over the
+/// bytes and the integers read as digits; nothing else is decoded, and the
+/// JSON only when an entry is wanted whole.
+fn parse_line(raw: &[u8]) -> Option<Parsed<'_>> {
+    // The first eight space-separated fields; the ninth is the rest.
+    let mut fields: [&[u8]; 8] = [b""; 8];
+    let mut count = 0;
+    let mut start = 0;
+    for i in memchr::memchr_iter(b' ', raw).take(8) {
+        fields[count] = &raw[start..i];
+        count += 1;
+        start = i + 1;
+    }
+    let rest = &raw[start..];
+    match (fields[0], count) {
+        (b"X", 2) if rest == b"$" && !fields[1].is_empty() => Some(Parsed::Release(fields[1])),
+        (b"E", 8) => {
+            let [_, id, created, pid, pid_start, share, gpus, len] = fields;
+            let share = match share {
+                b"-" => None,
+                s => Some(std::str::from_utf8(s).ok()?.parse().ok()?),
+            };
+            let pid = match optional_integer(pid)? {
+                Some(p) => Some(i32::try_from(p).ok()?),
+                None => None,
+            };
+            (rest.len() as u64 == integer(len)? && !id.is_empty()).then_some(Parsed::Upsert(Line {
+                id,
+                created: integer(created)?,
+                pid,
+                pid_start: optional_integer(pid_start)?,
+                share,
+                gpus,
+                json: rest,
+                raw,
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// A cheap hasher for the index's ids (a multiply-rotate over 8-byte
+/// words), seeded per process from its stack address so that ids chosen to
+/// collide cannot be prepared in advance.
+#[derive(Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    /// Mixes every bit into every other (MurmurHash3's finaliser), so ids
+    /// that differ only at their end still spread over the table.
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct IdHash(u64);
+
+impl Default for IdHash {
+    fn default() -> Self {
+        let here = 0u8;
+        IdHash((&here as *const u8 as u64) ^ u64::from(std::process::id()).rotate_left(32))
+    }
+}
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.0)
+    }
+}
+
+/// The live entries of a snapshot and a journal, in the order first seen,
+/// later records replacing earlier ones.
+#[derive(Default)]
+struct Index<'a> {
+    lines: Vec<Option<Line<'a>>>,
+    by_id: HashMap<&'a [u8], usize, IdHash>,
+}
+
+impl<'a> Index<'a> {
+    fn apply(&mut self, bytes: &'a [u8]) {
+        let lines = memchr::memchr_iter(b'\n', bytes).count() + 1;
+        self.lines.reserve(lines);
+        self.by_id.reserve(lines);
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', bytes).chain([bytes.len()]) {
+            let raw = &bytes[start..end];
+            start = end + 1;
+            match parse_line(raw) {
+                Some(Parsed::Upsert(l)) => match self.by_id.get(l.id) {
+                    Some(&i) => self.lines[i] = Some(l),
+                    None => {
+                        self.by_id.insert(l.id, self.lines.len());
+                        self.lines.push(Some(l));
+                    }
+                },
+                Some(Parsed::Release(id)) => {
+                    if let Some(i) = self.by_id.remove(id) {
+                        self.lines[i] = None;
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Line<'a>> {
+        self.lines.iter().flatten()
+    }
+
+    fn holds(&self, id: &[u8]) -> bool {
+        self.by_id.contains_key(id)
+    }
+}
+
+/// An entry in the JSON ledger of earlier versions, and its journal records.
+#[derive(Deserialize)]
+struct LegacyFile {
+    version: u32,
+    entries: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum LegacyRecord {
+    Bind(Entry),
+    Release { id: String },
+}
+
+/// The snapshot's bytes: mapped (it is only ever replaced by rename, never
+/// changed in place, so a mapping of it stays whole; no copy, and few page
+/// faults however many containers are held), or owned when converted from
+/// the earlier form.
+enum Snapshot {
+    Mapped(std::ptr::NonNull<std::ffi::c_void>, usize),
+    Owned(Vec<u8>),
+}
+
+impl Snapshot {
+    fn map(file: &File, len: usize) -> std::io::Result<Snapshot> {
+        let Some(size) = std::num::NonZeroUsize::new(len) else {
+            return Ok(Snapshot::Owned(Vec::new()));
+        };
+        // SAFETY: a private read-only mapping of a file that is never
+        // truncated or written in place; unmapped on drop.
+        let ptr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                size,
+                nix::sys::mman::ProtFlags::PROT_READ,
+                nix::sys::mman::MapFlags::MAP_PRIVATE,
+                file,
+                0,
+            )
+        }
+        .map_err(std::io::Error::from)?;
+        Ok(Snapshot::Mapped(ptr, len))
+    }
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            // SAFETY: the mapping is `len` readable bytes while self lives.
+            Snapshot::Mapped(ptr, len) => unsafe {
+                std::slice::from_raw_parts(ptr.as_ptr() as *const u8, *len)
+            },
+            Snapshot::Owned(v) => v,
+        }
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if let Snapshot::Mapped(ptr, len) = self {
+            // SAFETY: unmaps what `map` mapped, once.
+            let _ = unsafe { nix::sys::mman::munmap(*ptr, *len) };
+        }
+    }
+}
+
+/// The ledger's bytes as read: the snapshot (turned into record lines when
+/// it was written by an earlier version) and the journal.
+struct Bytes {
+    snapshot: Snapshot,
+    journal: Vec<u8>,
+    /// The snapshot or the journal is in the earlier form: rewrite it.
+    legacy: bool,
+}
+
+impl Bytes {
+    fn index(&self) -> Index<'_> {
+        let mut ix = Index::default();
+        ix.apply(&self.snapshot[..]);
+        ix.apply(&self.journal);
+        ix
+    }
+}
+
 impl Ledger {
     pub fn new(state_dir: &Path) -> Ledger {
         Ledger {
@@ -118,6 +439,10 @@ impl Ledger {
 
     pub fn path(&self) -> PathBuf {
         self.dir.join("ledger")
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.dir.join("ledger.journal")
     }
 
     fn open_lock(&self, arg: FlockArg) -> Result<Flock<File>, LedgerError> {
@@ -144,13 +469,18 @@ impl Ledger {
     /// gpushare never placed costs two small reads. A false hit (a released
     /// entry still in the journal) only means the caller looks closer.
     pub fn mentions(&self, id: &str) -> bool {
-        let needle = format!(
+        let enc = encode(id);
+        let legacy = format!(
             "\"id\":{}",
             serde_json::to_string(id).expect("a string serialises")
         );
+        let needles = [format!("\nE {enc} "), format!("\nX {enc} "), legacy];
         [self.path(), self.journal_path()].iter().any(|p| {
-            std::fs::read(p)
-                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            std::fs::read(p).is_ok_and(|bytes| {
+                needles
+                    .iter()
+                    .any(|n| bytes.windows(n.len()).any(|w| w == n.as_bytes()))
+            })
         })
     }
 
@@ -159,17 +489,74 @@ impl Ledger {
         self.path().exists() || self.journal_path().exists()
     }
 
-    fn journal_path(&self) -> PathBuf {
-        self.dir.join("ledger.journal")
+    fn read(&self) -> Result<Bytes, LedgerError> {
+        let path = self.path();
+        let mut snapshot = match File::open(&path) {
+            Ok(f) => {
+                let len = f.metadata().map_err(io("read", &path))?.len() as usize;
+                Snapshot::map(&f, len).map_err(io("map", &path))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::Owned(Vec::new()),
+            Err(e) => return Err(io("open", &path)(e)),
+        };
+        let journal_path = self.journal_path();
+        let mut journal = Vec::new();
+        match File::open(&journal_path) {
+            Ok(mut f) => f
+                .read_to_end(&mut journal)
+                .map_err(io("read", &journal_path))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io("open", &journal_path)(e)),
+        };
+        let mut legacy = false;
+        if snapshot.first() == Some(&b'{') {
+            let file: LegacyFile =
+                serde_json::from_slice(&snapshot).map_err(|e| LedgerError::Corrupt {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            if file.version != 1 {
+                return Err(LedgerError::Corrupt {
+                    path,
+                    message: format!("version {} where 1 or 2 was expected", file.version),
+                });
+            }
+            snapshot = Snapshot::Owned(lines_of(file.entries.into_iter().map(Record::Bind)));
+            legacy = true;
+        } else if !snapshot.is_empty() && !snapshot.starts_with(HEADER) {
+            return Err(LedgerError::Corrupt {
+                path,
+                message: "it starts with neither gpushare-ledger 2 nor a JSON ledger".into(),
+            });
+        }
+        if journal
+            .split(|&b| b == b'\n')
+            .any(|l| l.first() == Some(&b'{'))
+        {
+            let records = journal.split(|&b| b == b'\n').filter_map(|l| {
+                match serde_json::from_slice::<LegacyRecord>(l).ok()? {
+                    LegacyRecord::Bind(e) => Some(Record::Bind(e)),
+                    LegacyRecord::Release { id } => Some(Record::Release { id }),
+                }
+            });
+            journal = lines_of(records);
+            legacy = true;
+        }
+        Ok(Bytes {
+            snapshot,
+            journal,
+            legacy,
+        })
     }
 
     /// Takes the exclusive lock and reads the ledger.
     pub fn lock(&self) -> Result<Locked, LedgerError> {
         let lock = self.open_lock(FlockArg::LockExclusive)?;
         Ok(Locked {
-            entries: self.read()?,
-            path: self.path(),
-            journal: self.journal_path(),
+            bytes: self.read()?,
+            pending: Vec::new(),
+            ledger: self.clone(),
+            timeout: None,
             _lock: lock,
         })
     }
@@ -181,23 +568,17 @@ impl Ledger {
             return Ok(Vec::new());
         }
         let _lock = self.open_lock(FlockArg::LockShared)?;
-        self.read()
-    }
-
-    fn read(&self) -> Result<Vec<Entry>, LedgerError> {
-        let mut entries = read_entries(&self.path())?;
-        let journal = self.journal_path();
-        match std::fs::read(&journal) {
-            Ok(bytes) => replay(&mut entries, &bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("read", &journal)(e)),
-        }
-        Ok(entries)
+        let bytes = self.read()?;
+        Ok(entries_of(&bytes.index()))
     }
 
     /// Appends one record to the journal under the exclusive lock.
     pub fn append(&self, record: &Record) -> Result<(), LedgerError> {
         let _lock = self.open_lock(FlockArg::LockExclusive)?;
+        self.append_lines(&[record_line(record)])
+    }
+
+    fn append_lines(&self, lines: &[String]) -> Result<(), LedgerError> {
         let path = self.journal_path();
         let mut f = OpenOptions::new()
             .create(true)
@@ -206,67 +587,41 @@ impl Ledger {
             .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io("open", &path))?;
-        // A leading newline ends any torn record a crash left, so this one
+        // A leading newline ends any torn record a crash left, so each one
         // always stands on a line of its own.
-        let line = format!(
-            "\n{}\n",
-            serde_json::to_string(record).expect("record serialises")
-        );
-        f.write_all(line.as_bytes())
+        let mut text = String::new();
+        for l in lines {
+            text.push('\n');
+            text.push_str(l);
+            text.push('\n');
+        }
+        f.write_all(text.as_bytes())
             .and_then(|()| f.sync_data())
             .map_err(io("append to", &path))
     }
 }
 
-/// A change the hook makes to the ledger, journalled.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum Record {
-    /// The container's init pid is known. Carries the entry itself so a
-    /// reservation that was dropped meanwhile is made anew: the container
-    /// really holds the GPU.
-    Bind(Entry),
-    Release {
-        id: String,
-    },
+/// Record lines (snapshot form: header first) for `records`.
+fn lines_of(records: impl Iterator<Item = Record>) -> Vec<u8> {
+    let mut out = HEADER.to_vec();
+    for r in records {
+        out.extend_from_slice(record_line(&r).as_bytes());
+        out.push(b'\n');
+    }
+    out
 }
 
-/// Applies journal records in order; a line that is not a whole record (a
-/// write torn by a crash) is skipped.
-fn replay(entries: &mut Vec<Entry>, journal: &[u8]) {
-    for line in journal.split(|&b| b == b'\n') {
-        match serde_json::from_slice::<Record>(line) {
-            Ok(Record::Bind(bound)) => match entries.iter_mut().find(|e| e.id == bound.id) {
-                Some(e) => {
-                    e.pid = bound.pid;
-                    e.pid_start = bound.pid_start;
-                }
-                None => entries.push(bound),
-            },
-            Ok(Record::Release { id }) => entries.retain(|e| e.id != id),
-            Err(_) => {}
-        }
-    }
-}
-
-fn read_entries(path: &Path) -> Result<Vec<Entry>, LedgerError> {
-    let mut text = Vec::new();
-    match File::open(path) {
-        Ok(mut f) => f.read_to_end(&mut text).map_err(io("read", path))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io("open", path)(e)),
-    };
-    let file: LedgerFile = serde_json::from_slice(&text).map_err(|e| LedgerError::Corrupt {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    if file.version != VERSION {
-        return Err(LedgerError::Corrupt {
-            path: path.to_owned(),
-            message: format!("version {} where {VERSION} was expected", file.version),
-        });
-    }
-    Ok(file.entries)
+/// The entries of the live lines, parsed (for status, gc, explain).
+fn entries_of(ix: &Index) -> Vec<Entry> {
+    ix.live()
+        .filter_map(|l| {
+            let mut e: Entry = serde_json::from_slice(l.json).ok()?;
+            // The leading fields are what decisions read: they win.
+            e.pid = l.pid;
+            e.pid_start = l.pid_start;
+            Some(e)
+        })
+        .collect()
 }
 
 /// Writes `bytes` to `path` atomically: a temp file beside it, fsync,
@@ -294,62 +649,252 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     result
 }
 
+/// The ledger read under its exclusive lock, with the changes made to it
+/// so far; `commit` appends them. Dropping it without committing leaves the
+/// ledger as it was.
+pub struct Locked {
+    bytes: Bytes,
+    pending: Vec<Record>,
+    ledger: Ledger,
+    /// The reservation timeout a decision or a gc used, which compaction
+    /// then applies too (unknown: reservations are kept).
+    timeout: Option<u64>,
+    _lock: Flock<File>,
+}
+
 impl Locked {
-    pub fn get(&self, id: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.id == id)
+    /// The entries as they stand with the pending changes, parsed.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut all = entries_of(&self.bytes.index());
+        for r in &self.pending {
+            match r {
+                Record::Bind(e) => {
+                    all.retain(|x| x.id != e.id);
+                    all.push(e.clone());
+                }
+                Record::Release { id } => all.retain(|x| &x.id != id),
+            }
+        }
+        all
     }
 
-    pub fn get_mut(&mut self, id: &str) -> Option<&mut Entry> {
-        self.entries.iter_mut().find(|e| e.id == id)
+    pub fn get(&self, id: &str) -> Option<Entry> {
+        self.entries().into_iter().find(|e| e.id == id)
     }
 
     /// Adds or replaces the entry with this id (a retried create of the same
     /// container holds once, not twice).
     pub fn reserve(&mut self, entry: Entry) {
-        self.release(&entry.id);
-        self.entries.push(entry);
+        self.pending.push(Record::Bind(entry));
     }
 
-    pub fn release(&mut self, id: &str) -> Option<Entry> {
-        let i = self.entries.iter().position(|e| e.id == id)?;
-        Some(self.entries.remove(i))
+    /// Releases the entry with this id; whether there was one.
+    pub fn release(&mut self, id: &str) -> bool {
+        let mut held = self.bytes.index().holds(encode(id).as_bytes());
+        for r in &self.pending {
+            match r {
+                Record::Bind(e) if e.id == id => held = true,
+                Record::Release { id: x } if x == id => held = false,
+                _ => {}
+            }
+        }
+        if held {
+            self.pending.push(Record::Release { id: id.to_owned() });
+        }
+        held
     }
 
-    /// The load every GPU carries, not counting container `except`.
-    pub fn load(&self, except: Option<&str>) -> Load {
-        load_of(&self.entries, except)
+    /// The load every GPU carries, not counting container `except`: what a
+    /// decision needs, from the records' leading fields alone. Reservations
+    /// older than `timeout` seconds and never bound are not counted; bound
+    /// entries are checked for liveness a few at a time, in rotation (a
+    /// dead one is released with this commit and not counted).
+    pub fn load(&mut self, except: Option<&str>, timeout: u64) -> Load {
+        self.timeout = Some(timeout);
+        let except = except.map(encode);
+        let except = except.as_deref().map(str::as_bytes);
+        let now = now();
+        // The journal is small: indexed. The snapshot is streamed, a line
+        // the journal touched (replaced or released) left to the journal.
+        let mut journal = Index::default();
+        journal.apply(&self.bytes.journal);
+        let touched: std::collections::HashSet<&[u8], IdHash> = self
+            .bytes
+            .journal
+            .split(|&b| b == b'\n')
+            .filter_map(|raw| match parse_line(raw)? {
+                Parsed::Upsert(l) => Some(l.id),
+                Parsed::Release(id) => Some(id),
+            })
+            .collect();
+        let snapshot = &self.bytes.snapshot[..];
+        // Liveness: about LIVENESS_PER_DECISION bound entries, spread over
+        // the ledger and rotating with the clock (the number of lines
+        // estimated from the size: a line is a few hundred bytes).
+        let lines = snapshot.len() / 256 + journal.lines.len() + 1;
+        let stride = (lines / LIVENESS_PER_DECISION).max(1);
+        let phase = (now as usize) % stride;
+        let mut acc = Tally {
+            except,
+            now,
+            timeout,
+            stride,
+            phase,
+            seen: 0,
+            dead: Vec::new(),
+            sums: Vec::new(),
+        };
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', snapshot).chain([snapshot.len()]) {
+            if let Some(Parsed::Upsert(l)) = parse_line(&snapshot[start..end]) {
+                if !touched.contains(l.id) {
+                    acc.add(&l);
+                }
+            }
+            start = end + 1;
+        }
+        for l in journal.live() {
+            acc.add(l);
+        }
+        let Tally { sums, dead, .. } = acc;
+        let mut load = Load::default();
+        for (g, holders, committed) in sums {
+            let entry = load.0.entry(decode(g).to_ascii_uppercase()).or_default();
+            entry.holders += holders;
+            entry.committed_percentage += committed;
+        }
+        for id in dead {
+            self.pending.push(Record::Release { id });
+        }
+        load
     }
 
-    /// Drops what is certainly stale: reservations no hook bound within
-    /// `timeout` seconds, and entries whose pid is gone. Cheap enough for
-    /// every decision (one kill(pid, 0) per bound entry); `gc` also checks
-    /// start times to catch reused pids.
+    /// Drops what is certainly stale, checking every entry: reservations no
+    /// pid was bound to within `timeout` seconds, and entries whose pid is
+    /// gone (with `check_start`, also a pid now held by another process).
+    /// Returns what it dropped.
     pub fn drop_stale(&mut self, timeout: u64, check_start: bool) -> Vec<Entry> {
-        let (keep, gone) = std::mem::take(&mut self.entries)
+        self.timeout = Some(timeout);
+        let gone: Vec<Entry> = self
+            .entries()
             .into_iter()
-            .partition(|e| e.is_live(timeout, check_start));
-        self.entries = keep;
+            .filter(|e| !e.is_live(timeout, check_start))
+            .collect();
+        for e in &gone {
+            self.pending.push(Record::Release { id: e.id.clone() });
+        }
         gone
     }
 
-    pub fn commit(self) -> Result<(), LedgerError> {
-        let file = LedgerFile {
-            version: VERSION,
-            entries: self.entries,
-        };
-        let bytes = serde_json::to_vec(&file).expect("ledger serialises");
-        write_atomic(&self.path, &bytes, 0o644).map_err(io("write", &self.path))?;
-        // The ledger now holds what the journal said.
+    /// Writes the pending changes: appended to the journal, or, once the
+    /// journal outgrows the snapshot (or the ledger was in the earlier
+    /// form), folded with it into a new snapshot of the live lines.
+    pub fn commit(mut self) -> Result<(), LedgerError> {
+        let lines: Vec<String> = self.pending.iter().map(record_line).collect();
+        let grown = self.bytes.journal.len() + lines.iter().map(|l| l.len() + 2).sum::<usize>();
+        if !self.bytes.legacy && grown <= COMPACT_AFTER {
+            if lines.is_empty() {
+                return Ok(());
+            }
+            return self.ledger.append_lines(&lines);
+        }
+        self.compact(&lines)
+    }
+
+    fn compact(&mut self, pending: &[String]) -> Result<(), LedgerError> {
+        let mut journal = std::mem::take(&mut self.bytes.journal);
+        for l in pending {
+            journal.extend_from_slice(format!("\n{l}\n").as_bytes());
+        }
+        let mut ix = Index::default();
+        ix.apply(&self.bytes.snapshot[..]);
+        ix.apply(&journal);
+        let now = now();
+        let mut out = HEADER.to_vec();
+        for l in ix.live() {
+            let live = match (l.pid, self.timeout) {
+                (None, Some(t)) => now.saturating_sub(l.created) < t,
+                (None, None) => true,
+                (Some(pid), _) => process_matches(pid, None),
+            };
+            if live {
+                out.extend_from_slice(l.raw);
+                out.push(b'\n');
+            }
+        }
+        let path = self.ledger.path();
+        write_atomic(&path, &out, 0o644).map_err(io("write", &path))?;
+        // The snapshot now holds what the journal said.
+        let journal_path = self.ledger.journal_path();
         match OpenOptions::new()
             .write(true)
             .truncate(true)
-            .open(&self.journal)
+            .open(&journal_path)
         {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("truncate", &self.journal)(e)),
+            Err(e) => Err(io("truncate", &journal_path)(e)),
         }
     }
+}
+
+/// A decision's load as it is summed, line by line.
+struct Tally<'b> {
+    except: Option<&'b [u8]>,
+    now: u64,
+    timeout: u64,
+    /// Every `stride`-th bound entry, from `phase`, is checked for liveness.
+    stride: usize,
+    phase: usize,
+    seen: usize,
+    dead: Vec<String>,
+    /// Holders and committed share per GPU field as written.
+    sums: Vec<(&'b [u8], usize, f64)>,
+}
+
+impl<'b> Tally<'b> {
+    fn add(&mut self, l: &Line<'b>) {
+        if Some(l.id) == self.except {
+            return;
+        }
+        if let Some(pid) = l.pid {
+            self.seen += 1;
+            if self.seen % self.stride == self.phase && !process_matches(pid, None) {
+                self.dead.push(decode(l.id));
+                return;
+            }
+        } else if self.now.saturating_sub(l.created) >= self.timeout {
+            return;
+        }
+        for g in l.gpus.split(|&b| b == b',') {
+            match self.sums.iter_mut().find(|(k, _, _)| *k == g) {
+                Some(s) => {
+                    s.1 += 1;
+                    s.2 += l.share.unwrap_or(0.0);
+                }
+                None => self.sums.push((g, 1, l.share.unwrap_or(0.0))),
+            }
+        }
+    }
+}
+
+/// Decodes a percent-encoded field.
+fn decode(field: &[u8]) -> String {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'%' && i + 2 < field.len() {
+            let hex = std::str::from_utf8(&field[i + 1..i + 3]).unwrap_or("");
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(field[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub fn load_of(entries: &[Entry], except: Option<&str>) -> Load {
@@ -441,6 +986,10 @@ mod tests {
         }
     }
 
+    fn ids(entries: &[Entry]) -> Vec<&str> {
+        entries.iter().map(|e| e.id.as_str()).collect()
+    }
+
     #[test]
     fn reserve_commit_read_release() {
         let dir = tempfile::tempdir().unwrap();
@@ -454,8 +1003,8 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].gpus, vec!["GPU-2".to_string()]);
         let mut g = l.lock().unwrap();
-        assert!(g.release("a").is_some());
-        assert!(g.release("a").is_none());
+        assert!(g.release("a"));
+        assert!(!g.release("a"));
         g.commit().unwrap();
         assert!(l.snapshot().unwrap().is_empty());
         // No temp file is left behind.
@@ -464,13 +1013,15 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(
-            names.iter().all(|n| n == "ledger" || n == "ledger.lock"),
+            names
+                .iter()
+                .all(|n| ["ledger", "ledger.lock", "ledger.journal"].contains(&n.as_str())),
             "{names:?}"
         );
     }
 
     #[test]
-    fn journal_records_apply_in_order_and_fold_into_the_next_commit() {
+    fn records_apply_in_order_and_torn_lines_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let l = Ledger::new(dir.path());
         let mut g = l.lock().unwrap();
@@ -484,12 +1035,14 @@ mod tests {
         let mut lost = entry("c", "GPU-2");
         lost.pid = Some(8);
         l.append(&Record::Bind(lost)).unwrap();
-        // A torn record from a crash, then a good one after it.
+        // Torn records from crashes: an entry cut short and a release cut
+        // short (of "a"'s: it must not release "a"), then a good one.
+        let full = record_line(&Record::Bind(entry("d", "GPU-1")));
         std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join("ledger.journal"))
             .unwrap()
-            .write_all(b"{\"op\":\"release\",\"id")
+            .write_all(format!("\n{}\nX a", &full[..full.len() - 3]).as_bytes())
             .unwrap();
         l.append(&Record::Release {
             id: "nothing".into(),
@@ -498,13 +1051,92 @@ mod tests {
         let s = l.snapshot().unwrap();
         let got: Vec<(&str, Option<i32>)> = s.iter().map(|e| (e.id.as_str(), e.pid)).collect();
         assert_eq!(got, vec![("a", Some(7)), ("c", Some(8))]);
-        // A commit folds the journal in and empties it.
-        l.lock().unwrap().commit().unwrap();
+    }
+
+    #[test]
+    fn a_journal_that_outgrows_the_snapshot_is_folded_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::new(dir.path());
+        let me = std::process::id() as i32;
+        for round in 0..600 {
+            let mut g = l.lock().unwrap();
+            let mut e = entry(&format!("c{}", round % 10), "GPU-1");
+            e.pid = Some(me);
+            g.reserve(e);
+            g.commit().unwrap();
+        }
+        let journal = std::fs::read(dir.path().join("ledger.journal")).unwrap();
+        assert!(journal.len() <= COMPACT_AFTER, "{}", journal.len());
+        let snapshot = std::fs::read(dir.path().join("ledger")).unwrap();
+        assert!(snapshot.starts_with(HEADER), "folded at least once");
+        let s = l.snapshot().unwrap();
+        assert_eq!(s.len(), 10, "ten containers, each replaced many times");
+        // A folded ledger keeps only the live: a dead pid goes.
+        let mut g = l.lock().unwrap();
+        let mut dead = entry("dead", "GPU-1");
+        dead.pid = Some(i32::MAX - 1);
+        g.reserve(dead);
+        g.commit().unwrap();
+        let mut g = l.lock().unwrap();
+        g.compact(&[]).unwrap();
+        drop(g);
+        assert_eq!(l.snapshot().unwrap().len(), 10);
         assert_eq!(
             std::fs::read(dir.path().join("ledger.journal")).unwrap(),
             b""
         );
-        assert_eq!(l.snapshot().unwrap(), s);
+    }
+
+    #[test]
+    fn a_ledger_of_the_earlier_json_form_is_read_and_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = entry("a", "GPU-1");
+        a.thread_percentage = Some(25.0);
+        std::fs::write(
+            dir.path().join("ledger"),
+            serde_json::to_vec(
+                &serde_json::json!({"version": 1, "entries": [a, entry("b", "GPU-2")]}),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("ledger.journal"),
+            "\n{\"op\":\"release\",\"id\":\"b\"}\n",
+        )
+        .unwrap();
+        let l = Ledger::new(dir.path());
+        let s = l.snapshot().unwrap();
+        assert_eq!(ids(&s), ["a"]);
+        assert_eq!(s[0].thread_percentage, Some(25.0));
+        assert!(l.mentions("a"));
+        l.lock().unwrap().commit().unwrap();
+        assert!(std::fs::read(dir.path().join("ledger"))
+            .unwrap()
+            .starts_with(HEADER));
+        assert_eq!(ids(&l.snapshot().unwrap()), ["a"]);
+    }
+
+    #[test]
+    fn hostile_ids_stay_one_field_and_are_found_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::new(dir.path());
+        let odd = ["a b", "a\nE x 1 - - - GPU-9 2 {}", "100%", "é\u{202e}", "a"];
+        let mut g = l.lock().unwrap();
+        for id in odd {
+            g.reserve(entry(id, "GPU-1"));
+        }
+        g.commit().unwrap();
+        let s = l.snapshot().unwrap();
+        assert_eq!(ids(&s), odd, "each id comes back whole");
+        assert!(s.iter().all(|e| e.gpus == ["GPU-1"]), "no forged entry");
+        for id in odd {
+            assert!(l.mentions(id), "{id:?}");
+        }
+        assert!(!l.mentions("ab") && !l.mentions("100"), "no prefix match");
+        for id in ["", "a%20b", "%", "é"] {
+            assert_eq!(decode(encode(id).as_bytes()), id);
+        }
     }
 
     #[test]
@@ -564,8 +1196,42 @@ mod tests {
         assert_eq!(gone, vec!["old-reservation", "dead"]);
         let gone: Vec<String> = g.drop_stale(60, true).into_iter().map(|e| e.id).collect();
         assert_eq!(gone, vec!["reused"]);
-        let kept: Vec<&str> = g.entries.iter().map(|e| e.id.as_str()).collect();
-        assert_eq!(kept, vec!["fresh-reservation", "alive"]);
+        assert_eq!(ids(&g.entries()), vec!["fresh-reservation", "alive"]);
+    }
+
+    #[test]
+    fn a_decisions_load_skips_expired_reservations_and_the_dead_it_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::new(dir.path());
+        let mut g = l.lock().unwrap();
+        let mut a = entry("a", "GPU-X");
+        a.thread_percentage = Some(25.0);
+        a.pid = Some(std::process::id() as i32);
+        g.reserve(a);
+        g.reserve(entry("b", "gpu-x"));
+        let mut old = entry("old", "GPU-X");
+        old.created -= 1000;
+        g.reserve(old);
+        let mut dead = entry("dead", "GPU-Y");
+        dead.pid = Some(i32::MAX - 1);
+        g.reserve(dead);
+        g.commit().unwrap();
+        let mut g = l.lock().unwrap();
+        let load = g.load(Some("c"), 60);
+        let x = load.0["GPU-X"];
+        assert_eq!((x.holders, x.committed_percentage), (2, 25.0));
+        assert!(
+            !load.0.contains_key("GPU-Y"),
+            "a dead pid among those checked"
+        );
+        g.commit().unwrap();
+        assert_eq!(
+            ids(&l.snapshot().unwrap()),
+            ["a", "b", "old"],
+            "the dead one released"
+        );
+        let load = l.lock().unwrap().load(Some("a"), 60);
+        assert_eq!(load.0["GPU-X"].holders, 1);
     }
 
     #[test]
@@ -583,13 +1249,15 @@ mod tests {
     #[test]
     fn a_corrupt_ledger_is_reported_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ledger"), "{not json").unwrap();
-        let e = Ledger::new(dir.path()).lock().err().unwrap().to_string();
-        assert!(e.contains("move it aside"), "{e}");
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("ledger")).unwrap(),
-            "{not json"
-        );
+        for bad in ["{not json", "something else\n"] {
+            std::fs::write(dir.path().join("ledger"), bad).unwrap();
+            let e = Ledger::new(dir.path()).lock().err().unwrap().to_string();
+            assert!(e.contains("move it aside"), "{e}");
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join("ledger")).unwrap(),
+                bad
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod decide;
 pub mod driver;
 pub mod edits;
 pub mod error;
+pub mod front;
 pub mod hook;
 pub mod install;
 pub mod inventory;

@@ -1,33 +1,13 @@
-//! runc's command line, read the way runc reads it, to find the subcommand,
-//! the bundle and the container id, and the log settings for refusals. The
-//! arguments themselves are always passed on unchanged.
-//!
-//! Ref: runc uses urfave/cli v1 over Go's `flag` package: a flag is `-name`
-//! or `--name`, its value `=value` or the next argument (booleans take only
-//! `=value`), and a subcommand's flags may come after its positional
-//! arguments (urfave reorders them) unless a `--` ends the flags.
+//! runc's command line as the runtime needs it: the subcommand, a create's
+//! bundle, id and pid file, a delete's id, and the log settings for
+//! refusals, owned. The rules are `front::args`'s, which the runtime's
+//! front applies too; the arguments are always passed on unchanged.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-/// Global flags that take a value.
-const GLOBAL_VALUE: &[&str] = &["root", "log", "log-format", "criu", "rootless"];
-/// Global boolean flags.
-const GLOBAL_BOOL: &[&str] = &["debug", "systemd-cgroup", "help", "h", "version", "v"];
-
-/// `create` and `run` flags that take a value (aliases included).
-const CREATE_VALUE: &[&str] = &["bundle", "b", "console-socket", "pid-file", "preserve-fds"];
-const CREATE_BOOL: &[&str] = &[
-    "no-pivot",
-    "no-new-keyring",
-    "detach",
-    "d",
-    "keep",
-    "no-subreaper",
-    "help",
-    "h",
-];
+use crate::front::args;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Invocation {
@@ -57,163 +37,32 @@ pub struct CreateArgs {
     pub subcommand_at: usize,
 }
 
-/// Go's strconv.ParseBool, which urfave/cli uses for `--flag=value`.
-fn go_bool(v: &[u8]) -> Option<bool> {
-    match v {
-        b"1" | b"t" | b"T" | b"true" | b"TRUE" | b"True" => Some(true),
-        b"0" | b"f" | b"F" | b"false" | b"FALSE" | b"False" => Some(false),
-        _ => None,
-    }
+fn path(b: &[u8]) -> PathBuf {
+    PathBuf::from(std::ffi::OsStr::from_bytes(b))
 }
 
-/// Splits `-name=value`/`--name=value`/`-name`/`--name`; `None` for a
-/// positional argument (including a lone `-`).
-fn flag_name(arg: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
-    let body = arg.strip_prefix(b"--").or_else(|| arg.strip_prefix(b"-"))?;
-    if body.is_empty() || body[0] == b'-' || body[0] == b'=' {
-        return None;
-    }
-    Some(match body.iter().position(|&b| b == b'=') {
-        Some(i) => (&body[..i], Some(&body[i + 1..])),
-        None => (body, None),
-    })
-}
-
-fn is(name: &[u8], list: &[&str]) -> bool {
-    list.iter().any(|n| n.as_bytes() == name)
-}
-
-fn os(b: &[u8]) -> OsString {
-    std::ffi::OsStr::from_bytes(b).to_owned()
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Parses the arguments after argv[0]. Anything runc would reject leaves
 /// `create` unset, so the line goes to runc untouched and runc reports it.
 pub fn parse(args: &[OsString]) -> Invocation {
-    let mut inv = Invocation::default();
-    let mut i = 0;
-    // Global flags up to the first positional argument (Go's flag stops there).
-    while i < args.len() {
-        let a = args[i].as_bytes();
-        if a == b"--" {
-            i += 1;
-            break;
-        }
-        let Some((name, value)) = flag_name(a) else {
-            break;
-        };
-        if is(name, GLOBAL_VALUE) {
-            let v = match value {
-                Some(v) => v.to_vec(),
-                None => {
-                    i += 1;
-                    match args.get(i) {
-                        Some(v) => v.as_bytes().to_vec(),
-                        None => return inv,
-                    }
-                }
-            };
-            match name {
-                b"log" => inv.log = Some(PathBuf::from(os(&v))),
-                b"log-format" => inv.log_format_json = v == b"json",
-                _ => {}
-            }
-        } else if !is(name, GLOBAL_BOOL) {
-            return inv; // runc: "flag provided but not defined"
-        }
-        i += 1;
-    }
-    let Some(sub) = args.get(i) else {
-        return inv;
-    };
-    let sub = sub.to_string_lossy().into_owned();
-    let subcommand_at = i;
-    i += 1;
-    inv.subcommand = Some(sub.clone());
-    if sub == "delete" {
-        inv.delete = parse_delete(&args[i..]);
-        return inv;
-    }
-    if sub != "create" && sub != "run" {
-        return inv;
-    }
-    let mut bundle = PathBuf::new();
-    let mut pid_file = None;
-    let mut detach = false;
-    let mut positional: Vec<&OsString> = Vec::new();
-    let mut help = false;
-    while i < args.len() {
-        let a = args[i].as_bytes();
-        if a == b"--" {
-            positional.extend(&args[i + 1..]);
-            break;
-        }
-        match flag_name(a) {
-            None => positional.push(&args[i]),
-            Some((name, value)) if is(name, CREATE_VALUE) => {
-                let v = match value {
-                    Some(v) => os(v),
-                    None => {
-                        i += 1;
-                        match args.get(i) {
-                            Some(v) => v.clone(),
-                            None => return inv,
-                        }
-                    }
-                };
-                if name == b"bundle" || name == b"b" {
-                    bundle = PathBuf::from(v);
-                } else if name == b"pid-file" {
-                    pid_file = Some(PathBuf::from(v));
-                }
-            }
-            Some((name, value)) if is(name, CREATE_BOOL) => {
-                let on = match value {
-                    None => true,
-                    Some(v) => match go_bool(v) {
-                        Some(b) => b,
-                        None => return inv, // runc: invalid boolean value
-                    },
-                };
-                help |= on && (name == b"help" || name == b"h");
-                if name == b"detach" || name == b"d" {
-                    detach = on;
-                }
-            }
-            Some(_) => return inv,
-        }
-        i += 1;
-    }
-    // runc create/run take exactly one argument, the container id.
-    if help || positional.len() != 1 || positional[0].is_empty() {
-        return inv;
-    }
-    inv.create = Some(CreateArgs {
-        id: positional[0].to_string_lossy().into_owned(),
-        bundle,
-        run: sub == "run",
-        detach,
-        pid_file,
-        subcommand_at,
-    });
-    inv
-}
-
-/// `delete [--force|-f] <id>`: runc takes exactly one id.
-fn parse_delete(args: &[OsString]) -> Option<String> {
-    let mut positional = Vec::new();
-    let mut rest = args.iter();
-    while let Some(a) = rest.next() {
-        match flag_name(a.as_bytes()) {
-            _ if a.as_bytes() == b"--" => positional.extend(rest.by_ref()),
-            None => positional.push(a),
-            Some((b"force" | b"f", _)) => {}
-            Some(_) => return None,
-        }
-    }
-    match positional.as_slice() {
-        [id] if !id.is_empty() => Some(id.to_string_lossy().into_owned()),
-        _ => None,
+    let bytes: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    let line = args::parse(&bytes);
+    Invocation {
+        log: line.log.map(path),
+        log_format_json: line.log_format_json,
+        subcommand: line.subcommand.map(|(_, s)| text(s)),
+        create: line.create.map(|c| CreateArgs {
+            id: text(c.id),
+            bundle: path(c.bundle),
+            run: c.run,
+            detach: c.detach,
+            pid_file: c.pid_file.map(path),
+            subcommand_at: c.subcommand_at,
+        }),
+        delete: line.delete.map(text),
     }
 }
 

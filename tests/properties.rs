@@ -133,3 +133,70 @@ proptest! {
         }
     }
 }
+
+/// What the full runtime makes of a config.json: a GPU container or not
+/// (`None`: it would refuse the document or the request).
+fn full_reading(json: &[u8]) -> Option<bool> {
+    let spec: serde_json::Value = serde_json::from_slice(json).ok()?;
+    if !spec.is_object() {
+        return None;
+    }
+    let env = gpushare::bundle::env_of(&spec).ok()?;
+    // The devices variable alone decides what the front decides.
+    let devices = env
+        .iter()
+        .rev()
+        .filter_map(|e| e.split_once('='))
+        .find(|(k, _)| *k == "NVIDIA_VISIBLE_DEVICES")
+        .map(|(_, v)| v)
+        .unwrap_or("");
+    Some(request::parse_devices(devices).map_or(true, |d| d != Devices::NotGpu))
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The runtime's front never calls a container a non-GPU one (and runs
+    /// it untouched) where the full runtime would place it or refuse it.
+    #[test]
+    fn the_fronts_reading_of_a_spec_agrees_with_the_full_runtime(
+        env in proptest::collection::vec(
+            prop_oneof![
+                value().prop_map(|v| format!("NVIDIA_VISIBLE_DEVICES={v}")),
+                "[A-Z_]{1,12}=[ -~]{0,12}",
+                "NVIDIA_VISIBLE_DEVICES",
+                any::<String>(),
+            ],
+            0..6,
+        ),
+        extra in prop_oneof![Just(String::new()), Just(",\"x\":[1,2.5e3,-0,{}]".into()), "\\PC{0,20}"],
+    ) {
+        let doc = serde_json::json!({"ociVersion": "1.0.2", "process": {"env": env, "args": ["sh"]}});
+        let mut text = doc.to_string();
+        text.insert_str(text.len() - 1, &extra);
+        if let Some(ask) = gpushare::front::spec::ask(text.as_bytes()) {
+            let full = full_reading(text.as_bytes());
+            prop_assert!(full.is_some(), "the front read a document the full runtime refuses: {text}");
+            prop_assert_eq!(ask == gpushare::front::spec::Ask::Gpu, full.unwrap(), "{}", text);
+        }
+    }
+
+    /// The front's reading of the node config's runtime table agrees with
+    /// the full parser whenever it answers.
+    #[test]
+    fn the_fronts_reading_of_the_config_agrees_with_the_full_parser(
+        path in prop_oneof!["/[a-z/]{1,20}", "[a-z]{1,8}", "\\PC{0,12}"],
+        quote in prop_oneof![Just('"'), Just('\'')],
+        comment in prop_oneof![Just(String::new()), Just("  # why".to_owned()), "[ -~]{0,10}"],
+        section in prop_oneof![Just("runtime".to_owned()), Just("policy".to_owned()), "[a-z]{1,8}"],
+    ) {
+        let text = format!("[{section}]\npath = {quote}{path}{quote}{comment}\nstate_dir = \"/run/x\"\n");
+        if let Some(front) = gpushare::front::config::runtime(text.as_bytes()) {
+            let full = Config::parse(&text, Path::new("/t.toml"));
+            prop_assert!(full.is_ok(), "the front read a config the full parser refuses: {text:?}");
+            let full = full.unwrap();
+            prop_assert_eq!(front.path, full.runtime.path.as_bytes());
+            prop_assert_eq!(front.state_dir, full.runtime.state_dir.as_os_str().as_encoded_bytes());
+        }
+    }
+}
