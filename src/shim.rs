@@ -453,6 +453,27 @@ pub fn exit_like(status: ExitStatus) -> ! {
     std::process::exit(128 + sig)
 }
 
+/// The full runtime: what `gpushare-runtime`'s front hands over to (by
+/// starting `gpushare-hook` under the name `gpushare-runtime`). Ends the
+/// process: as the child runtime ended, by exec'ing the runtime, or with a
+/// refusal's one line (also in runc's `--log`) and exit code.
+pub fn runtime_main() -> ! {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let inv = crate::runtime_args::parse(&args);
+    match handle(&inv, &args) {
+        Ok(status) => exit_like(status),
+        Err(e) => {
+            let msg = format!("gpushare: {}", e.one_line());
+            eprintln!("{msg}");
+            if let Some(log) = &inv.log {
+                // Best effort: stderr already carries the message.
+                let _ = write_runtime_log(log, inv.log_format_json, &msg);
+            }
+            std::process::exit(e.exit_code());
+        }
+    }
+}
+
 /// One `gpushare-runtime` invocation. Returns the wait status of a runtime
 /// run as a child (a GPU container's create or run, a placed container's
 /// delete); every other call execs the runtime and returns only on failure.
@@ -468,7 +489,14 @@ pub fn handle(inv: &Invocation, args: &[OsString]) -> crate::Result<ExitStatus> 
         if ledger.mentions(id) {
             let status = ForwardingChild::spawn(&runtime, args)?.wait()?;
             if status.success() {
-                ledger.append(&Record::Release { id: id.clone() })?;
+                // The container is gone whatever the ledger says: a failed
+                // write is the liveness check's to mend, not the engine's.
+                if let Err(e) = ledger.append(&Record::Release { id: id.clone() }) {
+                    eprintln!(
+                        "gpushare: warning: the container is deleted but its release could not be recorded ({}); the ledger drops it once it sees its process gone",
+                        e
+                    );
+                }
             }
             return Ok(status);
         }
@@ -509,8 +537,7 @@ pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Pl
     }
     let inv = Inventory::load(cfg)?;
     let mut locked = Ledger::new(&cfg.runtime.state_dir).lock()?;
-    locked.drop_stale(cfg.runtime.reservation_timeout_seconds, false);
-    let mut load = locked.load(Some(id));
+    let mut load = locked.load(Some(id), cfg.runtime.reservation_timeout_seconds);
     mps_load(cfg, &inv, &mut load);
     let rootfs = bundle.rootfs();
     let plan = plan(&req, cfg, &inv, &load, rootfs.as_deref(), true)?;

@@ -652,3 +652,84 @@ fn non_gpu_creates_and_other_calls_are_a_bare_exec() {
         );
     }
 }
+
+#[test]
+fn a_config_the_front_does_not_read_goes_to_the_full_runtime_and_a_typo_is_named() {
+    let node = Node::new(1, "");
+    let fake = node.path().join("fake-runc");
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    // Valid TOML the front's small reader does not take: a quoted key.
+    std::fs::write(
+        &node.config,
+        text.replace("[runtime]\npath =", "[runtime]\n\"path\" ="),
+    )
+    .unwrap();
+    let b = node.bundle("b", &[]);
+    let out = node.runtime(&["create", "--bundle", b.to_str().unwrap(), "c"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(node.recorded().unwrap()[0].ends_with("fake-runc"));
+    // A typo in a key: refused by name, even for a non-GPU container.
+    std::fs::write(
+        &node.config,
+        text.replace("[runtime]\npath =", "[runtime]\npth ="),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(node.argv_file());
+    let out = node.runtime(&["create", "--bundle", b.to_str().unwrap(), "c"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`runtime.pth`"), "{}", stderr(&out));
+    assert!(node.recorded().is_none());
+    assert!(fake.exists());
+}
+
+#[test]
+fn a_placed_containers_delete_ends_as_the_runtime_ended() {
+    let node = Node::new(1, "");
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    assert!(node
+        .runtime(&["create", "--bundle", b.to_str().unwrap(), "c"])
+        .status
+        .success());
+    let out = node
+        .command(BIN_RUNTIME)
+        .env("FAKE_DIE_BY", "TERM")
+        .args(["delete", "c"])
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGTERM));
+    assert_eq!(node.ledger().len(), 1, "not deleted: still held");
+    let out = node.runtime(&["delete", "c"]);
+    assert!(out.status.success());
+    assert!(node.ledger().is_empty());
+}
+
+#[test]
+fn the_runtime_without_its_full_half_says_what_to_install() {
+    let node = Node::new(1, "");
+    let alone = node.path().join("alone");
+    std::fs::create_dir(&alone).unwrap();
+    std::fs::copy(BIN_RUNTIME, alone.join("gpushare-runtime")).unwrap();
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let out = node
+        .command(alone.join("gpushare-runtime").to_str().unwrap())
+        .args(["create", "--bundle", b.to_str().unwrap(), "c"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("gpushare-hook")
+            && err.contains("install gpushare-runtime and gpushare-hook in one directory"),
+        "{err}"
+    );
+    assert!(node.ledger().is_empty());
+    // A call that needs no gpushare still works.
+    let out = node
+        .command(alone.join("gpushare-runtime").to_str().unwrap())
+        .args(["state", "c"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
