@@ -99,6 +99,9 @@ const HEADER: &[u8] = b"gpushare-ledger 2\n";
 /// and `gpushare gc` check them all.
 const LIVENESS_PER_DECISION: usize = 16;
 
+/// The directory of held containers' markers (see `Ledger::marker`).
+pub const HELD_DIR: &str = "held";
+
 /// The journal is folded into the snapshot once it is larger than this, so
 /// a decision reads little of it however many containers are held (the
 /// snapshot itself is mapped, not read).
@@ -464,24 +467,47 @@ impl Ledger {
         })
     }
 
-    /// Whether the ledger or its journal names container `id` at all: a
-    /// byte search, no parse and no lock, so a `delete` of a container
-    /// gpushare never placed costs two small reads. A false hit (a released
-    /// entry still in the journal) only means the caller looks closer.
+    /// The marker of a held container: `<state_dir>/held/<encoded id>`, an
+    /// empty file made before its entry is written and removed after its
+    /// release, so whether gpushare holds a container costs one stat (the
+    /// runtime's front asks at every delete). A marker left by a crash only
+    /// makes one delete look closer; a missing one leaves the entry to the
+    /// liveness check.
+    fn marker(&self, id: &str) -> PathBuf {
+        self.dir.join(HELD_DIR).join(encode(id))
+    }
+
+    /// Whether gpushare holds container `id` (its marker is there).
     pub fn mentions(&self, id: &str) -> bool {
-        let enc = encode(id);
-        let legacy = format!(
-            "\"id\":{}",
-            serde_json::to_string(id).expect("a string serialises")
-        );
-        let needles = [format!("\nE {enc} "), format!("\nX {enc} "), legacy];
-        [self.path(), self.journal_path()].iter().any(|p| {
-            std::fs::read(p).is_ok_and(|bytes| {
-                needles
-                    .iter()
-                    .any(|n| bytes.windows(n.len()).any(|w| w == n.as_bytes()))
-            })
-        })
+        self.marker(id).symlink_metadata().is_ok()
+    }
+
+    /// Makes the markers of entries about to be written.
+    fn mark<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<(), LedgerError> {
+        for id in ids {
+            {
+                let path = self.marker(id);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+                }
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(io("create", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the markers of released entries, once the release is written.
+    fn unmark<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        for id in ids {
+            let _ = std::fs::remove_file(self.marker(id));
+        }
     }
 
     /// Whether a ledger was ever written here.
@@ -575,7 +601,14 @@ impl Ledger {
     /// Appends one record to the journal under the exclusive lock.
     pub fn append(&self, record: &Record) -> Result<(), LedgerError> {
         let _lock = self.open_lock(FlockArg::LockExclusive)?;
-        self.append_lines(&[record_line(record)])
+        if let Record::Bind(e) = record {
+            self.mark([e.id.as_str()])?;
+        }
+        self.append_lines(&[record_line(record)])?;
+        if let Record::Release { id } = record {
+            self.unmark([id.as_str()]);
+        }
+        Ok(())
     }
 
     fn append_lines(&self, lines: &[String]) -> Result<(), LedgerError> {
@@ -791,14 +824,29 @@ impl Locked {
     /// form), folded with it into a new snapshot of the live lines.
     pub fn commit(mut self) -> Result<(), LedgerError> {
         let lines: Vec<String> = self.pending.iter().map(record_line).collect();
+        self.ledger
+            .mark(self.pending.iter().filter_map(|r| match r {
+                Record::Bind(e) => Some(e.id.as_str()),
+                Record::Release { .. } => None,
+            }))?;
         let grown = self.bytes.journal.len() + lines.iter().map(|l| l.len() + 2).sum::<usize>();
         if !self.bytes.legacy && grown <= COMPACT_AFTER {
-            if lines.is_empty() {
-                return Ok(());
+            if !lines.is_empty() {
+                self.ledger.append_lines(&lines)?;
             }
-            return self.ledger.append_lines(&lines);
+        } else {
+            self.compact(&lines)?;
         }
-        self.compact(&lines)
+        // The last word on each id in this commit decides its marker.
+        let mut released: Vec<&str> = Vec::new();
+        for r in &self.pending {
+            match r {
+                Record::Release { id } => released.push(id),
+                Record::Bind(e) => released.retain(|x| *x != e.id),
+            }
+        }
+        self.ledger.unmark(released);
+        Ok(())
     }
 
     fn compact(&mut self, pending: &[String]) -> Result<(), LedgerError> {
@@ -811,6 +859,8 @@ impl Locked {
         ix.apply(&journal);
         let now = now();
         let mut out = HEADER.to_vec();
+        let mut dropped = Vec::new();
+        let mut kept = Vec::new();
         for l in ix.live() {
             let live = match (l.pid, self.timeout) {
                 (None, Some(t)) => now.saturating_sub(l.created) < t,
@@ -820,10 +870,19 @@ impl Locked {
             if live {
                 out.extend_from_slice(l.raw);
                 out.push(b'\n');
+                kept.push(decode(l.id));
+            } else {
+                dropped.push(decode(l.id));
             }
+        }
+        if self.bytes.legacy {
+            // A ledger of the earlier form had no markers: its entries get
+            // theirs as it is rewritten.
+            self.ledger.mark(kept.iter().map(String::as_str))?;
         }
         let path = self.ledger.path();
         write_atomic(&path, &out, 0o644).map_err(io("write", &path))?;
+        self.ledger.unmark(dropped.iter().map(String::as_str));
         // The snapshot now holds what the journal said.
         let journal_path = self.ledger.journal_path();
         match OpenOptions::new()
@@ -1013,10 +1072,17 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(
-            names
-                .iter()
-                .all(|n| ["ledger", "ledger.lock", "ledger.journal"].contains(&n.as_str())),
+            names.iter().all(
+                |n| ["ledger", "ledger.lock", "ledger.journal", HELD_DIR].contains(&n.as_str())
+            ),
             "{names:?}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("state").join(HELD_DIR))
+                .unwrap()
+                .count(),
+            0,
+            "no marker of a released entry"
         );
     }
 
@@ -1109,8 +1175,11 @@ mod tests {
         let s = l.snapshot().unwrap();
         assert_eq!(ids(&s), ["a"]);
         assert_eq!(s[0].thread_percentage, Some(25.0));
-        assert!(l.mentions("a"));
         l.lock().unwrap().commit().unwrap();
+        assert!(
+            l.mentions("a") && !l.mentions("b"),
+            "markers made as it is rewritten"
+        );
         assert!(std::fs::read(dir.path().join("ledger"))
             .unwrap()
             .starts_with(HEADER));
@@ -1134,6 +1203,13 @@ mod tests {
             assert!(l.mentions(id), "{id:?}");
         }
         assert!(!l.mentions("ab") && !l.mentions("100"), "no prefix match");
+        let mut g = l.lock().unwrap();
+        assert!(g.release("a b"));
+        g.commit().unwrap();
+        assert!(
+            !l.mentions("a b") && l.mentions("a"),
+            "its marker went with it"
+        );
         for id in ["", "a%20b", "%", "é"] {
             assert_eq!(decode(encode(id).as_bytes()), id);
         }

@@ -109,12 +109,13 @@ fn sigkill_at_random_points_never_tears_a_file_and_gc_converges() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     // A shim killed while its runtime ran leaves its pid file; gc takes them.
-    let pids = node.path().join("state/pid");
-    assert_eq!(
-        std::fs::read_dir(&pids).map_or(0, |d| d.count()),
-        0,
-        "gc removed the pid files of killed shims"
-    );
+    for dir in ["pid", "held"] {
+        assert_eq!(
+            std::fs::read_dir(node.path().join("state").join(dir)).map_or(0, |d| d.count()),
+            0,
+            "gc removed the pid files of killed shims and the markers of what it dropped ({dir})"
+        );
+    }
     // A killed writer may leave its temp file; the next writer reuses the
     // name, so at most one per file, and never in place of the real one.
     assert!(
@@ -125,7 +126,8 @@ fn sigkill_at_random_points_never_tears_a_file_and_gc_converges() {
             ".ledger.gpushare-tmp",
             "driver.json",
             ".driver.json.gpushare-tmp",
-            "pid"
+            "pid",
+            "held"
         ]
         .contains(&n.as_str())),
         "{left:?}"

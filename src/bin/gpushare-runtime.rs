@@ -76,6 +76,7 @@ mod nr {
     pub const GETPID: usize = 39;
     pub const FLOCK: usize = 73;
     pub const FDATASYNC: usize = 75;
+    pub const UNLINKAT: usize = 263;
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -96,6 +97,7 @@ mod nr {
     pub const GETPID: usize = 172;
     pub const FLOCK: usize = 32;
     pub const FDATASYNC: usize = 83;
+    pub const UNLINKAT: usize = 35;
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -144,7 +146,7 @@ const PATH_MAX: usize = 4096;
 
 /// A config.json larger than this is the full runtime's to refuse.
 const MAX_SPEC: u64 = 16 << 20;
-/// A node config or a ledger larger than this is the full runtime's.
+/// A node config larger than this is the full runtime's.
 const MAX_FILE: u64 = 64 << 20;
 
 fn exit(code: i32) -> ! {
@@ -247,8 +249,23 @@ fn stat(fd: isize, path: &[u8]) -> Option<(u16, u64)> {
     }
 }
 
-/// A whole regular file, read into a fresh anonymous mapping (never a
-/// mapping of the file itself: a journal truncated meanwhile would fault).
+/// Whether `path` (NUL-terminated) certainly does not exist.
+fn exists_not(path: &[u8]) -> bool {
+    // SAFETY: a NUL-terminated path; F_OK.
+    unsafe {
+        sys(
+            nr::FACCESSAT,
+            AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            0,
+            0,
+            0,
+            0,
+        ) == -ENOENT
+    }
+}
+
+/// A whole regular file, read into a fresh anonymous mapping.
 /// `Err(true)`: the file does not exist; `Err(false)`: anything else.
 fn read_file(path: &[u8], max: u64) -> Result<&'static [u8], bool> {
     let mut buf = [0u8; PATH_MAX];
@@ -564,6 +581,24 @@ fn release(id: &[u8], state_dir: &[u8]) -> bool {
             unsafe { sys(nr::CLOSE, journal as usize, 0, 0, 0, 0, 0) };
         }
     }
+    if ok {
+        // The release is written: the marker goes.
+        let mut buf = [0u8; PATH_MAX];
+        if let Some(p) = c_path(&[state_dir, b"/held/", id], &mut buf) {
+            // SAFETY: a NUL-terminated path.
+            unsafe {
+                sys(
+                    nr::UNLINKAT,
+                    AT_FDCWD as usize,
+                    p.as_ptr() as usize,
+                    0,
+                    0,
+                    0,
+                    0,
+                )
+            };
+        }
+    }
     // SAFETY: closing releases the lock.
     unsafe { sys(nr::CLOSE, lock as usize, 0, 0, 0, 0, 0) };
     ok
@@ -600,21 +635,20 @@ fn route_of<'a>(line: &args::Line<'a>, runtime: &config::Runtime) -> Route<'a> {
         };
     }
     if let Some(id) = line.delete {
-        for name in [&b"/ledger"[..], b"/ledger.journal"] {
-            let mut buf = [0u8; PATH_MAX];
-            let Some(p) = c_path(&[runtime.state_dir, name], &mut buf) else {
-                return Route::Full;
-            };
-            match read_file(&p[..p.len() - 1], MAX_FILE) {
-                Ok(bytes) => match ids::mentions(bytes, id) {
-                    Some(true) => return Route::DeletePlaced(id),
-                    Some(false) => {}
-                    None => return Route::Full,
-                },
-                Err(true) => {}
-                Err(false) => return Route::Full,
-            }
+        // Held containers have a marker, named by their id (ids outside
+        // runc's alphabet are percent-encoded there: the full runtime's).
+        if id.is_empty() || !id.iter().all(|&b| ids::plain_byte(b)) {
+            return Route::Full;
         }
+        let mut buf = [0u8; PATH_MAX];
+        let Some(p) = c_path(&[runtime.state_dir, b"/held/", id], &mut buf) else {
+            return Route::Full;
+        };
+        return match stat(-1, p) {
+            Some(_) => Route::DeletePlaced(id),
+            None if exists_not(p) => Route::Runtime,
+            None => Route::Full,
+        };
     }
     Route::Runtime
 }
