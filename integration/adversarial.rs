@@ -5,8 +5,22 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
 use common::*;
 use serde_json::{json, Value};
+
+/// GPU `i`'s UUID on the node, from `gpushare inventory`.
+fn gpu_uuid(node: &Node, i: usize) -> String {
+    let out = Command::new(CLI)
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(["inventory", "--json"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["gpus"][i]["uuid"].as_str().unwrap().to_owned()
+}
 
 /// (environment, refused?, a piece of the one-line message)
 fn cases() -> Vec<(Vec<String>, bool, &'static str)> {
@@ -129,12 +143,7 @@ fn the_shim_refuses_or_accepts_every_case_as_documented() {
             let held = node.ledger();
             assert_eq!(held.len(), 1, "case {i}: one GPU held: {held:?}");
             assert_eq!(held[0]["gpu"], 0);
-            assert!(node
-                .runtime()
-                .args(["delete", "--force", &id])
-                .status()
-                .unwrap()
-                .success());
+            node.delete(&id);
             assert!(node.ledger().is_empty());
         }
     }
@@ -238,12 +247,7 @@ fn broken_and_hostile_bundles() {
         .unwrap()
         .file_type()
         .is_symlink());
-    assert!(node
-        .runtime()
-        .args(["delete", "--force", &id])
-        .status()
-        .unwrap()
-        .success());
+    node.delete(&id);
     // No temp file is left in any bundle.
     for dir in ["missing", "big", "linked"] {
         let left: Vec<String> = std::fs::read_dir(node.dir.path().join(dir))
@@ -394,4 +398,100 @@ fn the_container_environment_never_reaches_gpushare() {
         "{t}"
     );
     assert!(node.ledger().is_empty());
+}
+
+#[test]
+fn a_forged_gpushare_annotation_buys_nothing_under_the_hook_alone() {
+    let node = Node::new("adv-forged");
+    let forged = json!({"gpushare/gpus": format!(
+        "{},{},GPU-junk\u{1b}[2J",
+        gpu_uuid(&node, 0),
+        gpu_uuid(&node, 1)
+    )});
+    // Both GPUs asked for: the one-GPU rule refuses it, annotation or not.
+    let b = node.bundle("two", &["NVIDIA_VISIBLE_DEVICES=0,1"], "true");
+    node.with_hook(&b);
+    node.edit_spec(&b, |s| s["annotations"] = forged.clone());
+    let id = node.id(0);
+    let out = node.runc_run(&b, &id);
+    check_refusal(&node, "forged two", &out, "at most 1", None);
+    assert!(!node.runc_knows(&id));
+    // GPU 1 asked for, the annotation naming GPU 0: the container gets GPU
+    // 1 (decided in full) and the ledger holds GPU 1's UUID while it runs.
+    let b = node.bundle(
+        "one",
+        &["NVIDIA_VISIBLE_DEVICES=1"],
+        &format!("{GPU1_SCRIPT}; sleep 2"),
+    );
+    node.with_hook(&b);
+    node.edit_spec(&b, |s| s["annotations"] = forged.clone());
+    let id = node.id(1);
+    let run = {
+        let mut c = node.runc();
+        c.args(["run", "--bundle"])
+            .arg(&b)
+            .arg(&id)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let held = loop {
+        let held = node.ledger();
+        if !held.is_empty() || std::time::Instant::now() > deadline {
+            break held;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = run.wait_with_output().unwrap();
+    assert_sees_only_gpu_1(&text(&out));
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["gpu"], 1, "{held:?}");
+    assert!(node.ledger().is_empty(), "released at poststop");
+}
+
+#[test]
+fn ids_outside_runcs_rule_never_reach_runc_or_the_ledger() {
+    let node = Node::new("adv-ids");
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"], "true");
+    for id in ["\u{1b}[2J", "a\nGPU 9 FAKE", "../x", "a/b", ".."] {
+        // Refused before runc runs, so nothing keeps the pipes open.
+        let out = node
+            .runtime()
+            .args(["create", "--bundle"])
+            .arg(&b)
+            .arg(id)
+            .output()
+            .unwrap();
+        check_refusal(&node, &format!("{id:?}"), &out, "runc's rule", Some(2));
+        let t = text(&out);
+        assert!(!t.contains('\u{1b}'), "{t:?}");
+    }
+    assert!(
+        std::fs::read_dir(&node.runc_root).map_or(0, |d| d.count()) == 0,
+        "runc made nothing"
+    );
+}
+
+#[test]
+fn the_ledger_is_unreadable_to_other_users_and_status_says_why() {
+    let node = Node::new("adv-perm");
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"], "sleep 30");
+    let id = node.id(0);
+    assert!(node.create(&b, &id).status.success());
+    let out = Command::new(CLI)
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(["status"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("permission denied") && t.contains("only root may read it"),
+        "{t}"
+    );
+    assert_eq!(t.trim_end().lines().count(), 1, "{t}");
+    node.delete(&id);
 }

@@ -163,13 +163,7 @@ fn twenty_concurrent_creates_with_all_split_ten_ten_and_deletes_empty_the_ledger
         "every pid bound by the shim: {ledger:?}"
     );
     for i in 0..20 {
-        let out = node
-            .runtime()
-            .args(["delete", "--force"])
-            .arg(node.id(i))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out));
+        node.delete(&node.id(i));
     }
     assert!(node.ledger().is_empty(), "each delete released its entry");
 }
@@ -273,7 +267,7 @@ fn status_metrics_and_gc_follow_real_containers() {
         );
     }
     assert!(
-        metrics.contains("gpushare_gpu_containers{gpu=\"0\",") && metrics.contains("} 1\n"),
+        metrics.contains("gpushare_gpu_containers{gpu=\"0\",") && metrics.contains("} 1.0\n"),
         "{metrics}"
     );
 

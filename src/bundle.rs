@@ -4,6 +4,7 @@
 //! a typed round-trip would drop.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,10 @@ pub enum BundleError {
     Shape { path: PathBuf, what: String },
     #[error("{path} is {bytes} bytes; gpushare reads runtime specs of at most 16 MiB: shrink it")]
     TooLarge { path: PathBuf, bytes: u64 },
+    #[error(
+        "{path} is {kind}, not a regular file; the bundle's config.json must be a regular file"
+    )]
+    NotRegular { path: PathBuf, kind: &'static str },
     #[error("cannot rewrite {path}: {source}")]
     Write {
         path: PathBuf,
@@ -55,13 +60,44 @@ impl Bundle {
         dir.join("config.json")
     }
 
+    /// Reads and parses `<dir>/config.json`. The file must be a regular
+    /// one (a FIFO put there would hang a read forever, a link to
+    /// `/dev/zero` never ends): it is first opened as a mere handle
+    /// (`O_PATH`: no device is opened, no FIFO waited on) and looked at,
+    /// and only a regular file is then opened for reading, through that
+    /// very handle, so it cannot be swapped in between. It is read up to
+    /// `MAX_CONFIG_BYTES` and no further, whatever its size says.
     pub fn open(dir: &Path) -> Result<Bundle, BundleError> {
+        use std::io::Read;
         let path = Self::config_path(dir);
         let read = |source| BundleError::Read {
             path: path.clone(),
             source,
         };
-        let meta = std::fs::metadata(&path).map_err(read)?;
+        let handle = open_with(&path, libc::O_PATH).map_err(read)?;
+        let meta = handle.metadata().map_err(read)?;
+        if !meta.file_type().is_file() {
+            return Err(BundleError::NotRegular {
+                path,
+                kind: kind_of(&meta.file_type()),
+            });
+        }
+        let reopen = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        let flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+        let file = match open_with(Path::new(&reopen), flags) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // No /proc: the path itself, checked again once open.
+                let f = open_with(&path, flags).map_err(read)?;
+                if !f.metadata().map_err(read)?.file_type().is_file() {
+                    return Err(BundleError::NotRegular {
+                        path,
+                        kind: "not the regular file it was",
+                    });
+                }
+                f
+            }
+            other => other.map_err(read)?,
+        };
         if meta.len() > MAX_CONFIG_BYTES {
             return Err(BundleError::TooLarge {
                 path,
@@ -69,7 +105,16 @@ impl Bundle {
             });
         }
         let mode = meta.mode() & 0o7777;
-        let original = std::fs::read(&path).map_err(read)?;
+        let mut original = Vec::with_capacity(meta.len() as usize);
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut original)
+            .map_err(read)?;
+        if original.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(BundleError::TooLarge {
+                path,
+                bytes: original.len() as u64,
+            });
+        }
         let spec: Value = serde_json::from_slice(&original).map_err(|e| BundleError::Json {
             path: path.clone(),
             line: e.line(),
@@ -131,6 +176,33 @@ impl Bundle {
     }
 }
 
+/// Opens read-only, close-on-exec, with `flags`.
+fn open_with(path: &Path, flags: libc::c_int) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// What a file that is not a regular one is, for a message.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
+}
+
 pub fn env_of(spec: &Value) -> Result<Vec<&str>, String> {
     match spec.pointer("/process/env") {
         None | Some(Value::Null) => Ok(Vec::new()),
@@ -154,4 +226,58 @@ pub fn annotations_of(spec: &Value) -> BTreeMap<&str, &str> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(dir: &Path) -> String {
+        let e = Bundle::open(dir).err().expect("refused");
+        let line = crate::Error::from(e);
+        assert_eq!(line.exit_code(), crate::error::EXIT_REFUSED, "{line}");
+        line.one_line()
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_is_refused_without_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Bundle::config_path(dir.path());
+        // A FIFO with no writer: an ordinary open would wait forever.
+        nix::unistd::mkfifo(&config, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let e = refusal(dir.path());
+        assert!(e.contains("is a FIFO, not a regular file"), "{e}");
+        std::fs::remove_file(&config).unwrap();
+        // A link to a device that never ends.
+        std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+        let e = refusal(dir.path());
+        assert!(
+            e.contains("is a character device, not a regular file"),
+            "{e}"
+        );
+        std::fs::remove_file(&config).unwrap();
+        std::fs::create_dir(&config).unwrap();
+        assert!(refusal(dir.path()).contains("a directory"));
+    }
+
+    #[test]
+    fn a_link_to_a_regular_file_is_read_as_runc_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("real.json"),
+            r#"{"process": {"env": ["A=1"]}}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("real.json", Bundle::config_path(dir.path())).unwrap();
+        let b = Bundle::open(dir.path()).unwrap();
+        assert_eq!(b.env().unwrap(), ["A=1"]);
+    }
+
+    #[test]
+    fn a_config_over_the_cap_is_refused_by_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(Bundle::config_path(dir.path())).unwrap();
+        f.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        assert!(refusal(dir.path()).contains("at most 16 MiB"));
+    }
 }

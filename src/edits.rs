@@ -14,9 +14,13 @@ use crate::config::Config;
 use crate::decide::Assignment;
 use crate::request::{PINNED_MEM_LIMIT, PIPE_DIRECTORY, THREAD_PERCENTAGE, VISIBLE_DEVICES};
 
-/// The annotation the shim leaves on specs it rewrote: the assigned UUIDs.
-/// The hook reads it from the OCI state, without opening config.json.
+/// The annotation the shim leaves on specs it rewrote: the assigned UUIDs,
+/// for people and engines to see (`ctr c info`, `podman inspect`). Nothing
+/// in gpushare trusts it: the ledger says what the shim did.
 pub const ANNOTATION_GPUS: &str = "gpushare/gpus";
+
+/// Annotation keys that are gpushare's own.
+pub const ANNOTATION_PREFIX: &str = "gpushare/";
 
 #[derive(Debug, Error)]
 pub enum EditsError {
@@ -205,6 +209,12 @@ impl ContainerEdits {
             env.push(Value::String(kv.clone()));
         }
 
+        // Keys under `gpushare/` are the shim's alone: any other the spec
+        // carries (set by a pod, an image or by hand) goes, so nothing
+        // downstream can take it for what the shim wrote.
+        if let Some(ann) = root.get_mut("annotations").and_then(Value::as_object_mut) {
+            ann.retain(|k, _| !k.starts_with(ANNOTATION_PREFIX));
+        }
         if !self.annotations.is_empty() {
             let ann = object_at(root, "annotations", "annotations")?;
             for (k, v) in &self.annotations {
@@ -349,6 +359,25 @@ mod tests {
         assert_eq!(once["annotations"][ANNOTATION_GPUS], "GPU-1");
         assert_eq!(once["annotations"]["org.example"], "kept");
         assert_eq!(once["hooks"], original["hooks"], "no hook is added");
+    }
+
+    #[test]
+    fn gpushare_annotations_the_shim_did_not_write_are_dropped() {
+        let mut spec = json!({"annotations": {
+            "gpushare/gpus": "GPU-0,GPU-1\u{1b}[2J",
+            "gpushare/thread-percentage": "100",
+            "io.kubernetes.cri.sandbox-name": "pod-a",
+            "GPUshare/gpus": "not ours: keys are case-sensitive",
+        }});
+        edits().apply_to_spec(&mut spec).unwrap();
+        assert_eq!(
+            spec["annotations"],
+            json!({
+                "gpushare/gpus": "GPU-1",
+                "io.kubernetes.cri.sandbox-name": "pod-a",
+                "GPUshare/gpus": "not ours: keys are case-sensitive",
+            })
+        );
     }
 
     #[test]

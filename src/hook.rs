@@ -1,11 +1,12 @@
 //! `gpushare-hook`: the low-level runtime runs it with the OCI state on
-//! stdin. Under the shim (the spec carries the shim's annotation) it only
-//! binds the container's pid to the entry the shim reserved at
-//! `createRuntime`/`prestart`, and releases it at `poststop`. Used alone
-//! (podman and CRI-O `hooks.d`, containerd's base spec) it does the whole
-//! job at `createRuntime`/`prestart`: decides as the shim would, applies the
-//! same edits to the live container (`live`), and records the entry. It
-//! runs nothing from the container and resolves no host path through it.
+//! stdin. Used alone (podman and CRI-O `hooks.d`, containerd's base spec)
+//! it does the whole job at `createRuntime`/`prestart`: decides as the shim
+//! would, applies the same edits to the live container (`live`), and
+//! records the entry; at `poststop` it releases it. Where the shim already
+//! reserved the container (the ledger holds its entry, with no pid yet) it
+//! only binds the pid to that entry. Annotations are never trusted: the
+//! ledger alone says what the shim did. It runs nothing from the container
+//! and resolves no host path through it.
 //!
 //! Ref: OCI runtime spec, config.md "POSIX-platform Hooks": the state is
 //! passed on stdin; createRuntime runs after the namespaces exist, before
@@ -20,7 +21,6 @@ use thiserror::Error;
 
 use crate::bundle::Bundle;
 use crate::config::Config;
-use crate::edits::ANNOTATION_GPUS;
 use crate::ledger::{self, Entry, Ledger, Record};
 use crate::live;
 use crate::request::Request;
@@ -104,11 +104,26 @@ pub enum Outcome {
 }
 
 pub fn run(stage: Stage, state: &State) -> crate::Result<Outcome> {
-    let empty = Default::default();
-    let annotations = state.annotations().as_ref().unwrap_or(&empty);
-    match annotations.get(ANNOTATION_GPUS) {
-        Some(gpus) => under_shim(stage, state, gpus, annotations),
-        None => alone(stage, state),
+    let bundle = Bundle::open(state.bundle()).map_err(crate::Error::from);
+    // The common case, a container with no GPU, reads no config at all.
+    if !asks_for_gpu(&bundle) {
+        return Ok(Outcome::NotOurs);
+    }
+    let cfg = Config::load()?;
+    let ledger = Ledger::new(&cfg.runtime.state_dir);
+    let id = state.id();
+    match stage {
+        Stage::Release => {
+            ledger.append(&Record::Release { id: id.clone() })?;
+            Ok(Outcome::Released)
+        }
+        Stage::Bind => {
+            let pid = pid_of(state, stage)?;
+            if bind_reserved(&ledger, id, pid, cfg.runtime.reservation_timeout_seconds)? {
+                return Ok(Outcome::Bound);
+            }
+            place_alone(&bundle?, id, pid, &cfg)
+        }
     }
 }
 
@@ -122,40 +137,28 @@ fn pid_of(state: &State, stage: Stage) -> Result<i32, HookError> {
         })
 }
 
-fn under_shim(
-    stage: Stage,
-    state: &State,
-    gpus: &str,
-    annotations: &std::collections::HashMap<String, String>,
-) -> crate::Result<Outcome> {
-    let cfg = Config::load()?;
-    let ledger = Ledger::new(&cfg.runtime.state_dir);
-    let id = state.id();
-    match stage {
-        Stage::Release => {
-            ledger.append(&Record::Release { id: id.clone() })?;
-            Ok(Outcome::Released)
-        }
-        Stage::Bind => {
-            let pid = pid_of(state, stage)?;
-            // The whole entry travels with the pid, so a reservation that
-            // outlived its timeout is made anew: the container really holds
-            // the GPU. The shim's own entry, when there, keeps its share.
-            ledger.append(&Record::Bind(Entry {
-                id: id.clone(),
-                gpus: gpus.split(',').map(str::to_owned).collect(),
-                thread_percentage: None,
-                pinned_mem_limit: None,
-                pid: Some(pid),
-                pid_start: ledger::process_start_time(pid),
-                names: ledger::names_from_annotations(
-                    annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                ),
-                created: ledger::now(),
-            }))?;
-            Ok(Outcome::Bound)
-        }
+/// Under the shim: the shim reserved the container at its create and binds
+/// its pid once the runtime's create returns; a hook that runs too (a
+/// node-wide hook) binds it now, to the ledger's own entry. Only an entry
+/// the shim wrote counts: one with no pid yet, within the reservation
+/// timeout (the hook alone and every bind write a pid). Nothing the
+/// container's spec says (no annotation) is taken on trust: without such an
+/// entry the hook decides in full. Whether it bound.
+fn bind_reserved(ledger: &Ledger, id: &str, pid: i32, timeout: u64) -> crate::Result<bool> {
+    let mut locked = ledger.lock()?;
+    let Some(entry) = locked.get(id) else {
+        return Ok(false);
+    };
+    if entry.pid.is_some() || !entry.is_live(timeout, false) {
+        return Ok(false);
     }
+    locked.reserve(Entry {
+        pid: Some(pid),
+        pid_start: ledger::process_start_time(pid),
+        ..entry
+    });
+    locked.commit()?;
+    Ok(true)
 }
 
 /// Whether the bundle's spec asks for a GPU; a spec that cannot be read or
@@ -170,46 +173,31 @@ fn asks_for_gpu(bundle: &crate::Result<Bundle>) -> bool {
     }
 }
 
-fn alone(stage: Stage, state: &State) -> crate::Result<Outcome> {
-    let bundle = Bundle::open(state.bundle()).map_err(crate::Error::from);
-    // The common case, a container with no GPU, reads no config at all.
-    if !asks_for_gpu(&bundle) {
+/// The hook alone: decides as the shim would, gives the live container its
+/// devices, and records the entry with its pid.
+fn place_alone(bundle: &Bundle, id: &str, pid: i32, cfg: &Config) -> crate::Result<Outcome> {
+    let Some(Placement {
+        mut locked,
+        edits,
+        mut entry,
+        warnings,
+    }) = shim::place(bundle, id, cfg)?
+    else {
         return Ok(Outcome::NotOurs);
+    };
+    for w in &warnings {
+        eprintln!("gpushare-hook: warning: {w}");
     }
-    let cfg = Config::load()?;
-    let id = state.id();
-    match stage {
-        Stage::Release => {
-            Ledger::new(&cfg.runtime.state_dir).append(&Record::Release { id: id.clone() })?;
-            Ok(Outcome::Released)
-        }
-        Stage::Bind => {
-            let bundle = bundle?;
-            let pid = pid_of(state, stage)?;
-            let Some(Placement {
-                mut locked,
-                edits,
-                mut entry,
-                warnings,
-            }) = shim::place(&bundle, id, &cfg)?
-            else {
-                return Ok(Outcome::NotOurs);
-            };
-            for w in &warnings {
-                eprintln!("gpushare-hook: warning: {w}");
-            }
-            let rootfs = rootfs_of(&bundle)?;
-            drop_capabilities()?;
-            // Under the ledger lock: the entry is written only once the
-            // container really has its devices.
-            live::apply(&edits, pid, &rootfs)?;
-            entry.pid = Some(pid);
-            entry.pid_start = ledger::process_start_time(pid);
-            locked.reserve(entry);
-            locked.commit()?;
-            Ok(Outcome::Placed)
-        }
-    }
+    let rootfs = rootfs_of(bundle)?;
+    drop_capabilities()?;
+    // Under the ledger lock: the entry is written only once the
+    // container really has its devices.
+    live::apply(&edits, pid, &rootfs)?;
+    entry.pid = Some(pid);
+    entry.pid_start = ledger::process_start_time(pid);
+    locked.reserve(entry);
+    locked.commit()?;
+    Ok(Outcome::Placed)
 }
 
 /// The rootfs as the spec names it: absolute, or relative to the bundle.

@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -51,6 +51,8 @@ pub enum LedgerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read {path}: permission denied; the ledger names containers, their pids and pods, so only root may read it: run this as root")]
+    NotRoot { path: PathBuf },
     #[error("ledger {path} is unreadable ({message}); move it aside and run `gpushare gc`")]
     Corrupt { path: PathBuf, message: String },
 }
@@ -101,6 +103,9 @@ const LIVENESS_PER_DECISION: usize = 16;
 
 /// The directory of held containers' markers (see `Ledger::marker`).
 pub const HELD_DIR: &str = "held";
+/// Where the shim asks the runtime for a container's pid when its caller
+/// gave no pid file: `<state_dir>/pid/<shim pid>`.
+pub const PID_DIR: &str = "pid";
 
 /// The journal is folded into the snapshot once it is larger than this, so
 /// a decision reads little of it however many containers are held (the
@@ -131,19 +136,45 @@ pub fn now() -> u64 {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LedgerError + 'a {
-    move |source| LedgerError::Io {
-        action,
-        path: path.to_owned(),
-        source,
+    move |source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied
+            && !nix::unistd::geteuid().is_root()
+        {
+            return LedgerError::NotRoot {
+                path: path.to_owned(),
+            };
+        }
+        LedgerError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
     }
+}
+
+/// The ledger's files are root's alone (they name containers, their pids
+/// and their pods): files 0600, directories 0700.
+const PRIVATE_FILE: u32 = 0o600;
+const PRIVATE_DIR: u32 = 0o700;
+
+/// Makes a directory (and its missing parents) private to root.
+fn make_private_dir(dir: &Path) -> Result<(), LedgerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
+        .map_err(io("create", dir))
 }
 
 /// Percent-encodes a field: bytes outside `[A-Za-z0-9_.+-]` (runc's id
 /// alphabet) become `%XX`, so a field never holds a space or a newline.
 fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    // "." and ".." would name directories, not markers.
+    let dots = s == "." || s == "..";
     for b in s.bytes() {
-        if crate::front::ids::plain_byte(b) {
+        if crate::front::ids::plain_byte(b) && !dots {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -449,14 +480,14 @@ impl Ledger {
     }
 
     fn open_lock(&self, arg: FlockArg) -> Result<Flock<File>, LedgerError> {
-        std::fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
+        make_private_dir(&self.dir)?;
         let lock_path = self.dir.join("ledger.lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
-            .mode(0o600)
+            .mode(PRIVATE_FILE)
             .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(io("open", &lock_path))?;
@@ -488,13 +519,13 @@ impl Ledger {
             {
                 let path = self.marker(id);
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+                    make_private_dir(dir)?;
                 }
                 OpenOptions::new()
                     .create(true)
                     .truncate(false)
                     .write(true)
-                    .mode(0o600)
+                    .mode(PRIVATE_FILE)
                     .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
                     .open(&path)
                     .map_err(io("create", &path))?;
@@ -508,6 +539,39 @@ impl Ledger {
         for id in ids {
             let _ = std::fs::remove_file(self.marker(id));
         }
+    }
+
+    /// Makes the state directory and the ledger's files root's alone where
+    /// an earlier gpushare left them readable to all (`gpushare gc` does
+    /// this; new files are made so). Says how many it changed.
+    pub fn restrict(&self) -> Result<usize, LedgerError> {
+        let mut changed = 0;
+        let dirs = [
+            self.dir.clone(),
+            self.dir.join(HELD_DIR),
+            self.dir.join(PID_DIR),
+        ];
+        let files = [
+            self.path(),
+            self.journal_path(),
+            self.dir.join("ledger.lock"),
+        ];
+        for (path, mode) in dirs
+            .iter()
+            .map(|d| (d, PRIVATE_DIR))
+            .chain(files.iter().map(|f| (f, PRIVATE_FILE)))
+        {
+            let Ok(meta) = path.symlink_metadata() else {
+                continue;
+            };
+            if meta.file_type().is_symlink() || meta.permissions().mode() & 0o777 == mode {
+                continue;
+            }
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(io("restrict", path))?;
+            changed += 1;
+        }
+        Ok(changed)
     }
 
     /// Whether a ledger was ever written here.
@@ -616,7 +680,7 @@ impl Ledger {
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
-            .mode(0o644)
+            .mode(PRIVATE_FILE)
             .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io("open", &path))?;
@@ -881,7 +945,7 @@ impl Locked {
             self.ledger.mark(kept.iter().map(String::as_str))?;
         }
         let path = self.ledger.path();
-        write_atomic(&path, &out, 0o644).map_err(io("write", &path))?;
+        write_atomic(&path, &out, PRIVATE_FILE).map_err(io("write", &path))?;
         self.ledger.unmark(dropped.iter().map(String::as_str));
         // The snapshot now holds what the journal said.
         let journal_path = self.ledger.journal_path();
@@ -890,7 +954,11 @@ impl Locked {
             .truncate(true)
             .open(&journal_path)
         {
-            Ok(_) => Ok(()),
+            // A journal an earlier gpushare left readable to all is made
+            // root's here too.
+            Ok(f) => f
+                .set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE))
+                .map_err(io("restrict", &journal_path)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io("truncate", &journal_path)(e)),
         }
@@ -1019,7 +1087,9 @@ where
     let mut names = BTreeMap::new();
     for (k, v) in annotations {
         if let Some((_, short)) = KNOWN.iter().find(|(key, _)| *key == k) {
-            let v: String = v.chars().filter(|c| !c.is_control()).take(253).collect();
+            // Kept as given (cut to a DNS name's length): what shows it
+            // escapes it for its format (`error::visible` for terminals).
+            let v: String = v.chars().take(253).collect();
             if !v.is_empty() {
                 names.insert((*short).to_owned(), v);
             }
@@ -1346,7 +1416,7 @@ mod tests {
         ]);
         assert_eq!(n["pod"], "web-7d9");
         assert_eq!(n["namespace"], "edge");
-        assert_eq!(n["name"], "cam1");
+        assert_eq!(n["name"], "cam\n1", "kept as given; shown escaped");
         assert_eq!(n.len(), 3);
     }
 }

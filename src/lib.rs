@@ -19,6 +19,7 @@ pub mod mps;
 pub mod report;
 pub mod request;
 pub mod runtime_args;
+pub mod serve;
 pub mod shim;
 pub mod simulate;
 pub mod telemetry;

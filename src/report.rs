@@ -94,7 +94,24 @@ fn live_entries(cfg: &Config) -> crate::Result<Vec<Entry>> {
     Ok(entries)
 }
 
+/// The document with every string (keys included) made `visible`: what the
+/// text renderings work from, so no field reaches a terminal raw.
+pub fn visible_strings(doc: &Value) -> Value {
+    use crate::error::visible;
+    match doc {
+        Value::String(s) => Value::String(visible(s).into_owned()),
+        Value::Array(items) => Value::Array(items.iter().map(visible_strings).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (visible(k).into_owned(), visible_strings(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 pub fn explain_text(doc: &Value) -> String {
+    let doc = &visible_strings(doc);
     let mut out = String::new();
     let _ = writeln!(out, "decision: {}", doc["decision"].as_str().unwrap_or(""));
     if let Some(g) = doc["gpu"].as_object() {
@@ -297,6 +314,10 @@ fn age(secs: u64) -> String {
 
 /// The status as a table for people, grouped by GPU as nvidia-smi does.
 pub fn status_text(doc: &Value) -> String {
+    // Ids, names and annotations are the containers' own: nothing of them
+    // reaches the terminal raw.
+    let raw = doc;
+    let doc = &visible_strings(doc);
     let mut out = String::new();
     let opt = |v: &Value, unit: &str| {
         if v.is_null() {
@@ -309,7 +330,7 @@ pub fn status_text(doc: &Value) -> String {
         }
     };
     let mut reasons: Vec<&str> = Vec::new();
-    for g in doc["gpus"].as_array().into_iter().flatten() {
+    for (gi, g) in doc["gpus"].as_array().into_iter().flatten().enumerate() {
         let _ = writeln!(
             out,
             "GPU {}  {}  {}  mps {}{}",
@@ -348,8 +369,15 @@ pub fn status_text(doc: &Value) -> String {
                 "  {:<14} {:>8} {:>6} {:>8} {:>5} {:<9} NAMES",
                 "CONTAINER", "PID", "SHARE", "PINNED", "AGE", "STATE"
             );
-            for c in containers {
-                let id: String = c["id"].as_str().unwrap_or("").chars().take(14).collect();
+            for (ci, c) in containers.iter().enumerate() {
+                // Cut before it is escaped, so no escape is cut in half.
+                let id: String = raw["gpus"][gi]["containers"][ci]["id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(14)
+                    .collect();
+                let id = crate::error::visible(&id);
                 let share = c["thread_percentage"]
                     .as_f64()
                     .map_or("-".to_owned(), percent);
@@ -396,91 +424,51 @@ pub fn status_text(doc: &Value) -> String {
     out
 }
 
-/// Prometheus text exposition of the status (format 0.0.4).
-pub fn metrics(doc: &Value) -> String {
-    fn esc(v: &str) -> String {
-        v.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    }
-    let mut out = String::new();
-    let mut family = |name: &str, help: &str, rows: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP gpushare_{name} {help}");
-        let _ = writeln!(out, "# TYPE gpushare_{name} gauge");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "gpushare_{name}{{{labels}}} {v}");
+/// One gauge family of the exposition, its samples in the status's order.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    rows: Vec<(Vec<(&'static str, String)>, f64)>,
+}
+
+/// The status's families as a prometheus-client collector, so the crate's
+/// encoder writes (and escapes) them in the order the status lists GPUs
+/// and containers.
+#[derive(Debug)]
+struct Families(Vec<Family>);
+
+impl prometheus_client::collector::Collector for Families {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::{gauge::ConstGauge, MetricType};
+        for f in &self.0 {
+            let mut metric = encoder.encode_descriptor(f.name, f.help, None, MetricType::Gauge)?;
+            for (labels, v) in &f.rows {
+                ConstGauge::new(*v).encode(metric.encode_family(labels)?)?;
+            }
         }
-    };
+        Ok(())
+    }
+}
+
+/// The status as Prometheus text: gauges named `gpushare_*`, encoded by
+/// prometheus-client (label values escaped per the format; the text ends
+/// with OpenMetrics' `# EOF`, a comment to Prometheus' text parser).
+pub fn metrics(doc: &Value) -> String {
     let gpus: Vec<&Value> = doc["gpus"].as_array().into_iter().flatten().collect();
-    let gl = |g: &Value| {
-        format!(
-            "gpu=\"{}\",uuid=\"{}\"",
-            g["index"],
-            esc(g["uuid"].as_str().unwrap_or(""))
-        )
-    };
-    let per_gpu = |key: &str, scale: f64| -> Vec<(String, f64)> {
+    let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let gl = |g: &Value| vec![("gpu", g["index"].to_string()), ("uuid", text(&g["uuid"]))];
+    let per_gpu = |key: &str, scale: f64| {
         gpus.iter()
             .filter_map(|g| g[key].as_f64().map(|v| (gl(g), v * scale)))
             .collect()
     };
-    family(
-        "gpu_memory_used_bytes",
-        "GPU memory in use (NVML).",
-        per_gpu("memory_used_mib", 1048576.0),
-    );
-    family(
-        "gpu_memory_total_bytes",
-        "GPU memory installed.",
-        per_gpu("memory_total_mib", 1048576.0),
-    );
-    family(
-        "gpu_utilization_ratio",
-        "Share of time a kernel ran (NVML), 0 to 1.",
-        per_gpu("utilization_pct", 0.01),
-    );
-    family(
-        "gpu_memory_utilization_ratio",
-        "Share of time memory was read or written (NVML), 0 to 1.",
-        per_gpu("memory_utilization_pct", 0.01),
-    );
-    family(
-        "gpu_temperature_celsius",
-        "GPU temperature (NVML).",
-        per_gpu("temperature_c", 1.0),
-    );
-    family(
-        "gpu_power_watts",
-        "GPU power draw (NVML).",
-        per_gpu("power_w", 1.0),
-    );
-    family(
-        "gpu_committed_thread_percentage",
-        "Sum of the MPS thread shares of the GPU's live containers.",
-        per_gpu("committed_thread_percentage", 1.0),
-    );
-    family(
-        "gpu_mps_running",
-        "1 when the GPU's MPS control daemon runs.",
-        gpus.iter()
-            .map(|g| (gl(g), f64::from(u8::from(g["mps"] == "running"))))
-            .collect(),
-    );
-    family(
-        "gpu_containers",
-        "Containers holding the GPU.",
-        gpus.iter()
-            .map(|g| (gl(g), g["containers"].as_array().map_or(0, Vec::len) as f64))
-            .collect(),
-    );
-    family(
-        "gpu_telemetry_up",
-        "1 when NVML answered for the GPU.",
-        gpus.iter()
-            .map(|g| (gl(g), f64::from(u8::from(g["telemetry_error"].is_null()))))
-            .collect(),
-    );
-    let containers: Vec<(String, &Value)> = gpus
+    let each_gpu = |f: &dyn Fn(&Value) -> f64| gpus.iter().map(|g| (gl(g), f(g))).collect();
+    let containers: Vec<(Vec<(&'static str, String)>, &Value)> = gpus
         .iter()
         .flat_map(|g| {
             g["containers"]
@@ -488,47 +476,104 @@ pub fn metrics(doc: &Value) -> String {
                 .into_iter()
                 .flatten()
                 .map(move |c| {
-                    let mut labels = format!(
-                        "{},container=\"{}\",state=\"{}\"",
-                        gl(g),
-                        esc(c["id"].as_str().unwrap_or("")),
-                        esc(c["state"].as_str().unwrap_or(""))
-                    );
+                    let mut labels = gl(g);
+                    labels.push(("container", text(&c["id"])));
+                    labels.push(("state", text(&c["state"])));
                     // `container` is the engine's id; a Kubernetes container
                     // name goes in `container_name`, so no label appears twice.
                     for (k, v) in c["names"].as_object().into_iter().flatten() {
                         let label = match k.as_str() {
-                            "pod" | "namespace" | "name" => k.as_str(),
+                            "pod" => "pod",
+                            "namespace" => "namespace",
+                            "name" => "name",
                             "container" => "container_name",
                             _ => continue,
                         };
-                        labels.push_str(&format!(",{label}=\"{}\"", esc(v.as_str().unwrap_or(""))));
+                        labels.push((label, text(v)));
                     }
                     (labels, c)
                 })
         })
         .collect();
-    family(
-        "container_info",
-        "A container holding a GPU; its names as labels.",
-        containers.iter().map(|(l, _)| (l.clone(), 1.0)).collect(),
-    );
-    family(
-        "container_thread_percentage",
-        "The container's MPS thread share.",
+    let per_container = |key: &str| {
         containers
             .iter()
-            .filter_map(|(l, c)| c["thread_percentage"].as_f64().map(|v| (l.clone(), v)))
-            .collect(),
-    );
-    family(
-        "container_age_seconds",
-        "Seconds since the container was placed.",
-        containers
-            .iter()
-            .filter_map(|(l, c)| c["age_s"].as_f64().map(|v| (l.clone(), v)))
-            .collect(),
-    );
+            .filter_map(|(l, c)| c[key].as_f64().map(|v| (l.clone(), v)))
+            .collect()
+    };
+    let family = |name, help, rows| Family { name, help, rows };
+    let families = Families(vec![
+        family(
+            "gpu_memory_used_bytes",
+            "GPU memory in use (NVML)",
+            per_gpu("memory_used_mib", 1048576.0),
+        ),
+        family(
+            "gpu_memory_total_bytes",
+            "GPU memory installed",
+            per_gpu("memory_total_mib", 1048576.0),
+        ),
+        family(
+            "gpu_utilization_ratio",
+            "Share of time a kernel ran (NVML), 0 to 1",
+            per_gpu("utilization_pct", 0.01),
+        ),
+        family(
+            "gpu_memory_utilization_ratio",
+            "Share of time memory was read or written (NVML), 0 to 1",
+            per_gpu("memory_utilization_pct", 0.01),
+        ),
+        family(
+            "gpu_temperature_celsius",
+            "GPU temperature (NVML)",
+            per_gpu("temperature_c", 1.0),
+        ),
+        family(
+            "gpu_power_watts",
+            "GPU power draw (NVML)",
+            per_gpu("power_w", 1.0),
+        ),
+        family(
+            "gpu_committed_thread_percentage",
+            "Sum of the MPS thread shares of the GPU's live containers",
+            per_gpu("committed_thread_percentage", 1.0),
+        ),
+        family(
+            "gpu_mps_running",
+            "1 when the GPU's MPS control daemon runs",
+            each_gpu(&|g| f64::from(u8::from(g["mps"] == "running"))),
+        ),
+        family(
+            "gpu_containers",
+            "Containers holding the GPU",
+            each_gpu(&|g| g["containers"].as_array().map_or(0, Vec::len) as f64),
+        ),
+        family(
+            "gpu_telemetry_up",
+            "1 when NVML answered for the GPU",
+            each_gpu(&|g| f64::from(u8::from(g["telemetry_error"].is_null()))),
+        ),
+        family(
+            "container_info",
+            "A container holding a GPU; its names as labels",
+            containers.iter().map(|(l, _)| (l.clone(), 1.0)).collect(),
+        ),
+        family(
+            "container_thread_percentage",
+            "The container's MPS thread share",
+            per_container("thread_percentage"),
+        ),
+        family(
+            "container_age_seconds",
+            "Seconds since the container was placed",
+            per_container("age_s"),
+        ),
+    ]);
+    let mut registry = prometheus_client::registry::Registry::with_prefix("gpushare");
+    registry.register_collector(Box::new(families));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
     out
 }
 
@@ -657,6 +702,10 @@ mod tests {
                 continue;
             }
             if line.starts_with("# HELP ") {
+                continue;
+            }
+            if line == "# EOF" {
+                assert!(text.ends_with("# EOF\n"), "EOF ends the text");
                 continue;
             }
             assert!(

@@ -24,6 +24,27 @@ pub struct RequestError {
     pub accepted: &'static str,
 }
 
+/// A container id gpushare will not hold: it would name files (the
+/// runtime's state directory, gpushare's marker) and show in `status`.
+#[derive(Debug, Error, PartialEq)]
+#[error("container id {shown} is refused: {why}; use letters, digits and _ + - . only (runc's rule), at most 255 bytes")]
+pub struct IdError {
+    pub shown: String,
+    pub why: &'static str,
+}
+
+/// Checks a container id against runc's rule before anything is reserved
+/// for it.
+pub fn check_id(id: &str) -> Result<(), IdError> {
+    match crate::front::ids::id_fault(id.as_bytes()) {
+        None => Ok(()),
+        Some(why) => Err(IdError {
+            shown: crate::error::shown(id),
+            why,
+        }),
+    }
+}
+
 const DEVICES_ACCEPTED: &str = "GPU indices, GPU-<uuid> (or a unique prefix) or PCI bus ids, comma-separated, or all, none, void";
 const PERCENT_ACCEPTED: &str = "a decimal number greater than 0 and at most 100, like 25 or 12.5";
 const CAPABILITIES_ACCEPTED: &str =

@@ -224,7 +224,11 @@ impl Placed {
         let mut args = args.to_vec();
         if let Some(p) = &own {
             if let Some(dir) = p.parent() {
-                let _ = std::fs::create_dir_all(dir);
+                use std::os::unix::fs::DirBuilderExt;
+                let _ = std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir);
             }
             let _ = std::fs::remove_file(p);
             let at = create.subcommand_at + 1;
@@ -297,13 +301,15 @@ impl Placed {
 /// Where a shim asks the runtime to write the container's pid when its
 /// caller gave no `--pid-file`: `<state_dir>/pid/<shim pid>`.
 fn own_pid_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("pid").join(std::process::id().to_string())
+    state_dir
+        .join(ledger::PID_DIR)
+        .join(std::process::id().to_string())
 }
 
 /// Removes the pid files of shims that are gone (killed before they could
 /// remove their own), for `gpushare gc`. Says how many went.
 pub fn clean_pid_files(state_dir: &Path) -> usize {
-    let Ok(list) = std::fs::read_dir(state_dir.join("pid")) else {
+    let Ok(list) = std::fs::read_dir(state_dir.join(ledger::PID_DIR)) else {
         return 0;
     };
     list.flatten()
@@ -535,6 +541,9 @@ pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Pl
     if !req.is_gpu() {
         return Ok(None);
     }
+    // The id names files (the marker, the runtime's state) and shows in
+    // status: refused before anything is held for it.
+    crate::request::check_id(id)?;
     let inv = Inventory::load(cfg)?;
     let mut locked = Ledger::new(&cfg.runtime.state_dir).lock()?;
     let mut load = locked.load(Some(id), cfg.runtime.reservation_timeout_seconds);

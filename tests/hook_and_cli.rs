@@ -21,16 +21,45 @@ fn create(node: &Node, id: &str, env: &[&str]) {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// Waits until the ledger holds an entry for `id` (a shim's reservation).
+fn wait_for_entry(node: &Node, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(e) = node.ledger().into_iter().find(|e| e["id"] == id) {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reservation for {id}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[test]
-fn the_hook_binds_the_pid_then_releases_the_entry() {
+fn under_the_shim_the_hook_binds_the_shims_reservation_then_releases_it() {
     let node = Node::new(2, "");
-    create(&node, "c1", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let b = node.bundle("c1", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    // The shim reserves, then waits for its runtime: a node-wide hook runs
+    // in that window, as runc runs createRuntime during create.
+    let shim = node
+        .command(BIN_RUNTIME)
+        .env("FAKE_SLEEP", "2")
+        .args(["create", "--bundle", b.to_str().unwrap(), "c1"])
+        .spawn()
+        .unwrap();
+    let reserved = wait_for_entry(&node, "c1");
+    assert!(reserved["pid"].is_null(), "{reserved}");
     let me = std::process::id();
-    let out = node.hook("createRuntime", &state("c1", me, Some(&uuid(0))));
+    let mut s = state("c1", me, None);
+    s["bundle"] = json!(b);
+    let out = node.hook("createRuntime", &s);
     assert!(out.status.success(), "{}", stderr(&out));
     let l = node.ledger();
     assert_eq!(l[0]["pid"], me);
     assert!(l[0]["pid_start"].as_u64().is_some());
+    assert_eq!(l[0]["gpus"], json!([uuid(0)]), "the shim's entry, kept");
+    assert!(shim.wait_with_output().unwrap().status.success());
 
     let status: Value = serde_json::from_str(&stdout(&node.cli(&["status", "--json"]))).unwrap();
     let c = &status["gpus"][0]["containers"][0];
@@ -39,24 +68,46 @@ fn the_hook_binds_the_pid_then_releases_the_entry() {
         (Some("c1"), Some(me as u64), Some("running"))
     );
 
-    let out = node.hook("poststop", &state("c1", 0, Some(&uuid(0))));
+    let mut s = state("c1", 0, None);
+    s["bundle"] = json!(b);
+    let out = node.hook("poststop", &s);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(node.ledger().is_empty());
     // Releasing twice is harmless.
-    assert!(node
-        .hook("poststop", &state("c1", 0, Some(&uuid(0))))
-        .status
-        .success());
+    assert!(node.hook("poststop", &s).status.success());
 }
 
 #[test]
-fn a_lost_reservation_is_made_anew_at_bind() {
-    let node = Node::new(1, "");
-    let out = node.hook("prestart", &state("c9", std::process::id(), Some(&uuid(0))));
+fn a_forged_annotation_is_not_trusted_the_request_is_decided_in_full() {
+    let node = Node::new(2, "");
+    // Both GPUs asked for (the one-GPU rule refuses it) and the shim's
+    // annotation set by hand to both UUIDs, junk and escapes included: with
+    // no reservation of the shim's in the ledger, the hook decides.
+    let b = node.bundle("forged", &["NVIDIA_VISIBLE_DEVICES=0,1"]);
+    let forged = format!("{},{},GPU-junk\u{1b}[2J", uuid(0), uuid(1));
+    let mut s = state("forged", std::process::id(), None);
+    s["bundle"] = json!(b);
+    s["annotations"] = json!({"gpushare/gpus": forged});
+    let out = node.hook("createRuntime", &s);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("at most 1") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    assert!(node.ledger().is_empty(), "nothing recorded");
+    // A bound entry is no reservation either: a second create of a running
+    // container's id gets no free bind.
+    let b1 = node.bundle("held", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let out = node.runtime(&["create", "--bundle", b1.to_str().unwrap(), "held"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let l = node.ledger();
-    assert_eq!(l[0]["id"], "c9");
-    assert_eq!(l[0]["names"]["container"], "infer");
+    let mut s = state("held", std::process::id(), None);
+    s["bundle"] = json!(b);
+    s["annotations"] = json!({"gpushare/gpus": forged});
+    let out = node.hook("createRuntime", &s);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(node.ledger().len(), 1);
+    assert_eq!(node.ledger()[0]["gpus"], json!([uuid(0)]));
 }
 
 #[test]
@@ -322,25 +373,23 @@ fn status_lists_every_gpu_and_its_holders() {
 #[test]
 fn gc_drops_entries_whose_container_is_gone() {
     let node = Node::new(1, "");
-    create(&node, "dead", &["NVIDIA_VISIBLE_DEVICES=0"]);
-    create(&node, "alive", &["NVIDIA_VISIBLE_DEVICES=0"]);
     let mut child = std::process::Command::new("sleep")
         .arg("1")
         .spawn()
         .unwrap();
     let pid = child.id();
     child.wait().unwrap();
-    assert!(node
-        .hook("createRuntime", &state("dead", pid, Some(&uuid(0))))
-        .status
-        .success());
-    assert!(node
-        .hook(
-            "createRuntime",
-            &state("alive", std::process::id(), Some(&uuid(0)))
-        )
-        .status
-        .success());
+    // The runtime reports the container's pid: a process now gone, and
+    // this test (alive).
+    create(&node, "alive", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let b = node.bundle("dead", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let out = node
+        .command(BIN_RUNTIME)
+        .env("FAKE_PID", pid.to_string())
+        .args(["create", "--bundle", b.to_str().unwrap(), "dead"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = node.cli(&["gc"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("dropped dead"), "{}", stdout(&out));

@@ -214,6 +214,16 @@ impl Node {
         }
     }
 
+    /// `delete --force` through gpushare-runtime, which must succeed.
+    pub fn delete(&self, id: &str) {
+        let out = self
+            .runtime()
+            .args(["delete", "--force", id])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "delete {id}: {}", text(&out));
+    }
+
     /// `run` in the foreground: the container's output and exit status.
     pub fn run(&self, bundle: &Path, id: &str) -> Output {
         self.runtime()

@@ -135,7 +135,8 @@ unsafe fn sys(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize, f: usi
 
 const AT_FDCWD: isize = -100;
 const AT_EMPTY_PATH: usize = 0x1000;
-const O_RDONLY_CLOEXEC_NONBLOCK: usize = 0o2000000 | 0o4000;
+const O_RDONLY_CLOEXEC_NONBLOCK_NOCTTY: usize = 0o2000000 | 0o4000 | 0o400;
+const O_PATH_CLOEXEC: usize = 0o10000000 | 0o2000000;
 const X_OK: usize = 1;
 const ENOENT: isize = 2;
 const S_IFMT: u16 = 0o170000;
@@ -265,26 +266,65 @@ fn exists_not(path: &[u8]) -> bool {
     }
 }
 
-/// A whole regular file, read into a fresh anonymous mapping.
-/// `Err(true)`: the file does not exist; `Err(false)`: anything else.
-fn read_file(path: &[u8], max: u64) -> Result<&'static [u8], bool> {
-    let mut buf = [0u8; PATH_MAX];
-    let p = c_path(&[path], &mut buf).ok_or(false)?;
+/// Opens `path` (NUL-terminated) relative to the current directory.
+fn open_at(path: &[u8], flags: usize) -> isize {
     // SAFETY: a NUL-terminated path.
-    let fd = unsafe {
+    unsafe {
         sys(
             nr::OPENAT,
             AT_FDCWD as usize,
-            p.as_ptr() as usize,
-            O_RDONLY_CLOEXEC_NONBLOCK,
+            path.as_ptr() as usize,
+            flags,
             0,
             0,
             0,
         )
-    };
-    if fd == -ENOENT {
+    }
+}
+
+/// Closes one of our descriptors.
+fn close(fd: isize) {
+    // SAFETY: closes our own descriptor.
+    unsafe { sys(nr::CLOSE, fd as usize, 0, 0, 0, 0, 0) };
+}
+
+/// A whole regular file, read into a fresh anonymous mapping. The path is
+/// first opened as a mere handle (`O_PATH`: no device is opened, no FIFO
+/// waited on) and looked at; only a regular file is opened for reading, and
+/// through that handle (`/proc/self/fd/N`), so nothing can be swapped in.
+/// `Err(true)`: the file does not exist; `Err(false)`: anything else.
+fn read_file(path: &[u8], max: u64) -> Result<&'static [u8], bool> {
+    let mut buf = [0u8; PATH_MAX];
+    let p = c_path(&[path], &mut buf).ok_or(false)?;
+    let handle = open_at(p, O_PATH_CLOEXEC);
+    if handle == -ENOENT {
         return Err(true);
     }
+    if handle < 0 {
+        return Err(false);
+    }
+    let fd = match stat(handle, b"") {
+        Some((mode, size)) if mode & S_IFMT == S_IFREG && size <= max => {
+            let mut digits = [0u8; 20];
+            let mut n = digits.len();
+            let mut v = handle as usize;
+            loop {
+                n -= 1;
+                digits[n] = b'0' + (v % 10) as u8;
+                v /= 10;
+                if v == 0 {
+                    break;
+                }
+            }
+            let mut again = [0u8; PATH_MAX];
+            match c_path(&[b"/proc/self/fd/", &digits[n..]], &mut again) {
+                Some(q) => open_at(q, O_RDONLY_CLOEXEC_NONBLOCK_NOCTTY),
+                None => -1,
+            }
+        }
+        _ => -1,
+    };
+    close(handle);
     if fd < 0 {
         return Err(false);
     }
@@ -341,8 +381,7 @@ fn read_file(path: &[u8], max: u64) -> Result<&'static [u8], bool> {
         // SAFETY: the mapping lives to the end of the process.
         Ok(unsafe { core::slice::from_raw_parts(mem as *const u8, got) })
     })();
-    // SAFETY: closes our own descriptor.
-    unsafe { sys(nr::CLOSE, fd as usize, 0, 0, 0, 0, 0) };
+    close(fd);
     result
 }
 
@@ -553,7 +592,7 @@ fn release(id: &[u8], state_dir: &[u8]) -> bool {
     // SAFETY: flock on our own descriptor.
     let mut ok = unsafe { sys(nr::FLOCK, lock as usize, LOCK_EX, 0, 0, 0, 0) } == 0;
     if ok {
-        let journal = open(b"/ledger.journal", O_JOURNAL, 0o644);
+        let journal = open(b"/ledger.journal", O_JOURNAL, 0o600);
         ok = journal >= 0;
         if ok {
             let mut line = [0u8; PATH_MAX];
@@ -636,8 +675,8 @@ fn route_of<'a>(line: &args::Line<'a>, runtime: &config::Runtime) -> Route<'a> {
     }
     if let Some(id) = line.delete {
         // Held containers have a marker, named by their id (ids outside
-        // runc's alphabet are percent-encoded there: the full runtime's).
-        if id.is_empty() || !id.iter().all(|&b| ids::plain_byte(b)) {
+        // runc's rule are the full runtime's to judge).
+        if ids::id_fault(id).is_some() {
             return Route::Full;
         }
         let mut buf = [0u8; PATH_MAX];

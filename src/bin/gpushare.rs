@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use gpushare::config::Config;
+use gpushare::error::visible;
 use gpushare::inventory::Inventory;
 use gpushare::ledger::Ledger;
 use gpushare::{report, simulate};
@@ -193,10 +194,11 @@ fn run(command: Command) -> gpushare::Result<i32> {
             } else {
                 for g in &inv.gpus {
                     let mem = g.memory_mib.map_or("-".into(), |m| format!("{m} MiB"));
-                    println!(
+                    let line = format!(
                         "{}  {}  {}  {}  /dev/nvidia{}  {mem}",
                         g.index, g.name, g.uuid, g.pci_bus_id, g.minor
                     );
+                    println!("{}", visible(&line));
                 }
                 print!("{}", report::driver_text(driver.as_ref()));
                 eprintln!("source: {}", inv.source);
@@ -297,11 +299,16 @@ fn run(command: Command) -> gpushare::Result<i32> {
         }
         Command::Gc => {
             let cfg = Config::load()?;
-            let mut locked = Ledger::new(&cfg.runtime.state_dir).lock()?;
+            let ledger = Ledger::new(&cfg.runtime.state_dir);
+            let mut locked = ledger.lock()?;
             let gone = locked.drop_stale(cfg.runtime.reservation_timeout_seconds, true);
             locked.commit()?;
+            ledger.restrict()?;
             for e in &gone {
-                println!("dropped {} ({})", e.id, e.gpus.join(","));
+                println!(
+                    "dropped {}",
+                    visible(&format!("{} ({})", e.id, e.gpus.join(",")))
+                );
             }
             let pid_files = gpushare::shim::clean_pid_files(&cfg.runtime.state_dir);
             eprintln!(
@@ -356,7 +363,7 @@ fn mps_command(action: MpsAction) -> gpushare::Result<i32> {
             MpsAction::Status(_) => {
                 let st = mps::status(&cfg, g);
                 if !args.json {
-                    println!("{}", st.line());
+                    println!("{}", visible(&st.line()));
                 }
                 serde_json::to_value(&st).expect("serialises")
             }
@@ -413,34 +420,25 @@ fn status_doc() -> gpushare::Result<serde_json::Value> {
     report::status(&cfg, telemetry)
 }
 
-/// A minimal HTTP server for Prometheus: GET /metrics, freshly computed at
-/// every scrape; anything else is 404.
+/// Serves the exposition at http://ADDR/metrics, freshly computed at each
+/// scrape (`gpushare::serve` bounds what a client can cost). Port 0 takes
+/// a free port; the address served is printed either way.
 fn serve_metrics(addr: &str) -> gpushare::Result<i32> {
-    use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind(addr).map_err(|e| {
         gpushare::Error::Io(format!(
             "cannot listen on {addr}: {e}; give a free host:port"
         ))
     })?;
-    eprintln!("serving http://{addr}/metrics");
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let mut line = String::new();
-        let _ = BufReader::new(&stream).read_line(&mut line);
-        let (status, body) =
-            if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?") {
-                match status_doc() {
-                    Ok(doc) => ("200 OK", report::metrics(&doc)),
-                    Err(e) => ("500 Internal Server Error", format!("{}\n", e.one_line())),
-                }
-            } else {
-                ("404 Not Found", "only /metrics is served\n".to_owned())
-            };
-        let _ = write!(
-            stream,
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-    }
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| addr.to_owned(), |a| a.to_string());
+    eprintln!("serving http://{bound}/metrics");
+    let render = || {
+        status_doc()
+            .map(|doc| report::metrics(&doc))
+            .map_err(|e| e.one_line())
+    };
+    gpushare::serve::serve(listener, std::sync::Arc::new(render))
+        .map_err(|e| gpushare::Error::Io(format!("the metrics server stopped: {e}")))?;
     Ok(0)
 }
