@@ -253,6 +253,7 @@ fn main() {
             pid: Some(1),
             pid_start: ledger::process_start_time(1),
             names: [("pod".to_owned(), format!("module-{i}"))].into(),
+            env: vec![format!("NVIDIA_VISIBLE_DEVICES=GPU-{i}")],
             created: ledger::now(),
         });
     }

@@ -60,61 +60,15 @@ impl Bundle {
         dir.join("config.json")
     }
 
-    /// Reads and parses `<dir>/config.json`. The file must be a regular
-    /// one (a FIFO put there would hang a read forever, a link to
-    /// `/dev/zero` never ends): it is first opened as a mere handle
-    /// (`O_PATH`: no device is opened, no FIFO waited on) and looked at,
-    /// and only a regular file is then opened for reading, through that
-    /// very handle, so it cannot be swapped in between. It is read up to
-    /// `MAX_CONFIG_BYTES` and no further, whatever its size says.
+    /// Reads and parses `<dir>/config.json` (`read_capped`).
     pub fn open(dir: &Path) -> Result<Bundle, BundleError> {
-        use std::io::Read;
         let path = Self::config_path(dir);
-        let read = |source| BundleError::Read {
-            path: path.clone(),
-            source,
+        let (original, mode) = match read_capped(&path) {
+            Ok(read) => read,
+            Err(Fault::Io(source)) => return Err(BundleError::Read { path, source }),
+            Err(Fault::NotRegular(kind)) => return Err(BundleError::NotRegular { path, kind }),
+            Err(Fault::TooLarge(bytes)) => return Err(BundleError::TooLarge { path, bytes }),
         };
-        let handle = open_with(&path, libc::O_PATH).map_err(read)?;
-        let meta = handle.metadata().map_err(read)?;
-        if !meta.file_type().is_file() {
-            return Err(BundleError::NotRegular {
-                path,
-                kind: kind_of(&meta.file_type()),
-            });
-        }
-        let reopen = format!("/proc/self/fd/{}", handle.as_raw_fd());
-        let flags = libc::O_NONBLOCK | libc::O_NOCTTY;
-        let file = match open_with(Path::new(&reopen), flags) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // No /proc: the path itself, checked again once open.
-                let f = open_with(&path, flags).map_err(read)?;
-                if !f.metadata().map_err(read)?.file_type().is_file() {
-                    return Err(BundleError::NotRegular {
-                        path,
-                        kind: "not the regular file it was",
-                    });
-                }
-                f
-            }
-            other => other.map_err(read)?,
-        };
-        if meta.len() > MAX_CONFIG_BYTES {
-            return Err(BundleError::TooLarge {
-                path,
-                bytes: meta.len(),
-            });
-        }
-        let mode = meta.mode() & 0o7777;
-        let mut original = Vec::with_capacity(meta.len() as usize);
-        file.take(MAX_CONFIG_BYTES + 1)
-            .read_to_end(&mut original)
-            .map_err(read)?;
-        if original.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(BundleError::TooLarge {
-                path,
-                bytes: original.len() as u64,
-            });
-        }
         let spec: Value = serde_json::from_slice(&original).map_err(|e| BundleError::Json {
             path: path.clone(),
             line: e.line(),
@@ -174,6 +128,57 @@ impl Bundle {
         let path = Self::config_path(&self.dir);
         write_atomic(&path, bytes, self.mode).map_err(|source| BundleError::Write { path, source })
     }
+}
+
+/// Why a file was not read.
+#[derive(Debug)]
+pub enum Fault {
+    Io(std::io::Error),
+    /// What it is instead: "a FIFO", "a character device"…
+    NotRegular(&'static str),
+    /// Its size, or what was read of it, over `MAX_CONFIG_BYTES`.
+    TooLarge(u64),
+}
+
+/// A file someone else wrote (a bundle's config.json, an exec's process
+/// file), read whole with its mode. It must be a regular file (a FIFO put
+/// there would hang a read forever, a link to `/dev/zero` never ends): it
+/// is first opened as a mere handle (`O_PATH`: no device is opened, no FIFO
+/// waited on) and looked at, and only a regular file is then opened for
+/// reading, through that very handle, so it cannot be swapped in between.
+/// It is read up to `MAX_CONFIG_BYTES` and no further, whatever its size
+/// says.
+pub fn read_capped(path: &Path) -> Result<(Vec<u8>, u32), Fault> {
+    use std::io::Read;
+    let handle = open_with(path, libc::O_PATH).map_err(Fault::Io)?;
+    let meta = handle.metadata().map_err(Fault::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(Fault::NotRegular(kind_of(&meta.file_type())));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(Fault::TooLarge(meta.len()));
+    }
+    let reopen = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    let flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+    let file = match open_with(Path::new(&reopen), flags) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // No /proc: the path itself, checked again once open.
+            let f = open_with(path, flags).map_err(Fault::Io)?;
+            if !f.metadata().map_err(Fault::Io)?.file_type().is_file() {
+                return Err(Fault::NotRegular("not the regular file it was"));
+            }
+            f
+        }
+        other => other.map_err(Fault::Io)?,
+    };
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(Fault::Io)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Fault::TooLarge(bytes.len() as u64));
+    }
+    Ok((bytes, meta.mode() & 0o7777))
 }
 
 /// Opens read-only, close-on-exec, with `flags`.

@@ -202,12 +202,7 @@ impl ContainerEdits {
         }
 
         let process = object_at(root, "process", "process")?;
-        let env = array_at(process, "env", "process.env")?;
-        for kv in &self.env {
-            let key = &kv[..=kv.find('=').expect("edits hold KEY=VALUE")];
-            env.retain(|v| !v.as_str().is_some_and(|s| s.starts_with(key)));
-            env.push(Value::String(kv.clone()));
-        }
+        set_env(array_at(process, "env", "process.env")?, &self.env);
 
         // Keys under `gpushare/` are the shim's alone: any other the spec
         // carries (set by a pod, an image or by hand) goes, so nothing
@@ -223,6 +218,16 @@ impl ContainerEdits {
         }
 
         Ok(())
+    }
+}
+
+/// Sets each `KEY=VALUE` of `vars` in a process's `env`, replacing every
+/// earlier entry of its key.
+pub fn set_env(env: &mut Vec<Value>, vars: &[String]) {
+    for kv in vars {
+        let key = &kv[..=kv.find('=').unwrap_or(kv.len() - 1)];
+        env.retain(|v| !v.as_str().is_some_and(|s| s.starts_with(key)));
+        env.push(Value::String(kv.clone()));
     }
 }
 

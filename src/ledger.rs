@@ -77,6 +77,10 @@ pub struct Entry {
     pub pid_start: Option<u64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub names: BTreeMap<String, String>,
+    /// The variables gpushare set in the container's environment
+    /// (`KEY=VALUE`), so a process exec'd into it later gets them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
     /// Unix seconds when it was reserved.
     pub created: u64,
 }
@@ -662,6 +666,22 @@ impl Ledger {
         Ok(entries_of(&bytes.index()))
     }
 
+    /// The entry of container `id`, if held: only its line is parsed.
+    pub fn entry(&self, id: &str) -> Result<Option<Entry>, LedgerError> {
+        if !self.dir.exists() {
+            return Ok(None);
+        }
+        let _lock = self.open_lock(FlockArg::LockShared)?;
+        let bytes = self.read()?;
+        let ix = bytes.index();
+        let key = encode(id);
+        Ok(ix
+            .by_id
+            .get(key.as_bytes())
+            .and_then(|&i| ix.lines[i].as_ref())
+            .and_then(entry_of))
+    }
+
     /// Appends one record to the journal under the exclusive lock.
     pub fn append(&self, record: &Record) -> Result<(), LedgerError> {
         let _lock = self.open_lock(FlockArg::LockExclusive)?;
@@ -710,15 +730,16 @@ fn lines_of(records: impl Iterator<Item = Record>) -> Vec<u8> {
 
 /// The entries of the live lines, parsed (for status, gc, explain).
 fn entries_of(ix: &Index) -> Vec<Entry> {
-    ix.live()
-        .filter_map(|l| {
-            let mut e: Entry = serde_json::from_slice(l.json).ok()?;
-            // The leading fields are what decisions read: they win.
-            e.pid = l.pid;
-            e.pid_start = l.pid_start;
-            Some(e)
-        })
-        .collect()
+    ix.live().filter_map(entry_of).collect()
+}
+
+/// One line's entry, parsed.
+fn entry_of(l: &Line) -> Option<Entry> {
+    let mut e: Entry = serde_json::from_slice(l.json).ok()?;
+    // The leading fields are what decisions read: they win.
+    e.pid = l.pid;
+    e.pid_start = l.pid_start;
+    Some(e)
 }
 
 /// Writes `bytes` to `path` atomically: a temp file beside it, fsync,
@@ -1111,6 +1132,7 @@ mod tests {
             pid: None,
             pid_start: None,
             names: BTreeMap::new(),
+            env: Vec::new(),
             created: now(),
         }
     }

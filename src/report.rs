@@ -631,6 +631,7 @@ mod tests {
             pid: Some(std::process::id() as i32),
             pid_start: ledger::process_start_time(std::process::id() as i32),
             names,
+            env: Vec::new(),
             created: ledger::now() - 300,
         });
         l.commit().unwrap();

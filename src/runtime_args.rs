@@ -19,6 +19,8 @@ pub struct Invocation {
     pub create: Option<CreateArgs>,
     /// The container id of a `delete` that parses as runc would take it.
     pub delete: Option<String>,
+    /// An `exec` with `--process`: the container id and the process file.
+    pub exec_process: Option<(String, PathBuf)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,7 @@ pub fn parse(args: &[OsString]) -> Invocation {
             subcommand_at: c.subcommand_at,
         }),
         delete: line.delete.map(text),
+        exec_process: line.exec.and_then(|e| Some((text(e.id), path(e.process?)))),
     }
 }
 
@@ -141,6 +144,39 @@ mod tests {
             ("kill c1", None),
         ] {
             assert_eq!(p(line).delete.as_deref(), id, "{line}");
+        }
+    }
+
+    #[test]
+    fn exec_lines() {
+        let ex = |line: &str| {
+            p(line)
+                .exec_process
+                .map(|(id, f)| (id, f.display().to_string()))
+        };
+        let some = |id: &str, f: &str| Some((id.to_owned(), f.to_owned()));
+        // How containerd's and Docker's shims call it.
+        assert_eq!(
+            ex("--root /r --log /l exec --process /tmp/p.json --detach --pid-file /x c1"),
+            some("c1", "/tmp/p.json")
+        );
+        assert_eq!(ex("exec -p=/p.json -d c1"), some("c1", "/p.json"));
+        assert_eq!(ex("exec --tty=false -e A=1 -p /p c1"), some("c1", "/p"));
+        assert_eq!(
+            ex("exec -- c1"),
+            None,
+            "no process file: runc reads the bundle"
+        );
+        // The command after the id is the process's, never a flag of exec.
+        assert_eq!(ex("exec c1 sh -p /p.json"), None);
+        for bad in [
+            "exec",
+            "exec -p /p",
+            "exec --unknown -p /p c1",
+            "exec --help -p /p c1",
+            "exec --tty=maybe -p /p c1",
+        ] {
+            assert_eq!(ex(bad), None, "{bad}");
         }
     }
 

@@ -35,6 +35,12 @@ use crate::runtime_args::{CreateArgs, Invocation};
 pub enum ShimError {
     #[error("low-level runtime {name:?} (runtime.path in {config}) is not an executable file on PATH or at that path; install runc or fix runtime.path")]
     NoRuntime { name: String, config: String },
+    #[error("cannot give the process exec'd into container {id} gpushare's variables ({path}: {why}); it would run without its GPU settings, so it was not started")]
+    ExecProcess {
+        id: String,
+        path: PathBuf,
+        why: String,
+    },
     #[error("cannot run low-level runtime {path}: {source}; fix runtime.path")]
     Exec {
         path: PathBuf,
@@ -506,8 +512,70 @@ pub fn handle(inv: &Invocation, args: &[OsString]) -> crate::Result<ExitStatus> 
             }
             return Ok(status);
         }
+    } else if let Some((id, process)) = &inv.exec_process {
+        // The engine's exec brings its own copy of the container's process
+        // (containerd and Docker keep the spec as they made it): it gets
+        // the variables gpushare set, so `kubectl exec` of a CUDA program
+        // runs on the container's GPU with the container's MPS share.
+        if let Some(entry) = Ledger::new(&cfg.runtime.state_dir).entry(id)? {
+            if !entry.env.is_empty() {
+                give_env(process, &entry.env).map_err(|why| ShimError::ExecProcess {
+                    id: id.clone(),
+                    path: process.clone(),
+                    why,
+                })?;
+            }
+        }
     }
     Err(exec_runtime(&runtime, args).into())
+}
+
+/// Sets `env` in the process file of an exec, in place: the very file the
+/// engine wrote (opened without following a link, regular, at most
+/// `MAX_CONFIG_BYTES`), so no file is made in the engine's directory.
+fn give_env(process: &Path, env: &[String]) -> Result<(), String> {
+    use std::io::{Read, Seek};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |path: &Path, read_write: bool, flags: libc::c_int| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(read_write)
+            .custom_flags(flags | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| e.to_string())
+    };
+    let handle = open(process, false, libc::O_PATH | libc::O_NOFOLLOW)?;
+    let meta = handle.metadata().map_err(|e| e.to_string())?;
+    if !meta.file_type().is_file() || meta.len() > crate::bundle::MAX_CONFIG_BYTES {
+        return Err("not a regular file of at most 16 MiB".into());
+    }
+    let mut file = open(
+        Path::new(&format!("/proc/self/fd/{}", handle.as_raw_fd())),
+        true,
+        libc::O_NONBLOCK | libc::O_NOCTTY,
+    )?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(crate::bundle::MAX_CONFIG_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    let mut doc: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("not JSON: {}", crate::error::json_message(&e)))?;
+    let obj = doc.as_object_mut().ok_or("not a JSON object")?;
+    let list = obj
+        .entry("env")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    if list.is_null() {
+        *list = serde_json::Value::Array(Vec::new());
+    }
+    let list = list.as_array_mut().ok_or("its env is not an array")?;
+    crate::edits::set_env(list, env);
+    let out = serde_json::to_vec(&doc).expect("a JSON value serialises");
+    file.rewind()
+        .and_then(|()| file.write_all(&out))
+        .and_then(|()| file.set_len(out.len() as u64))
+        .map_err(|e| e.to_string())
 }
 
 /// A GPU container placed under the ledger lock: what it gets and its
@@ -569,6 +637,7 @@ pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Pl
         pid: None,
         pid_start: None,
         names: ledger::names_from_annotations(bundle.annotations()),
+        env: plan.edits.env.clone(),
         created: ledger::now(),
     };
     Ok(Some(Placement {

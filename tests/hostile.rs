@@ -170,6 +170,7 @@ fn plant(node: &Node, id: &str, names: &[(&str, &str)]) {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            env: Vec::new(),
             created: gpushare::ledger::now(),
         }))
         .unwrap();

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[test]
 fn a_gpu_create_is_rewritten_reserved_and_passed_on_unchanged() {
@@ -732,4 +732,90 @@ fn the_runtime_without_its_full_half_says_what_to_install() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn an_engines_exec_into_a_placed_container_gets_gpushares_variables() {
+    let node = Node::new(2, "");
+    node.fake_mps(1);
+    let b = node.bundle(
+        "b",
+        &[
+            "NVIDIA_VISIBLE_DEVICES=1",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30",
+        ],
+    );
+    let out = node.runtime(&["create", "--bundle", b.to_str().unwrap(), "c1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The process as containerd and Docker write it: the engine's copy of
+    // the spec's process, without what gpushare set; a variable the image
+    // sets that gpushare also sets is replaced, the others are kept.
+    let process = node.path().join("runc-process123");
+    let original = json!({"args": ["nvidia-smi"], "env": ["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=1", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100", "A=1"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "x-future": true});
+    std::fs::write(&process, original.to_string()).unwrap();
+    let args = [
+        "--root",
+        "/run/x",
+        "exec",
+        "--process",
+        process.to_str().unwrap(),
+        "--detach",
+        "--pid-file",
+        "/run/x.pid",
+        "c1",
+    ];
+    let out = node.runtime(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut passed = node.recorded().unwrap();
+    passed.remove(0);
+    assert_eq!(passed, args, "the arguments are passed on unchanged");
+    let got: Value = serde_json::from_slice(&std::fs::read(&process).unwrap()).unwrap();
+    let env = env_of(&json!({"process": got.clone()}));
+    assert_eq!(
+        env,
+        [
+            "PATH=/bin",
+            "A=1",
+            &format!("NVIDIA_VISIBLE_DEVICES={}", uuid(1)),
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30",
+            "CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps",
+        ]
+    );
+    assert_eq!(got["args"], original["args"]);
+    assert_eq!(
+        got["x-future"], true,
+        "fields gpushare does not set are kept"
+    );
+    // The same exec as the main process sees it: the rewritten spec.
+    let main = env_of(&spec(&b));
+    for kv in &env[2..] {
+        assert!(main.contains(kv), "{kv} in {main:?}");
+    }
+
+    // A container gpushare does not hold: the file is not touched.
+    let other = node.path().join("runc-process456");
+    std::fs::write(&other, original.to_string()).unwrap();
+    let out = node.runtime(&["exec", "-p", other.to_str().unwrap(), "plain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&other).unwrap(),
+        original.to_string().as_bytes()
+    );
+
+    // A process "file" that is a FIFO or a link is refused, runc not run.
+    std::fs::remove_file(node.argv_file()).unwrap();
+    let fifo = node.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let link = node.path().join("link");
+    std::os::unix::fs::symlink(&process, &link).unwrap();
+    for bad in [&fifo, &link] {
+        let out = node.runtime(&["exec", "--process", bad.to_str().unwrap(), "c1"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("was not started") && err.trim_end().lines().count() == 1,
+            "{err}"
+        );
+        assert!(node.recorded().is_none(), "runc never ran");
+    }
 }

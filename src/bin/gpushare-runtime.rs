@@ -674,22 +674,37 @@ fn route_of<'a>(line: &args::Line<'a>, runtime: &config::Runtime) -> Route<'a> {
         };
     }
     if let Some(id) = line.delete {
-        // Held containers have a marker, named by their id (ids outside
-        // runc's rule are the full runtime's to judge).
-        if ids::id_fault(id).is_some() {
-            return Route::Full;
-        }
-        let mut buf = [0u8; PATH_MAX];
-        let Some(p) = c_path(&[runtime.state_dir, b"/held/", id], &mut buf) else {
-            return Route::Full;
-        };
-        return match stat(-1, p) {
-            Some(_) => Route::DeletePlaced(id),
-            None if exists_not(p) => Route::Runtime,
+        return match held(id, runtime) {
+            Some(true) => Route::DeletePlaced(id),
+            Some(false) => Route::Runtime,
             None => Route::Full,
         };
     }
+    if let Some(exec) = line.exec {
+        // An engine's exec brings its own copy of the process: the full
+        // runtime gives it the variables gpushare set for the container.
+        // (Without --process runc takes the rewritten config.json's.)
+        if exec.process.is_some() && held(exec.id, runtime) != Some(false) {
+            return Route::Full;
+        }
+    }
     Route::Runtime
+}
+
+/// Whether gpushare holds container `id`: its marker, named by the id, is
+/// there. `None` when that cannot be told here (an id outside runc's rule,
+/// a failed stat): the full runtime's to judge.
+fn held(id: &[u8], runtime: &config::Runtime) -> Option<bool> {
+    if ids::id_fault(id).is_some() {
+        return None;
+    }
+    let mut buf = [0u8; PATH_MAX];
+    let p = c_path(&[runtime.state_dir, b"/held/", id], &mut buf)?;
+    match stat(-1, p) {
+        Some(_) => Some(true),
+        None if exists_not(p) => Some(false),
+        None => None,
+    }
 }
 
 /// The most arguments the front reads; a longer line is handed over.

@@ -32,6 +32,38 @@ const CREATE_BOOL: &[&[u8]] = &[
     b"h",
 ];
 
+/// `exec` flags that take a value (aliases included; runc 1.1 and 1.2).
+const EXEC_VALUE: &[&[u8]] = &[
+    b"console-socket",
+    b"pidfd-socket",
+    b"cwd",
+    b"env",
+    b"e",
+    b"user",
+    b"u",
+    b"additional-gids",
+    b"g",
+    b"process",
+    b"p",
+    b"pid-file",
+    b"process-label",
+    b"apparmor",
+    b"cap",
+    b"c",
+    b"preserve-fds",
+    b"cgroup",
+];
+const EXEC_BOOL: &[&[u8]] = &[
+    b"tty",
+    b"t",
+    b"detach",
+    b"d",
+    b"no-new-privs",
+    b"ignore-paused",
+    b"help",
+    b"h",
+];
+
 /// A runtime command line as runc would take it. Slices borrow the
 /// arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,6 +77,16 @@ pub struct Line<'a> {
     pub create: Option<Create<'a>>,
     /// The container id of a `delete` that parses as runc would take it.
     pub delete: Option<&'a [u8]>,
+    /// An `exec` that parses as runc would take it.
+    pub exec: Option<Exec<'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exec<'a> {
+    pub id: &'a [u8],
+    /// `--process` as given: the process to run, as JSON (engines use it;
+    /// without it runc takes the process from the bundle's config.json).
+    pub process: Option<&'a [u8]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +176,7 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Line<'a> {
     match sub {
         b"delete" => line.delete = parse_delete(rest),
         b"create" | b"run" => line.create = parse_create(rest, sub == b"run", i),
+        b"exec" => line.exec = parse_exec(rest),
         _ => {}
     }
     line
@@ -201,6 +244,49 @@ fn parse_create<'a>(args: &[&'a [u8]], run: bool, subcommand_at: usize) -> Optio
         pid_file,
         subcommand_at,
     })
+}
+
+/// `exec [flags] <id> [command…]`: runc's exec does not reorder its
+/// arguments, so its flags come first and the first positional argument is
+/// the id (everything after it is the command).
+fn parse_exec<'a>(args: &[&'a [u8]]) -> Option<Exec<'a>> {
+    let mut process = None;
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i];
+        if a == b"--" {
+            i += 1;
+            break;
+        }
+        match flag_name(a) {
+            None => break,
+            Some((name, value)) if is(name, EXEC_VALUE) => {
+                let v = match value {
+                    Some(v) => v,
+                    None => {
+                        i += 1;
+                        args.get(i)?
+                    }
+                };
+                if name == b"process" || name == b"p" {
+                    process = Some(v);
+                }
+            }
+            Some((name, value)) if is(name, EXEC_BOOL) => {
+                let on = match value {
+                    None => true,
+                    Some(v) => go_bool(v)?,
+                };
+                if on && (name == b"help" || name == b"h") {
+                    return None;
+                }
+            }
+            Some(_) => return None,
+        }
+        i += 1;
+    }
+    let id = *args.get(i)?;
+    (!id.is_empty()).then_some(Exec { id, process })
 }
 
 /// `delete [--force|-f] <id>`: runc takes exactly one id.
