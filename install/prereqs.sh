@@ -28,7 +28,7 @@ SOURCES
 # ensure_packages [mps|tests]: runc and busybox-static always; NVIDIA's MPS
 # control daemon (nvidia-cuda-mps) and the driver's user-space (libcuda1,
 # libnvidia-ml1, nvidia-smi) for mps and tests; the engines (podman,
-# docker.io, containerd) and gcc for tests.
+# docker.io, containerd), gcc and protoc for tests.
 ensure_packages() {
   local missing=()
   command -v runc >/dev/null 2>&1 || missing+=(runc)
@@ -55,10 +55,12 @@ ensure_packages() {
     missing+=(nvidia-smi)
     enable_non_free
   fi
-  # The driver tests build a small C program into an image rootfs.
+  # The driver tests build a small C program into an image rootfs; the CRI
+  # test's client is generated from Kubernetes' protobuf files (protoc).
   if [ "${1:-}" = tests ]; then
     command -v gcc >/dev/null 2>&1 || missing+=(gcc)
     [ -e /usr/include/dlfcn.h ] || missing+=(libc6-dev)
+    command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
   fi
   if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
     missing+=(busybox-static)

@@ -248,7 +248,13 @@ pub fn containerd_install(
     let (mut doc, version) = containerd_parse(path, text)?;
     let keys = cri_runtimes_path(version).expect("checked");
     let mut table = doc.as_table_mut();
+    let mut default_runtime = "runc".to_owned();
     for k in keys {
+        if k == "runtimes" {
+            if let Some(name) = table.get("default_runtime_name").and_then(Item::as_str) {
+                default_runtime = name.to_owned();
+            }
+        }
         let entry = table.entry(k).or_insert_with(|| {
             let mut t = Table::new();
             t.set_implicit(true);
@@ -257,6 +263,13 @@ pub fn containerd_install(
         table = entry
             .as_table_mut()
             .ok_or_else(|| shape(path, &format!("`{k}` is not a table")))?;
+    }
+    // A runtimes table replaces containerd's built-in one, so once it has
+    // an entry it must also name the default runtime, or the CRI plugin
+    // does not load ("no corresponding runtime configured"). A config that
+    // relied on the built-in runc gets it written out, marked as ours.
+    if default_runtime == "runc" && !table.contains_key("runc") {
+        table.insert("runc", Item::Table(default_runc()));
     }
     let runc_options = table
         .get("runc")
@@ -311,8 +324,27 @@ pub fn containerd_uninstall(
     }
     if let Some(t) = table {
         t.remove(RUNTIME_NAME);
+        let added_by_us = t
+            .get("runc")
+            .and_then(Item::as_table)
+            .is_some_and(|r| r.to_string() == default_runc().to_string());
+        if added_by_us {
+            t.remove("runc");
+        }
     }
     Ok(Some(doc.to_string()))
+}
+
+/// containerd's built-in default runtime (runc through its shim v2), as
+/// install writes it where a config had left it implicit; the comment marks
+/// it so uninstall takes it out again.
+fn default_runc() -> Table {
+    let mut t = Table::new();
+    t.decor_mut().set_prefix(
+        "\n# Added by gpushare install: containerd's built-in default runtime, which a\n# runtimes table must name once it has entries of its own.\n",
+    );
+    t.insert("runtime_type", toml_edit::value("io.containerd.runc.v2"));
+    t
 }
 
 /// The hooks.d file (podman, CRI-O): prestart and poststop, the stage read
@@ -893,6 +925,38 @@ mod tests {
             !empty.contains("[plugins]\n"),
             "parents stay implicit: {empty}"
         );
+    }
+
+    #[test]
+    fn a_config_without_runtimes_keeps_its_default_runc_and_gets_it_back_out() {
+        // containerd's built-in runtimes table is replaced by the first
+        // entry written: runc must be named too, or CRI does not load.
+        let minimal =
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"pause:3\"\n";
+        let once =
+            containerd_install(&p(), Some(minimal), ContainerdMode::Shim(Path::new(RT))).unwrap();
+        let doc: toml::Table = once.parse().unwrap();
+        let runtimes = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+        assert_eq!(
+            runtimes["runc"]["runtime_type"].as_str(),
+            Some("io.containerd.runc.v2")
+        );
+        assert!(runtimes["gpushare"].is_table());
+        let twice =
+            containerd_install(&p(), Some(&once), ContainerdMode::Shim(Path::new(RT))).unwrap();
+        assert_eq!(twice, once, "idempotent");
+        let back = containerd_uninstall(&p(), Some(&once)).unwrap().unwrap();
+        assert_eq!(back, minimal, "the runc it added goes with it");
+        // Another default runtime, or a runc of the operator's: untouched.
+        let crun = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"crun\"\n";
+        let once =
+            containerd_install(&p(), Some(crun), ContainerdMode::Shim(Path::new(RT))).unwrap();
+        assert!(!once.contains("runtimes.runc]"), "{once}");
+        let own = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n";
+        let once =
+            containerd_install(&p(), Some(own), ContainerdMode::Shim(Path::new(RT))).unwrap();
+        let back = containerd_uninstall(&p(), Some(&once)).unwrap().unwrap();
+        assert_eq!(back, own, "the operator's runc stays");
     }
 
     #[test]

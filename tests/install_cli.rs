@@ -190,3 +190,19 @@ fn containerd_v2_install_and_uninstall_round_trip() {
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
 }
+
+#[test]
+fn the_runtime_class_and_the_node_setup_name_the_same_handler_and_label() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let class = std::fs::read_to_string(format!("{root}/install/runtimeclass.yaml")).unwrap();
+    let setup = std::fs::read_to_string(format!("{root}/install/node-setup.sh")).unwrap();
+    assert!(class.contains("\nhandler: gpushare\n"), "{class}");
+    assert!(
+        class.contains("scheduling:\n  nodeSelector:\n    gpushare.io/runtime: \"true\"\n"),
+        "{class}"
+    );
+    assert!(
+        setup.contains("kubectl label node $(hostname) gpushare.io/runtime=true"),
+        "node-setup.sh tells the operator the label the RuntimeClass selects"
+    );
+}

@@ -8,6 +8,8 @@
 //! never skip.
 #![allow(dead_code)]
 
+pub mod engine;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

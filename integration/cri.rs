@@ -1,0 +1,393 @@
+//! The Kubernetes node path, driven as kubelet drives it: a CRI client
+//! (the `k8s-cri` crate's generated v1 API over tonic) against Debian's
+//! containerd, started by the test on a config written by `gpushare install
+//! containerd` (the runtime handler "gpushare"), with a pause image and a
+//! workload image imported from the test's busybox rootfs (no registry) and
+//! pods on the node's network (no CNI). Through the shim (`gpushare-runtime`
+//! as the handler's binary) and through the hook alone (`--mode hook`: runc,
+//! the hooks in the handler's base spec). Root; needs containerd and ctr.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::engine::*;
+use common::*;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+const PAUSE: &str = "docker.io/library/gpushare-pause:1";
+const WORKLOAD: &str = "docker.io/library/gpushare-test:1";
+
+/// A CRI client on containerd's socket, calls made blocking.
+struct Cri {
+    rt: tokio::runtime::Runtime,
+    client: RuntimeServiceClient<Channel>,
+}
+
+impl Cri {
+    fn connect(sock: &Path) -> Cri {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let path = sock.to_owned();
+        let channel = rt
+            .block_on(
+                tonic::transport::Endpoint::from_static("http://[::]:50051")
+                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                        let path = path.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                                tokio::net::UnixStream::connect(path).await?,
+                            ))
+                        }
+                    })),
+            )
+            .expect("containerd's CRI socket answers");
+        Cri {
+            rt,
+            client: RuntimeServiceClient::new(channel),
+        }
+    }
+
+    /// A pod on the node's network, as kubelet asks for it with a
+    /// RuntimeClass whose handler is "gpushare".
+    fn run_pod(&mut self, name: &str, logs: &Path) -> (String, PodSandboxConfig) {
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "edge".into(),
+                attempt: 0,
+            }),
+            // On the node's network the pod shares the node's UTS namespace:
+            // kubelet sets no hostname then.
+            hostname: String::new(),
+            log_directory: logs.display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(node_network()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let req = RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: "gpushare".into(),
+        };
+        let id = self
+            .rt
+            .block_on(self.client.run_pod_sandbox(req))
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+            .into_inner()
+            .pod_sandbox_id;
+        (id, config)
+    }
+
+    /// CreateContainer then StartContainer: the container id, or the CRI
+    /// error's message (what kubelet puts in the pod's events).
+    fn start_container(
+        &mut self,
+        pod: &(String, PodSandboxConfig),
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Result<String, String> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: WORKLOAD.into(),
+                ..Default::default()
+            }),
+            command: vec!["sleep".into(), "1000".into()],
+            envs: env
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            log_path: format!("{name}.log"),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(node_network()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .rt
+            .block_on(self.client.create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.0.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.1.clone()),
+            }));
+        let id = created
+            .map_err(|e| e.message().to_owned())?
+            .into_inner()
+            .container_id;
+        self.rt
+            .block_on(self.client.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            }))
+            .map_err(|e| e.message().to_owned())?;
+        Ok(id)
+    }
+
+    /// ExecSync of `sh -c script`: its stdout and stderr.
+    fn exec(&mut self, id: &str, script: &str) -> String {
+        let r = self
+            .rt
+            .block_on(self.client.exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                timeout: 30,
+            }))
+            .unwrap_or_else(|e| panic!("ExecSync: {e}"))
+            .into_inner();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        )
+    }
+
+    fn remove_pod(&mut self, id: &str) {
+        self.rt
+            .block_on(self.client.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            }))
+            .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
+        self.rt
+            .block_on(self.client.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            }))
+            .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+    }
+}
+
+/// kubelet's namespaces for a `hostNetwork` pod without
+/// `shareProcessNamespace`: the node's network, a PID namespace per
+/// container, the pod's IPC.
+fn node_network() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// containerd with its CRI plugin as a node would have it, but on this VM:
+/// the pause image imported, no CNI configured (pods use the node's
+/// network), `restrict_oom_score_adj` (runc here cannot set the pause
+/// container's score). Then `gpushare install containerd` with `mode`'s
+/// arguments on that config. (daemon, socket, containerd's dir)
+fn cri_node(node: &Node, install_args: &[&str]) -> (Daemon, PathBuf, PathBuf) {
+    need("containerd", "containerd");
+    let (d, config, sock, text) = containerd_dir(node);
+    std::fs::create_dir_all(d.join("cni/bin")).unwrap();
+    std::fs::create_dir_all(d.join("cni/conf")).unwrap();
+    let cri = format!(
+        "\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = {PAUSE:?}\n  restrict_oom_score_adj = true\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = {:?}\n    conf_dir = {:?}\n",
+        d.join("cni/bin").display().to_string(),
+        d.join("cni/conf").display().to_string(),
+    );
+    std::fs::write(&config, format!("{text}{cri}")).unwrap();
+    let mut args = vec!["containerd", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(install_args);
+    install(node, &args);
+    let daemon = start_containerd(node, &d, &config, &sock);
+    let ctr = |args: &[&str]| {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&sock)
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ctr {args:?}: {}", text_of(&out));
+    };
+    let pause = image_archive_of(
+        node,
+        PAUSE,
+        json!({"Env": ["PATH=/bin"], "Entrypoint": ["/bin/sleep", "2000000"]}),
+    );
+    ctr(&["image", "import", pause.to_str().unwrap()]);
+    ctr(&["image", "import", image_archive(node).to_str().unwrap()]);
+    (daemon, sock, d)
+}
+
+fn text_of(o: &std::process::Output) -> String {
+    text(o)
+}
+
+/// The spec containerd handed the runtime for container `id`.
+fn bundle_spec(containerd: &Path, id: &str) -> Value {
+    let path = containerd
+        .join("state/io.containerd.runtime.v2.task/k8s.io")
+        .join(id)
+        .join("config.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+fn status_json(node: &Node) -> Value {
+    let out = Command::new(CLI)
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What both modes must show, kubelet's way.
+fn the_node_path(node: &Node, sock: &Path, containerd: &Path, shim: bool) {
+    let mut cri = Cri::connect(sock);
+    let logs = node.dir.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod = cri.run_pod("infer-pod", &logs);
+
+    // The sandbox (pause) container is left alone.
+    let sandbox = bundle_spec(containerd, &pod.0);
+    assert!(
+        !sandbox.to_string().contains("nvidia"),
+        "no GPU device or variable in the pause container: {sandbox}"
+    );
+    assert!(
+        node.ledger().is_empty(),
+        "the pause container holds nothing"
+    );
+
+    // GPU 1 only: its node opens (ENXIO: the cgroup allows it), GPU 0's is
+    // absent and a hand-made one is denied.
+    let id = cri
+        .start_container(&pod, "infer", &[("NVIDIA_VISIBLE_DEVICES", "1")])
+        .expect("the GPU container starts");
+    let t = cri.exec(&id, GPU1_SCRIPT);
+    assert_sees_only_gpu_1(&t);
+
+    // Status names the pod, namespace and container from the CRI
+    // annotations.
+    let doc = status_json(node);
+    let c = &doc["gpus"][1]["containers"][0];
+    assert_eq!(c["id"], id.as_str(), "{doc}");
+    assert_eq!(
+        c["names"],
+        json!({"pod": "infer-pod", "namespace": "edge", "container": "infer"}),
+        "{doc}"
+    );
+    assert_eq!(c["state"], "running");
+
+    // What an exec'd process sees of gpushare's variables.
+    let main_env = cri.exec(
+        &id,
+        "tr '\\0' '\\n' < /proc/1/environ | grep NVIDIA_VISIBLE_DEVICES",
+    );
+    let exec_env = cri.exec(&id, "echo NVIDIA_VISIBLE_DEVICES=$NVIDIA_VISIBLE_DEVICES");
+    let uuid = doc["gpus"][1]["uuid"].as_str().unwrap();
+    if shim {
+        assert_eq!(main_env.trim(), format!("NVIDIA_VISIBLE_DEVICES={uuid}"));
+    } else {
+        // A hook cannot change a process's environment: main and exec'd
+        // processes see the request as written (the README says so).
+        assert_eq!(main_env.trim(), "NVIDIA_VISIBLE_DEVICES=1");
+    }
+    assert_eq!(
+        exec_env.trim(),
+        main_env.trim(),
+        "exec agrees with the main process"
+    );
+
+    // NVIDIA's device plugin names the GPU by its UUID in its Allocate
+    // answer: taken as it is.
+    let plugin = cri
+        .start_container(&pod, "from-plugin", &[("NVIDIA_VISIBLE_DEVICES", uuid)])
+        .expect("a UUID request starts");
+    assert_sees_only_gpu_1(&cri.exec(&plugin, GPU1_SCRIPT));
+    assert_eq!(node.ledger().len(), 2);
+
+    // Two GPUs: StartContainer fails with gpushare's one-line reason.
+    let err = cri
+        .start_container(&pod, "greedy", &[("NVIDIA_VISIBLE_DEVICES", "0,1")])
+        .expect_err("two GPUs are refused");
+    assert!(
+        err.contains("NVIDIA_VISIBLE_DEVICES asks for 2 GPUs") && !err.contains('\n'),
+        "the CRI error carries the reason: {err}"
+    );
+    assert_eq!(node.ledger().len(), 2, "the refusal holds nothing");
+
+    // An MPS client: GPU 0's daemon runs; the container gets its pipe
+    // directory and (through the shim) its share and the pipe variable.
+    let out = Command::new(CLI)
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(["mps", "start", "--gpu", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mps = cri
+        .start_container(
+            &pod,
+            "mps-client",
+            &[
+                ("NVIDIA_VISIBLE_DEVICES", "0"),
+                ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "25"),
+            ],
+        )
+        .expect("the MPS client starts");
+    let t = cri.exec(
+        &mps,
+        "echo share=$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE pipe=$CUDA_MPS_PIPE_DIRECTORY; ls /tmp/nvidia-mps",
+    );
+    let pipe = if shim { "/tmp/nvidia-mps" } else { "" };
+    assert!(
+        t.contains(&format!("share=25 pipe={pipe}\n")) && t.contains("control"),
+        "{t}"
+    );
+    let main = cri.exec(&mps, "tr '\\0' '\\n' < /proc/1/environ");
+    assert!(
+        main.contains("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25"),
+        "{main}"
+    );
+    if shim {
+        assert!(
+            main.contains("CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps"),
+            "{main}"
+        );
+    }
+
+    // Removing the pod empties the ledger.
+    cri.remove_pod(&pod.0);
+    let out = Command::new(CLI)
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(["mps", "stop"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(node.ledger().is_empty(), "{:?}", node.ledger());
+}
+
+#[test]
+fn a_pod_through_cri_with_the_gpushare_runtime_handler() {
+    let node = Node::new("cri-shim");
+    let (_daemon, sock, d) = cri_node(&node, &[]);
+    the_node_path(&node, &sock, &d, true);
+}
+
+#[test]
+fn a_pod_through_cri_with_the_hooks_in_the_handlers_base_spec() {
+    let node = Node::new("cri-hook");
+    let config = node.config.to_str().unwrap().to_owned();
+    let (_daemon, sock, d) = cri_node(&node, &["--mode", "hook", "--gpushare-config", &config]);
+    the_node_path(&node, &sock, &d, false);
+}
