@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use gpushare::ledger::{self, Entry, Ledger};
+use gpushare::ledger::{Entry, Ledger};
 use serde_json::json;
 
 /// The binaries measured: those in `GPUSHARE_BIN_DIR` when set (the
@@ -251,10 +251,10 @@ fn main() {
             thread_percentage: Some(5.0),
             pinned_mem_limit: Some("0=1G".into()),
             pid: Some(1),
-            pid_start: ledger::process_start_time(1),
+            pid_start: gpushare::sys::process_start_time(1),
             names: [("pod".to_owned(), format!("module-{i}"))].into(),
             env: vec![format!("NVIDIA_VISIBLE_DEVICES=GPU-{i}")],
-            created: ledger::now(),
+            created: gpushare::sys::now(),
         });
     }
     locked.commit().unwrap();

@@ -94,7 +94,7 @@ fn daemons(m: &MpsNode) -> Vec<(i32, u64)> {
         .map(|pid| {
             (
                 pid as i32,
-                gpushare::ledger::process_start_time(pid as i32).unwrap_or(0),
+                gpushare::sys::process_start_time(pid as i32).unwrap_or(0),
             )
         })
         .collect()
@@ -139,7 +139,7 @@ fn a_container_on_gpu_1_is_a_client_of_gpu_1s_daemon_only() {
     assert_eq!(pids.len(), 2);
     assert!(pids
         .iter()
-        .all(|(p, s)| gpushare::ledger::process_matches(*p, Some(*s))));
+        .all(|(p, s)| gpushare::sys::process_matches(*p, Some(*s))));
     // Start again: nothing changes.
     let again = m.mps(&["start", "--gpu", "1"]);
     assert!(text(&again).contains("already running"), "{}", text(&again));
@@ -202,7 +202,7 @@ fn a_container_on_gpu_1_is_a_client_of_gpu_1s_daemon_only() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         pids.iter()
-            .all(|(p, s)| !gpushare::ledger::process_matches(*p, Some(*s))),
+            .all(|(p, s)| !gpushare::sys::process_matches(*p, Some(*s))),
         "no daemon left"
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -628,8 +628,8 @@ fn mps_run_restarts_a_killed_daemon_puts_back_drifted_defaults_and_stops_all_on_
         st[0]["state"] == "running" && st[0]["pid"].as_i64() != Some(first[0])
     });
     let second = st[0]["pid"].as_i64().unwrap();
-    let second_start = gpushare::ledger::process_start_time(second as i32);
-    let first_start = gpushare::ledger::process_start_time(first[1] as i32);
+    let second_start = gpushare::sys::process_start_time(second as i32);
+    let first_start = gpushare::sys::process_start_time(first[1] as i32);
     assert_eq!(st[1]["pid"].as_i64(), Some(first[1]), "GPU 1's untouched");
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -664,7 +664,7 @@ fn mps_run_restarts_a_killed_daemon_puts_back_drifted_defaults_and_stops_all_on_
     assert!(status.success(), "{status:?}");
     for (pid, start) in [(second, second_start), (first[1], first_start)] {
         assert!(
-            !gpushare::ledger::process_matches(pid as i32, start),
+            !gpushare::sys::process_matches(pid as i32, start),
             "daemon {pid} is gone: {}",
             std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()
         );

@@ -319,9 +319,9 @@ fn status_metrics_and_gc_follow_real_containers() {
     )
     .unwrap();
     for _ in 0..100 {
-        if !gpushare::ledger::process_matches(
+        if !gpushare::sys::process_matches(
             pid as i32,
-            gpushare::ledger::process_start_time(pid as i32),
+            gpushare::sys::process_start_time(pid as i32),
         ) {
             break;
         }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::ledger::write_atomic;
+use crate::sys::write_atomic;
 
 #[derive(Debug, Error)]
 pub enum BundleError {

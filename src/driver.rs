@@ -457,18 +457,15 @@ impl Driver {
         let root = cfg.driver_root();
         let d = discover(root, key(root));
         let path = cfg.runtime.state_dir.join(CACHE_FILE);
-        d.store(cfg)
-            .map_err(|source| crate::ledger::LedgerError::Io {
-                action: "write",
-                path,
-                source,
-            })?;
+        d.store(cfg).map_err(|source| {
+            crate::ledger::LedgerError::Io(crate::sys::io("write", &path)(source))
+        })?;
         Ok(d)
     }
 
     fn store(&self, cfg: &Config) -> std::io::Result<()> {
         let bytes = serde_json::to_vec(self).expect("driver serialises");
-        crate::ledger::write_atomic(&cfg.runtime.state_dir.join(CACHE_FILE), &bytes, 0o644)
+        crate::sys::write_atomic(&cfg.runtime.state_dir.join(CACHE_FILE), &bytes, 0o644)
     }
 
     /// The files of one capability (`None`: firmware).

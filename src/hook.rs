@@ -21,7 +21,7 @@ use thiserror::Error;
 
 use crate::bundle::Bundle;
 use crate::config::Config;
-use crate::ledger::{self, Entry, Ledger, Record};
+use crate::ledger::{Entry, Ledger, Record};
 use crate::live;
 use crate::request::Request;
 use crate::shim::{self, Placement};
@@ -154,7 +154,7 @@ fn bind_reserved(ledger: &Ledger, id: &str, pid: i32, timeout: u64) -> crate::Re
     }
     locked.reserve(Entry {
         pid: Some(pid),
-        pid_start: ledger::process_start_time(pid),
+        pid_start: crate::sys::process_start_time(pid),
         ..entry
     });
     locked.commit()?;
@@ -194,7 +194,7 @@ fn place_alone(bundle: &Bundle, id: &str, pid: i32, cfg: &Config) -> crate::Resu
     // container really has its devices.
     live::apply(&edits, pid, &rootfs)?;
     entry.pid = Some(pid);
-    entry.pid_start = ledger::process_start_time(pid);
+    entry.pid_start = crate::sys::process_start_time(pid);
     locked.reserve(entry);
     locked.commit()?;
     Ok(Outcome::Placed)

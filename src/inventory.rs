@@ -207,7 +207,7 @@ impl Inventory {
             "# Written by `gpushare inventory --refresh` from NVML.\n{}",
             self.to_toml()
         );
-        crate::ledger::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| {
+        crate::sys::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| {
             InventoryError::Read {
                 path: path.to_owned(),
                 source,

@@ -34,23 +34,18 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::decide::Load;
+use crate::sys::{now, process_matches, write_atomic, IoError};
 
 #[derive(Debug, Error)]
 pub enum LedgerError {
-    #[error("cannot {action} {path}: {source}; check that {dir} is writable by root", dir = path.parent().unwrap_or(Path::new("/")).display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{0}; check that {dir} is writable by root", dir = .0.path.parent().unwrap_or(Path::new("/")).display())]
+    Io(#[source] IoError),
     #[error("cannot read {path}: permission denied; the ledger names containers, their pids and pods, so only root may read it: run this as root")]
     NotRoot { path: PathBuf },
     #[error("ledger {path} is unreadable ({message}); move it aside and run `gpushare gc`")]
@@ -133,12 +128,6 @@ pub enum Record {
     },
 }
 
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LedgerError + 'a {
     move |source| {
         if source.kind() == std::io::ErrorKind::PermissionDenied
@@ -148,11 +137,7 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
                 path: path.to_owned(),
             };
         }
-        LedgerError::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
+        LedgerError::Io(crate::sys::io(action, path)(source))
     }
 }
 
@@ -495,11 +480,7 @@ impl Ledger {
             .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(io("open", &lock_path))?;
-        Flock::lock(file, arg).map_err(|(_, e)| LedgerError::Io {
-            action: "lock",
-            path: lock_path,
-            source: e.into(),
-        })
+        Flock::lock(file, arg).map_err(|(_, e)| io("lock", &lock_path)(e.into()))
     }
 
     /// The marker of a held container: `<state_dir>/held/<encoded id>`, an
@@ -740,31 +721,6 @@ fn entry_of(l: &Line) -> Option<Entry> {
     e.pid = l.pid;
     e.pid_start = l.pid_start;
     Some(e)
-}
-
-/// Writes `bytes` to `path` atomically: a temp file beside it, fsync,
-/// rename over, fsync of the directory. Readers see old or new, never torn.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.gpushare-tmp"));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// The ledger read under its exclusive lock, with the changes made to it
@@ -1055,40 +1011,6 @@ pub fn load_of(entries: &[Entry], except: Option<&str>) -> Load {
     load
 }
 
-/// Whether `pid` is alive and, when `start` is given, is still the process
-/// that had that start time. A zombie (exited, not yet reaped) is not alive.
-pub fn process_matches(pid: i32, start: Option<u64>) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    match start {
-        None => {
-            // SAFETY: kill with signal 0 sends nothing; it only checks.
-            let r = unsafe { libc::kill(pid, 0) };
-            r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-        }
-        Some(s) => {
-            matches!(process_stat(pid), Some((state, start)) if start == s && state != 'Z' && state != 'X')
-        }
-    }
-}
-
-/// State (field 3) and start time (field 22, clock ticks since boot) from
-/// `/proc/<pid>/stat`.
-fn process_stat(pid: i32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses; the
-    // fields after the last ')' are plain.
-    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    Some((state, rest.nth(18)?.parse().ok()?))
-}
-
-/// The start time of `pid` in clock ticks since boot.
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    process_stat(pid).map(|(_, start)| start)
-}
-
 /// Container names as engines put them in annotations, under short keys.
 pub fn names_from_annotations<'a, I>(annotations: I) -> BTreeMap<String, String>
 where
@@ -1350,7 +1272,7 @@ mod tests {
         g.reserve(entry("fresh-reservation", "GPU-1"));
         let mut me = entry("alive", "GPU-1");
         me.pid = Some(std::process::id() as i32);
-        me.pid_start = process_start_time(me.pid.unwrap());
+        me.pid_start = crate::sys::process_start_time(me.pid.unwrap());
         assert!(me.pid_start.is_some());
         g.reserve(me.clone());
         let mut reused = me.clone();

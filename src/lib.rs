@@ -22,6 +22,7 @@ pub mod runtime_args;
 pub mod serve;
 pub mod shim;
 pub mod simulate;
+pub mod sys;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -29,17 +29,12 @@ use thiserror::Error;
 
 use crate::config::{Config, InventorySource};
 use crate::inventory::{Gpu, Inventory};
-use crate::ledger::{process_matches, process_start_time, write_atomic};
+use crate::sys::{process_matches, process_start_time, write_atomic};
 
 #[derive(Debug, Error)]
 pub enum MpsError {
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::sys::IoError),
     #[error("cannot run {control}: {source}; install NVIDIA's MPS (Debian: nvidia-cuda-mps, non-free) or set mps.control")]
     NoControl {
         control: String,
@@ -137,11 +132,7 @@ pub fn daemon(cfg: &Config, uuid: &str) -> Daemon {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MpsError + 'a {
-    move |source| MpsError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| MpsError::Io(crate::sys::io(action, path)(source))
 }
 
 /// Whether `path` is a mount point (its device differs from its parent's).

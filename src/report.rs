@@ -232,7 +232,7 @@ pub fn status(cfg: &Config, telemetry: Result<&dyn Telemetry, String>) -> crate:
     let inv = Inventory::load(cfg)?;
     let timeout = cfg.runtime.reservation_timeout_seconds;
     let entries = Ledger::new(&cfg.runtime.state_dir).snapshot()?;
-    let now = ledger::now();
+    let now = crate::sys::now();
     let gpus: Vec<Value> = inv
         .gpus
         .iter()
@@ -253,7 +253,7 @@ pub fn status(cfg: &Config, telemetry: Result<&dyn Telemetry, String>) -> crate:
                         "id": e.id, "pid": e.pid, "thread_percentage": e.thread_percentage,
                         "pinned_mem_limit": e.pinned_mem_limit, "names": e.names,
                         "state": state,
-                        "since": crate::shim::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.created)),
+                        "since": crate::sys::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.created)),
                         "age_s": now.saturating_sub(e.created),
                     })
                 })
@@ -629,10 +629,10 @@ mod tests {
             thread_percentage: Some(30.0),
             pinned_mem_limit: Some("0=2G".into()),
             pid: Some(std::process::id() as i32),
-            pid_start: ledger::process_start_time(std::process::id() as i32),
+            pid_start: crate::sys::process_start_time(std::process::id() as i32),
             names,
             env: Vec::new(),
-            created: ledger::now() - 300,
+            created: crate::sys::now() - 300,
         });
         l.commit().unwrap();
         (dir, cfg)

@@ -206,7 +206,7 @@ impl Placed {
     fn bind(&self, pid: i32) -> Result<(), ledger::LedgerError> {
         self.ledger.append(&Record::Bind(Entry {
             pid: Some(pid),
-            pid_start: ledger::process_start_time(pid),
+            pid_start: crate::sys::process_start_time(pid),
             ..self.entry.clone()
         }))
     }
@@ -323,7 +323,7 @@ pub fn clean_pid_files(state_dir: &Path) -> usize {
             e.file_name()
                 .to_str()
                 .and_then(|n| n.parse::<i32>().ok())
-                .is_some_and(|pid| !ledger::process_matches(pid, None))
+                .is_some_and(|pid| !crate::sys::process_matches(pid, None))
         })
         .filter(|e| std::fs::remove_file(e.path()).is_ok())
         .count()
@@ -638,7 +638,7 @@ pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Pl
         pid_start: None,
         names: ledger::names_from_annotations(bundle.annotations()),
         env: plan.edits.env.clone(),
-        created: ledger::now(),
+        created: crate::sys::now(),
     };
     Ok(Some(Placement {
         locked,
@@ -704,7 +704,7 @@ pub fn exec_runtime(runtime: &Path, args: &[OsString]) -> ShimError {
 /// `{"level":"error","msg":…,"time":…}` lines, text writes
 /// `time="…" level=error msg="…"`.
 pub fn write_runtime_log(path: &Path, json: bool, msg: &str) -> std::io::Result<()> {
-    let time = rfc3339(std::time::SystemTime::now());
+    let time = crate::sys::rfc3339(std::time::SystemTime::now());
     let line = if json {
         let mut v = serde_json::Map::new();
         v.insert("level".into(), "error".into());
@@ -721,48 +721,9 @@ pub fn write_runtime_log(path: &Path, json: bool, msg: &str) -> std::io::Result<
     f.write_all(format!("{line}\n").as_bytes())
 }
 
-/// UTC time as RFC 3339 with seconds, e.g. `2026-11-25T13:34:40Z`.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86400, secs % 86400);
-    // Ref: Howard Hinnant, "chrono-Compatible Low-Level Date Algorithms",
-    // civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_613_680)),
-            "2026-11-25T13:34:40Z"
-        );
-    }
 
     #[test]
     fn runtime_log_lines_in_both_formats() {

@@ -12,7 +12,7 @@ use nix::sys::stat::{fchmodat, makedev, mknod, FchmodatFlags, Mode, SFlag};
 use thiserror::Error;
 
 use crate::inventory::{Gpu, Inventory};
-use crate::ledger::write_atomic;
+use crate::sys::write_atomic;
 
 /// Ref: the NVIDIA driver registers major 195: minor N is GPU N, 255 is
 /// nvidiactl.
@@ -27,13 +27,10 @@ pub const MAX_GPUS: u32 = 16;
 pub enum SimulateError {
     #[error("--gpus {0} is out of range: give a number from 1 to {MAX_GPUS}")]
     Count(u32),
-    #[error("cannot {action} {path}: {source}; simulate makes device nodes and needs root (CAP_MKNOD) and a writable directory")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(
+        "{0}; simulate makes device nodes and needs root (CAP_MKNOD) and a writable directory"
+    )]
+    Io(#[source] crate::sys::IoError),
     #[error("{0} exists and is not a character device; remove it or choose another --dir")]
     InTheWay(PathBuf),
 }
@@ -87,11 +84,7 @@ pub fn simulate(count: u32, model: &str, dir: &Path) -> Result<Simulated, Simula
 fn make(count: u32, model: &str, dir: &Path) -> Result<Simulated, SimulateError> {
     let io = |action, path: &Path| {
         let path = path.to_owned();
-        move |source| SimulateError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| SimulateError::Io(crate::sys::io(action, &path)(source))
     };
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let dir = dir.canonicalize().map_err(io("resolve", dir))?;
@@ -161,22 +154,15 @@ fn ensure_node(path: &Path, maj: u64, min: u64) -> Result<(), SimulateError> {
         if meta.rdev() == want && meta.mode() & 0o777 == 0o666 {
             return Ok(());
         }
-        std::fs::remove_file(path).map_err(|source| SimulateError::Io {
-            action: "replace",
-            path: path.to_owned(),
-            source,
-        })?;
+        std::fs::remove_file(path)
+            .map_err(|source| SimulateError::Io(crate::sys::io("replace", path)(source)))?;
     }
     // mknod's mode passes through the umask; the chmod makes it 0666 as
     // the driver's own nodes are.
     let mode = Mode::from_bits_truncate(0o666);
     mknod(path, SFlag::S_IFCHR, mode, want)
         .and_then(|()| fchmodat(None, path, mode, FchmodatFlags::FollowSymlink))
-        .map_err(|e| SimulateError::Io {
-            action: "make device node",
-            path: path.to_owned(),
-            source: e.into(),
-        })?;
+        .map_err(|e| SimulateError::Io(crate::sys::io("make device node", path)(e.into())))?;
     Ok(())
 }
 

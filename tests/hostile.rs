@@ -165,13 +165,13 @@ fn plant(node: &Node, id: &str, names: &[(&str, &str)]) {
             thread_percentage: None,
             pinned_mem_limit: None,
             pid: Some(std::process::id() as i32),
-            pid_start: gpushare::ledger::process_start_time(std::process::id() as i32),
+            pid_start: gpushare::sys::process_start_time(std::process::id() as i32),
             names: names
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             env: Vec::new(),
-            created: gpushare::ledger::now(),
+            created: gpushare::sys::now(),
         }))
         .unwrap();
 }

@@ -94,7 +94,7 @@ impl Node {
         let dir = self.path().join("mps").join(uuid(i));
         std::fs::create_dir_all(dir.join("pipe")).unwrap();
         let pid = std::process::id() as i32;
-        let start = gpushare::ledger::process_start_time(pid).unwrap();
+        let start = gpushare::sys::process_start_time(pid).unwrap();
         std::fs::write(dir.join("daemon.pid"), format!("{pid} {start}\n")).unwrap();
     }
 

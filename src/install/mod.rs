@@ -8,11 +8,20 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use thiserror::Error;
-use toml_edit::{DocumentMut, Item, Table};
 
-use crate::ledger::write_atomic;
+use crate::sys::write_atomic;
+
+mod containerd;
+mod docker;
+mod hooks;
+
+pub use containerd::{
+    base_spec, base_spec_path, containerd_install, containerd_uninstall, ContainerdMode,
+};
+pub use docker::{docker_install, docker_uninstall};
+pub use hooks::{crio_drop_in, hooks_file};
 
 #[derive(Debug, Error)]
 pub enum InstallError {
@@ -26,13 +35,8 @@ pub enum InstallError {
     },
     #[error("{path}: {what}; fix it by hand, gpushare will not overwrite it")]
     Shape { path: PathBuf, what: String },
-    #[error("cannot {action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::sys::IoError),
     #[error("{0} is missing beside the gpushare binary; install gpushare, gpushare-runtime and gpushare-hook in one directory first")]
     NoBinary(PathBuf),
     #[error("--{0} applies to {1} only")]
@@ -62,12 +66,6 @@ pub struct Options {
     pub hook_mode: bool,
 }
 
-/// Where `--mode hook` keeps containerd's base runtime spec: beside its
-/// config.
-pub fn base_spec_path(config: &Path) -> PathBuf {
-    config.with_file_name("gpushare-base-spec.json")
-}
-
 /// One file as it is and as it would be (`None`: absent).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
@@ -91,9 +89,9 @@ pub const HOOKS_DIR: &str = "/usr/share/containers/oci/hooks.d";
 pub const CRIO_DROP_IN_DIR: &str = "/etc/crio/crio.conf.d";
 const HOOKS_FILE: &str = "oci-gpushare-hook.json";
 const CRIO_DROP_IN: &str = "99-gpushare.conf";
-const RUNTIME_NAME: &str = "gpushare";
+pub(crate) const RUNTIME_NAME: &str = "gpushare";
 
-fn malformed_json(path: &Path, e: &serde_json::Error) -> InstallError {
+pub(crate) fn malformed_json(path: &Path, e: &serde_json::Error) -> InstallError {
     InstallError::Malformed {
         path: path.to_owned(),
         format: "JSON",
@@ -103,328 +101,18 @@ fn malformed_json(path: &Path, e: &serde_json::Error) -> InstallError {
     }
 }
 
-fn shape(path: &Path, what: &str) -> InstallError {
+pub(crate) fn shape(path: &Path, what: &str) -> InstallError {
     InstallError::Shape {
         path: path.to_owned(),
         what: what.to_owned(),
     }
 }
 
-/// Docker's daemon.json with `runtimes.gpushare.path` (and, with
-/// `set_default`, `default-runtime`). Every other key stays, in its order.
-pub fn docker_install(
-    path: &Path,
-    text: Option<&str>,
-    runtime: &Path,
-    set_default: bool,
-) -> Result<String, InstallError> {
-    let mut doc = docker_parse(path, text)?;
-    let root = doc.as_object_mut().expect("checked in docker_parse");
-    let runtimes = root
-        .entry("runtimes")
-        .or_insert_with(|| Value::Object(Map::new()));
-    let runtimes = runtimes
-        .as_object_mut()
-        .ok_or_else(|| shape(path, "\"runtimes\" is not an object"))?;
-    runtimes.insert(RUNTIME_NAME.into(), json!({ "path": runtime }));
-    if set_default {
-        root.insert("default-runtime".into(), RUNTIME_NAME.into());
-    }
-    Ok(format!(
-        "{}\n",
-        serde_json::to_string_pretty(&doc).expect("JSON serialises")
-    ))
-}
-
-/// Takes out what `docker_install` put in.
-pub fn docker_uninstall(path: &Path, text: Option<&str>) -> Result<Option<String>, InstallError> {
-    let Some(text) = text else { return Ok(None) };
-    let mut doc = docker_parse(path, Some(text))?;
-    let root = doc.as_object_mut().expect("checked in docker_parse");
-    if let Some(Value::Object(runtimes)) = root.get_mut("runtimes") {
-        runtimes.remove(RUNTIME_NAME);
-        if runtimes.is_empty() {
-            root.remove("runtimes");
-        }
-    }
-    if root.get("default-runtime").and_then(Value::as_str) == Some(RUNTIME_NAME) {
-        root.remove("default-runtime");
-    }
-    Ok(Some(format!(
-        "{}\n",
-        serde_json::to_string_pretty(&doc).expect("JSON serialises")
-    )))
-}
-
-fn docker_parse(path: &Path, text: Option<&str>) -> Result<Value, InstallError> {
-    let text = text.unwrap_or("").trim();
-    if text.is_empty() {
-        return Ok(Value::Object(Map::new()));
-    }
-    let doc: Value = serde_json::from_str(text).map_err(|e| malformed_json(path, &e))?;
-    if !doc.is_object() {
-        return Err(shape(path, "the top level is not an object"));
-    }
-    Ok(doc)
-}
-
-/// The CRI plugin's table of runtimes for a containerd config version.
-fn cri_runtimes_path(version: i64) -> Option<[&'static str; 4]> {
-    match version {
-        2 => Some([
-            "plugins",
-            "io.containerd.grpc.v1.cri",
-            "containerd",
-            "runtimes",
-        ]),
-        3 => Some([
-            "plugins",
-            "io.containerd.cri.v1.runtime",
-            "containerd",
-            "runtimes",
-        ]),
-        _ => None,
-    }
-}
-
-fn containerd_parse(path: &Path, text: Option<&str>) -> Result<(DocumentMut, i64), InstallError> {
-    let text = text.unwrap_or("");
-    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
-        let (line, column) = e
-            .span()
-            .map(|s| {
-                let before = &text[..s.start.min(text.len())];
-                (
-                    before.matches('\n').count() + 1,
-                    before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
-                )
-            })
-            .unwrap_or((1, 1));
-        InstallError::Malformed {
-            path: path.to_owned(),
-            format: "TOML",
-            line,
-            column,
-            message: e.message().replace('\n', " "),
-        }
-    })?;
-    let version = match doc.get("version") {
-        Some(v) => v
-            .as_integer()
-            .ok_or_else(|| shape(path, "`version` is not a number"))?,
-        None if text.trim().is_empty() => {
-            doc["version"] = toml_edit::value(2);
-            2
-        }
-        // Ref: containerd reads a config without `version` as version 1.
-        None => 1,
-    };
-    if cri_runtimes_path(version).is_none() {
-        return Err(shape(
-            path,
-            &format!("config version {version} is not supported (2 and 3 are); migrate it with `containerd config migrate`"),
-        ));
-    }
-    Ok((doc, version))
-}
-
-/// containerd's config with a `gpushare` CRI runtime: runc's shim v2 with
-/// `BinaryName` set to gpushare-runtime, and runc's other options copied.
-/// Comments, order and unknown tables are kept.
-/// How containerd's `gpushare` runtime brings gpushare in.
-#[derive(Debug, Clone, Copy)]
-pub enum ContainerdMode<'a> {
-    /// runc's shim with `BinaryName` = gpushare-runtime.
-    Shim(&'a Path),
-    /// runc itself, with a base runtime spec that carries gpushare's hooks.
-    Hook(&'a Path),
-}
-
-pub fn containerd_install(
-    path: &Path,
-    text: Option<&str>,
-    mode: ContainerdMode,
-) -> Result<String, InstallError> {
-    let (mut doc, version) = containerd_parse(path, text)?;
-    let keys = cri_runtimes_path(version).expect("checked");
-    let mut table = doc.as_table_mut();
-    let mut default_runtime = "runc".to_owned();
-    for k in keys {
-        if k == "runtimes" {
-            if let Some(name) = table.get("default_runtime_name").and_then(Item::as_str) {
-                default_runtime = name.to_owned();
-            }
-        }
-        let entry = table.entry(k).or_insert_with(|| {
-            let mut t = Table::new();
-            t.set_implicit(true);
-            Item::Table(t)
-        });
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| shape(path, &format!("`{k}` is not a table")))?;
-    }
-    // A runtimes table replaces containerd's built-in one, so once it has
-    // an entry it must also name the default runtime, or the CRI plugin
-    // does not load ("no corresponding runtime configured"). A config that
-    // relied on the built-in runc gets it written out, marked as ours.
-    if default_runtime == "runc" && !table.contains_key("runc") {
-        table.insert("runc", Item::Table(default_runc()));
-    }
-    let runc_options = table
-        .get("runc")
-        .and_then(|r| r.get("options"))
-        .and_then(Item::as_table_like)
-        .map(|t| {
-            t.iter()
-                .map(|(k, v)| (k.to_owned(), v.clone()))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    let mut options = Table::new();
-    let mut ours = Table::new();
-    ours.insert("runtime_type", toml_edit::value("io.containerd.runc.v2"));
-    match mode {
-        ContainerdMode::Shim(runtime) => {
-            for (k, v) in runc_options.into_iter().filter(|(k, _)| k != "BinaryName") {
-                options.insert(&k, v);
-            }
-            options.insert(
-                "BinaryName",
-                toml_edit::value(runtime.display().to_string()),
-            );
-        }
-        ContainerdMode::Hook(spec) => {
-            for (k, v) in runc_options {
-                options.insert(&k, v);
-            }
-            ours.insert(
-                "base_runtime_spec",
-                toml_edit::value(spec.display().to_string()),
-            );
-        }
-    }
-    ours.insert("options", Item::Table(options));
-    table.insert(RUNTIME_NAME, Item::Table(ours));
-    Ok(doc.to_string())
-}
-
-pub fn containerd_uninstall(
-    path: &Path,
-    text: Option<&str>,
-) -> Result<Option<String>, InstallError> {
-    let Some(text) = text else { return Ok(None) };
-    let (mut doc, version) = containerd_parse(path, Some(text))?;
-    let keys = cri_runtimes_path(version).expect("checked");
-    let mut table = Some(doc.as_table_mut());
-    for k in keys {
-        table = table
-            .and_then(|t| t.get_mut(k))
-            .and_then(Item::as_table_mut);
-    }
-    if let Some(t) = table {
-        t.remove(RUNTIME_NAME);
-        let added_by_us = t
-            .get("runc")
-            .and_then(Item::as_table)
-            .is_some_and(|r| r.to_string() == default_runc().to_string());
-        if added_by_us {
-            t.remove("runc");
-        }
-    }
-    Ok(Some(doc.to_string()))
-}
-
-/// containerd's built-in default runtime (runc through its shim v2), as
-/// install writes it where a config had left it implicit; the comment marks
-/// it so uninstall takes it out again.
-fn default_runc() -> Table {
-    let mut t = Table::new();
-    t.decor_mut().set_prefix(
-        "\n# Added by gpushare install: containerd's built-in default runtime, which a\n# runtimes table must name once it has entries of its own.\n",
-    );
-    t.insert("runtime_type", toml_edit::value("io.containerd.runc.v2"));
-    t
-}
-
-/// The hooks.d file (podman, CRI-O): prestart and poststop, the stage read
-/// from the state.
-pub fn hooks_file(hook: &Path, gpushare_config: Option<&Path>) -> String {
-    let mut h = json!({"path": hook, "args": ["gpushare-hook"]});
-    if let Some(c) = gpushare_config {
-        h["env"] = json!([format!("{}={}", crate::config::ENV_VAR, c.display())]);
-    }
-    let doc = json!({
-        "version": "1.0.0",
-        "hook": h,
-        "when": {"always": true},
-        "stages": ["prestart", "poststop"],
-    });
-    format!(
-        "{}\n",
-        serde_json::to_string_pretty(&doc).expect("JSON serialises")
-    )
-}
-
-/// containerd's default spec (`ctr oci spec`, from the containerd that will
-/// read it) with gpushare's hooks added: the base runtime spec of `--mode
-/// hook`.
-pub fn base_spec(hook: &Path, gpushare_config: Option<&Path>) -> Result<String, InstallError> {
-    let out = std::process::Command::new("ctr")
-        .args(["oci", "spec"])
-        .output()
-        .map_err(|source| InstallError::Io {
-            action: "run `ctr oci spec` for",
-            path: "containerd's default spec".into(),
-            source,
-        })?;
-    let p = Path::new("`ctr oci spec`");
-    let mut spec: Value = serde_json::from_slice(&out.stdout).map_err(|e| malformed_json(p, &e))?;
-    let mut h = json!({"path": hook});
-    if let Some(c) = gpushare_config {
-        h["env"] = json!([format!("{}={}", crate::config::ENV_VAR, c.display())]);
-    }
-    let hooks = spec
-        .as_object_mut()
-        .ok_or_else(|| shape(p, "not an object"))?
-        .entry("hooks")
-        .or_insert_with(|| json!({}));
-    for stage in ["prestart", "poststop"] {
-        let mut one = h.clone();
-        one["args"] = json!(["gpushare-hook", stage]);
-        let list = hooks
-            .as_object_mut()
-            .ok_or_else(|| shape(p, "hooks is not an object"))?
-            .entry(stage)
-            .or_insert_with(|| json!([]));
-        list.as_array_mut()
-            .ok_or_else(|| shape(p, "a hook stage is not a list"))?
-            .push(one);
-    }
-    Ok(format!(
-        "{}\n",
-        serde_json::to_string_pretty(&spec).expect("JSON serialises")
-    ))
-}
-
-/// CRI-O's drop-in: the gpushare runtime, for RuntimeClass `gpushare`.
-pub fn crio_drop_in(runtime: &Path) -> String {
-    format!(
-        "# Written by `gpushare install crio`; `gpushare install crio --uninstall` removes it.\n\
-         [crio.runtime.runtimes.{RUNTIME_NAME}]\nruntime_path = {:?}\nruntime_type = \"oci\"\n",
-        runtime.display().to_string()
-    )
-}
-
 fn read(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
     match std::fs::read(path) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(InstallError::Io {
-            action: "read",
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(crate::sys::io("read", path)(source).into()),
     }
 }
 
@@ -604,7 +292,7 @@ pub fn nvidia_runtimes(engine: Engine, text: &str) -> Vec<(String, String)> {
                 .get("version")
                 .and_then(toml::Value::as_integer)
                 .unwrap_or(1);
-            let Some(keys) = cri_runtimes_path(version) else {
+            let Some(keys) = containerd::cri_runtimes_path(version) else {
                 return found;
             };
             let mut table = Some(&doc);
@@ -674,18 +362,14 @@ fn same_meaning(engine: Engine, a: Option<&str>, b: &str) -> bool {
 /// gpushare.
 pub fn apply(changes: &[Change], uninstall: bool) -> Result<Vec<PathBuf>, InstallError> {
     let mut backups = Vec::new();
-    let stamp = crate::shim::rfc3339(std::time::SystemTime::now()).replace(':', "");
+    let stamp = crate::sys::rfc3339(std::time::SystemTime::now()).replace(':', "");
     let kind = if uninstall {
         "gpushare-uninstall-backup"
     } else {
         "gpushare-backup"
     };
     for c in changes.iter().filter(|c| !c.is_noop()) {
-        let io = |action, source| InstallError::Io {
-            action,
-            path: c.path.clone(),
-            source,
-        };
+        let io = |action, source| InstallError::from(crate::sys::io(action, &c.path)(source));
         if let Some(before) = c.before.as_ref().filter(|_| !c.owned) {
             let backup = PathBuf::from(format!("{}.{kind}-{stamp}", c.path.display()));
             write_atomic(&backup, before, 0o644).map_err(|e| io("back up", e))?;
@@ -704,49 +388,6 @@ pub fn apply(changes: &[Change], uninstall: bool) -> Result<Vec<PathBuf>, Instal
     Ok(backups)
 }
 
-/// A line diff for `--dry-run`: `-` lines go, `+` lines come.
-pub fn diff(c: &Change) -> String {
-    let text = |b: &Option<Vec<u8>>| {
-        b.as_ref()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default()
-    };
-    let (a, b) = (text(&c.before), text(&c.after));
-    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    // Longest common subsequence, fine for config-sized files.
-    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-    let mut out = format!(
-        "--- {}{}\n+++ {}{}\n",
-        c.path.display(),
-        if c.before.is_none() { " (absent)" } else { "" },
-        c.path.display(),
-        if c.after.is_none() { " (removed)" } else { "" }
-    );
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            i += 1;
-            j += 1;
-        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            out.push_str(&format!("-{}\n", a[i]));
-            i += 1;
-        } else {
-            out.push_str(&format!("+{}\n", b[j]));
-            j += 1;
-        }
-    }
-    out
-}
-
 /// What to run so the engine reads its new configuration.
 pub fn restart_hint(engine: Engine) -> &'static str {
     match engine {
@@ -757,9 +398,37 @@ pub fn restart_hint(engine: Engine) -> &'static str {
     }
 }
 
+/// A unified diff for `--dry-run`: `-` lines go, `+` lines come, three
+/// lines of context around each change.
+pub fn diff(c: &Change) -> String {
+    let text = |b: &Option<Vec<u8>>| {
+        b.as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    };
+    let (a, b) = (text(&c.before), text(&c.after));
+    let old = format!(
+        "{}{}",
+        c.path.display(),
+        if c.before.is_none() { " (absent)" } else { "" }
+    );
+    let new = format!(
+        "{}{}",
+        c.path.display(),
+        if c.after.is_none() { " (removed)" } else { "" }
+    );
+    similar::TextDiff::from_lines(&a, &b)
+        .unified_diff()
+        .context_radius(3)
+        .header(&old, &new)
+        .missing_newline_hint(false)
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const RT: &str = "/usr/local/bin/gpushare-runtime";
 
@@ -972,5 +641,33 @@ mod tests {
             d.contains("-b\n+B\n") && d.contains("+d\n") && !d.contains("-a"),
             "{d}"
         );
+        // A change deep in a long file: a hunk with three lines of
+        // context each side, the rest left out.
+        let long: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        let c = Change {
+            path: p(),
+            before: Some(long.clone().into_bytes()),
+            after: Some(long.replace("line 15\n", "line 15\nadded\n").into_bytes()),
+            owned: false,
+        };
+        let d = diff(&c);
+        assert!(
+            d.starts_with(&format!(
+                "--- {}\n+++ {}\n@@ -13,6 +13,7 @@\n",
+                p().display(),
+                p().display()
+            )),
+            "{d}"
+        );
+        assert!(
+            d.contains(" line 13\n") && d.contains(" line 15\n+added\n line 16\n"),
+            "{d}"
+        );
+        assert!(!d.contains("line 12\n") && !d.contains("line 19\n"), "{d}");
+        let new = Change {
+            before: None,
+            ..c.clone()
+        };
+        assert!(diff(&new).starts_with(&format!("--- {} (absent)\n", p().display())));
     }
 }
