@@ -184,6 +184,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The config's name as messages show it.
+    pub fn name(&self) -> String {
+        match &self.source {
+            Some(p) => p.display().to_string(),
+            None => format!("{} (absent: defaults)", Config::path_from_env().display()),
+        }
+    }
+
     /// The config path in force: `GPUSHARE_CONFIG` when set and non-empty,
     /// otherwise the default path.
     pub fn path_from_env() -> PathBuf {

@@ -23,8 +23,8 @@ use crate::bundle::Bundle;
 use crate::config::Config;
 use crate::ledger::{Entry, Ledger, Record};
 use crate::live;
+use crate::placement::{self, Placement};
 use crate::request::Request;
-use crate::shim::{self, Placement};
 
 /// The state runc writes is a few hundred bytes; anything near this is not
 /// an OCI state.
@@ -181,7 +181,7 @@ fn place_alone(bundle: &Bundle, id: &str, pid: i32, cfg: &Config) -> crate::Resu
         edits,
         mut entry,
         warnings,
-    }) = shim::place(bundle, id, cfg)?
+    }) = placement::place(bundle, id, cfg)?
     else {
         return Ok(Outcome::NotOurs);
     };

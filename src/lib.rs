@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod ledger;
 pub mod live;
 pub mod mps;
+pub mod placement;
 pub mod report;
 pub mod request;
 pub mod runtime_args;

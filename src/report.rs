@@ -11,9 +11,7 @@ use crate::bundle::Bundle;
 use crate::config::Config;
 use crate::decide::Decision;
 use crate::inventory::Inventory;
-use crate::ledger::{self, Entry, Ledger};
-use crate::request::Request;
-use crate::shim::plan;
+use crate::ledger::{Entry, Ledger};
 use crate::telemetry::{GpuTelemetry, Telemetry};
 use crate::Error;
 
@@ -33,10 +31,6 @@ pub fn explain(bundle_dir: &Path, cfg: &Config) -> crate::Result<Explained> {
         }),
         refused: true,
     };
-    let req = match Request::from_env(bundle.env()?) {
-        Ok(r) => r,
-        Err(e) => return Ok(reject(e.to_string())),
-    };
     let untouched = Explained {
         json: json!({
             "decision": "untouched", "gpu": null, "thread_percentage": null,
@@ -45,16 +39,11 @@ pub fn explain(bundle_dir: &Path, cfg: &Config) -> crate::Result<Explained> {
         }),
         refused: false,
     };
-    if !req.is_gpu() {
-        return Ok(untouched);
-    }
-    let inv = Inventory::load(cfg)?;
-    let entries = live_entries(cfg)?;
-    let mut load = ledger::load_of(&entries, None);
-    crate::shim::mps_load(cfg, &inv, &mut load);
-    let rootfs = bundle.rootfs();
-    let p = match plan(&req, cfg, &inv, &load, rootfs.as_deref(), false) {
-        Ok(p) => p,
+    // The very pipeline create runs (the ledger locked, read, let go).
+    let p = match crate::placement::prepare(&bundle, None, cfg, false) {
+        Ok(Some(prepared)) => prepared.plan,
+        Ok(None) => return Ok(untouched),
+        Err(Error::Request(e)) => return Ok(reject(e.to_string())),
         Err(Error::Refused(r)) => return Ok(reject(r.0)),
         Err(e) => return Err(e),
     };
@@ -84,14 +73,6 @@ pub fn explain(bundle_dir: &Path, cfg: &Config) -> crate::Result<Explained> {
         }),
         refused: false,
     })
-}
-
-/// The ledger as the shim would count it: stale entries left out.
-fn live_entries(cfg: &Config) -> crate::Result<Vec<Entry>> {
-    let timeout = cfg.runtime.reservation_timeout_seconds;
-    let mut entries = Ledger::new(&cfg.runtime.state_dir).snapshot()?;
-    entries.retain(|e| e.is_live(timeout, false));
-    Ok(entries)
 }
 
 /// The document with every string (keys included) made `visible`: what the
