@@ -15,4 +15,4 @@ if ! command -v musl-gcc >/dev/null 2>&1; then
     echo "musl-tools could not be installed: the floor is shown without the musl line" >&2
 fi
 bins=$(install/build.sh)
-GPUSHARE_BIN_DIR=$bins cargo bench --locked --quiet --bench shim
+GPUSHARE_BIN_DIR=$bins cargo bench --locked --quiet --features root-tests --bench shim

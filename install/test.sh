@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 . install/prereqs.sh
 need_root install/test.sh
 ensure_packages tests
-exec cargo test --locked
+exec cargo test --locked --features root-tests
