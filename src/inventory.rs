@@ -221,6 +221,35 @@ impl Inventory {
     }
 }
 
+/// `gpushare inventory`: the GPUs and the driver's files GPU containers
+/// get (`None` when a chained runtime brings them). With `refresh`, NVML's
+/// list is written to the inventory cache and the driver found again
+/// first; the third value then says what was written.
+pub fn with_driver(
+    cfg: &Config,
+    refresh: bool,
+) -> crate::Result<(Inventory, Option<crate::driver::Driver>, Option<String>)> {
+    let mut wrote = None;
+    if refresh {
+        let nvml = crate::telemetry::open().map_err(InventoryError::Nvml)?;
+        let inv = crate::telemetry::nvml_inventory(&nvml).map_err(InventoryError::Nvml)?;
+        let path = nvml_cache(cfg);
+        inv.write_cache(&path)?;
+        wrote = Some(format!(
+            "wrote {} ({} GPUs from NVML)",
+            path.display(),
+            inv.gpus.len()
+        ));
+    }
+    let inv = Inventory::load(cfg)?;
+    let driver = match (cfg.driver.inject, refresh) {
+        (crate::config::Inject::None, _) => None,
+        (_, true) => Some(crate::driver::Driver::refresh(cfg)?),
+        (_, false) => Some(crate::driver::Driver::load(cfg, false)),
+    };
+    Ok((inv, driver, wrote))
+}
+
 /// Where `inventory --refresh` keeps NVML's list for the `nvml` source.
 pub fn nvml_cache(cfg: &Config) -> PathBuf {
     cfg.runtime.state_dir.join("inventory.toml")

@@ -699,6 +699,49 @@ impl Ledger {
     }
 }
 
+/// Removes the pid files of shims that are gone (killed before they could
+/// remove their own), for `gpushare gc`. Says how many went.
+pub fn clean_pid_files(state_dir: &Path) -> usize {
+    let Ok(list) = std::fs::read_dir(state_dir.join(PID_DIR)) else {
+        return 0;
+    };
+    list.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+                .is_some_and(|pid| !process_matches(pid, None))
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// What `gpushare gc` took away.
+pub struct Collected {
+    /// Entries whose container is gone (its pid dead or reused), or never
+    /// bound within the reservation timeout.
+    pub dropped: Vec<Entry>,
+    /// Pid files of runtime calls killed before they removed their own.
+    pub pid_files: usize,
+    /// Files and directories an earlier gpushare left readable to all.
+    pub restricted: usize,
+}
+
+/// `gpushare gc`: drops what is stale now, checking every entry, removes
+/// the pid files killed runtime calls left, and makes the ledger root's
+/// alone where an earlier version had not.
+pub fn gc(state_dir: &Path, timeout: u64) -> Result<Collected, LedgerError> {
+    let ledger = Ledger::new(state_dir);
+    let mut locked = ledger.lock()?;
+    let dropped = locked.drop_stale(timeout, true);
+    locked.commit()?;
+    Ok(Collected {
+        dropped,
+        pid_files: clean_pid_files(state_dir),
+        restricted: ledger.restrict()?,
+    })
+}
+
 /// Record lines (snapshot form: header first) for `records`.
 fn lines_of(records: impl Iterator<Item = Record>) -> Vec<u8> {
     let mut out = HEADER.to_vec();

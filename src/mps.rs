@@ -798,3 +798,116 @@ mod tests {
         assert_eq!(parse_ps(answer), vec![4242, 5151]);
     }
 }
+
+impl Started {
+    pub fn line(&self) -> String {
+        let how = if self.already {
+            "already running"
+        } else {
+            "started"
+        };
+        format!(
+            "GPU {} {}: {how}, pid {}; compute mode {}",
+            self.index, self.uuid, self.pid, self.compute_mode
+        )
+    }
+}
+
+impl Stopped {
+    pub fn line(&self) -> String {
+        format!(
+            "GPU {} {}: stopped (was {}); compute mode {}",
+            self.index, self.uuid, self.was, self.compute_mode
+        )
+    }
+}
+
+/// What `gpushare mps start|stop|status` does to each GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Status,
+}
+
+/// One GPU's outcome: its line for people and its JSON object.
+pub struct Outcome {
+    pub line: String,
+    pub json: serde_json::Value,
+}
+
+/// Starts, stops or reports the daemon of every GPU, or of the one `gpu`
+/// names (index, UUID or a unique prefix, PCI bus id).
+pub fn act(
+    cfg: &Config,
+    inv: &Inventory,
+    gpu: Option<&str>,
+    action: Action,
+) -> crate::Result<Vec<Outcome>> {
+    let gpus: Vec<&Gpu> = match gpu {
+        Some(id) => vec![crate::decide::resolve_one(id, inv)?],
+        None => inv.gpus.iter().collect(),
+    };
+    let json = |v: serde_json::Result<serde_json::Value>| v.expect("an outcome serialises");
+    let mut out = Vec::new();
+    for g in gpus {
+        out.push(match action {
+            Action::Start => {
+                let s = start(cfg, g)?;
+                Outcome {
+                    line: s.line(),
+                    json: json(serde_json::to_value(&s)),
+                }
+            }
+            Action::Stop => {
+                let s = stop(cfg, g)?;
+                Outcome {
+                    line: s.line(),
+                    json: json(serde_json::to_value(&s)),
+                }
+            }
+            Action::Status => {
+                let s = status(cfg, g);
+                Outcome {
+                    line: s.line(),
+                    json: json(serde_json::to_value(&s)),
+                }
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// Set by SIGTERM and SIGINT: `run` stops its daemons and returns.
+static QUIT: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_quit_signal(_: libc::c_int) {
+    QUIT.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// `gpushare mps run`: supervises every GPU's daemon in the foreground
+/// until SIGTERM or SIGINT, then stops them all. `log` gets each line.
+pub fn run(cfg: &Config, inv: &Inventory, log: &mut dyn FnMut(String)) -> crate::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_quit_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { sigaction(sig, &action) }.map_err(|e| {
+            crate::Error::Io(format!(
+                "cannot handle {sig}: {e}; run `gpushare mps run` as root"
+            ))
+        })?;
+    }
+    log(format!(
+        "gpushare mps run: supervising {} GPU daemons (SIGTERM stops them)",
+        inv.gpus.len()
+    ));
+    supervise(cfg, inv, &QUIT, log);
+    log("gpushare mps run: all daemons stopped".into());
+    Ok(())
+}

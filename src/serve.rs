@@ -124,3 +124,25 @@ fn page(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT));
     r
 }
+
+/// `gpushare metrics --listen ADDR`: binds (port 0 takes a free port),
+/// says where it serves on stderr, and serves the status's exposition,
+/// computed afresh at each scrape, until the process ends.
+pub fn metrics(addr: &str) -> crate::Result<()> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        crate::Error::Io(format!(
+            "cannot listen on {addr}: {e}; give a free host:port"
+        ))
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| addr.to_owned(), |a| a.to_string());
+    eprintln!("serving http://{bound}/metrics");
+    let render = || {
+        crate::report::status_now()
+            .map(|s| crate::report::metrics(&s))
+            .map_err(|e| e.one_line())
+    };
+    serve(listener, Arc::new(render))
+        .map_err(|e| crate::Error::Io(format!("the metrics server stopped: {e}")))
+}

@@ -195,23 +195,6 @@ fn own_pid_file(state_dir: &Path) -> PathBuf {
         .join(std::process::id().to_string())
 }
 
-/// Removes the pid files of shims that are gone (killed before they could
-/// remove their own), for `gpushare gc`. Says how many went.
-pub fn clean_pid_files(state_dir: &Path) -> usize {
-    let Ok(list) = std::fs::read_dir(state_dir.join(ledger::PID_DIR)) else {
-        return 0;
-    };
-    list.flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-                .is_some_and(|pid| !crate::sys::process_matches(pid, None))
-        })
-        .filter(|e| std::fs::remove_file(e.path()).is_ok())
-        .count()
-}
-
 /// The pid a runtime wrote to its pid file, once it is whole.
 fn read_pid(path: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(path).ok()?;

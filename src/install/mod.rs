@@ -388,6 +388,43 @@ pub fn apply(changes: &[Change], uninstall: bool) -> Result<Vec<PathBuf>, Instal
     Ok(backups)
 }
 
+/// `gpushare install`: plans the change, and prints it (`dry_run`) or
+/// writes it; the lines to show, in order.
+pub fn run(o: &Options, dry_run: bool) -> Result<Vec<String>, InstallError> {
+    let changes = plan(o)?;
+    let note = (!o.uninstall).then(|| chaining_note(o)).flatten();
+    let mut out = Vec::new();
+    if changes.iter().all(Change::is_noop) {
+        out.extend(
+            changes
+                .iter()
+                .map(|c| format!("unchanged: {}", c.path.display())),
+        );
+        out.push("nothing to change".into());
+        out.extend(note);
+        return Ok(out);
+    }
+    if dry_run {
+        out.extend(changes.iter().filter(|c| !c.is_noop()).map(diff));
+        out.push("dry run: nothing written".into());
+        out.extend(note);
+        return Ok(out);
+    }
+    let backups = apply(&changes, o.uninstall)?;
+    for c in &changes {
+        let what = match (c.is_noop(), &c.after) {
+            (true, _) => "unchanged",
+            (false, Some(_)) => "wrote",
+            (false, None) => "removed",
+        };
+        out.push(format!("{what}: {}", c.path.display()));
+    }
+    out.extend(backups.iter().map(|b| format!("backup: {}", b.display())));
+    out.extend(note);
+    out.push(restart_hint(o.engine).into());
+    Ok(out)
+}
+
 /// What to run so the engine reads its new configuration.
 pub fn restart_hint(engine: Engine) -> &'static str {
     match engine {
