@@ -265,7 +265,16 @@ fn cgroup_v2_a_runtimes_deny_all_program_is_extended_by_exactly_the_gpu() {
         before.contains("nvidia1: Operation not permitted") && before.contains("null-ok"),
         "the runtime's program is in force: {before}"
     );
-    gpushare::live::allow_devices_v2(&cg.0, &[nvidia1]).unwrap();
+    {
+        use gpushare::live::Host;
+        let allow = [bpf::Allow {
+            major: nvidia1.major as u32,
+            minor: nvidia1.minor as u32,
+        }];
+        gpushare::live::System
+            .allow_device_program(&cg.0, &allow)
+            .unwrap();
+    }
     let (ids, _) = bpf::attached(dir.as_fd()).unwrap();
     assert_eq!(
         ids.len(),

@@ -192,7 +192,7 @@ fn place_alone(bundle: &Bundle, id: &str, pid: i32, cfg: &Config) -> crate::Resu
     drop_capabilities()?;
     // Under the ledger lock: the entry is written only once the
     // container really has its devices.
-    live::apply(&edits, pid, &rootfs)?;
+    live::apply(&mut live::System, &edits, pid, &rootfs)?;
     entry.pid = Some(pid);
     entry.pid_start = crate::sys::process_start_time(pid);
     locked.reserve(entry);

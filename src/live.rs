@@ -21,7 +21,6 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sched::{setns, CloneFlags};
 use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use thiserror::Error;
@@ -256,95 +255,11 @@ pub fn ensure_target(root: BorrowedFd, rel: &Path, kind: TargetKind) -> Result<O
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
-// The new mount API (Linux 5.2; mount_setattr 5.12). libc has the
-// syscall numbers but not these constants. Ref: include/uapi/linux/mount.h.
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
-const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+// Mount attributes (Linux 5.12; include/uapi/linux/mount.h).
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-/// A detached copy of the mount at `path` (a bind of that file or
-/// directory alone), with `attrs` set on it. Made in our own namespace, so
-/// the host path is resolved on the host; attached later wherever we are.
-fn detached_bind(path: &Path, attrs: u64) -> Result<OwnedFd, LiveError> {
-    let err = |source| LiveError::HostNode {
-        path: path.to_owned(),
-        source,
-    };
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| err(Errno::EINVAL))?;
-    // SAFETY: a valid NUL-terminated path; the result is a new descriptor.
-    let fd = Errno::result(unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    })
-    .map_err(err)?;
-    // SAFETY: open_tree returned a fresh descriptor that nothing else owns.
-    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-    let attr = MountAttr {
-        attr_set: attrs,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: fd is ours, "" with AT_EMPTY_PATH names it, attr is a valid
-    // struct of the size passed.
-    Errno::result(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    })
-    .map_err(err)?;
-    Ok(fd)
-}
-
-/// Attaches the detached mount `tree` onto `rel` inside `root`.
-fn attach(
-    root: BorrowedFd,
-    tree: &OwnedFd,
-    source_path: &Path,
-    rel: &Path,
-    kind: TargetKind,
-) -> Result<(), LiveError> {
-    let target = ensure_target(root, rel, kind)?;
-    // SAFETY: both descriptors are ours and named with empty paths.
-    Errno::result(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            target.as_raw_fd(),
-            c"".as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
-        )
-    })
-    .map(drop)
-    .map_err(|source| LiveError::Mount {
-        source_path: source_path.to_owned(),
-        target: rel.to_owned(),
-        source,
-    })
-}
 
 /// The mount attributes a mount edit's options ask for (`ro`, `nosuid`,
 /// `nodev`, `noexec`; `bind` is how every live mount is made).
@@ -406,136 +321,278 @@ pub fn unified_path(proc_cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
     Some(mountpoint)
 }
 
+/// What the live path does to the system, one call each: the seam between
+/// the order of the steps (`apply`, tested with `Recorder` without root) and
+/// the system calls themselves (`System`).
+pub trait Host {
+    /// An open handle: a namespace, a detached mount, the rootfs, a mount
+    /// target.
+    type Handle;
+    /// Reads a procfs file (`/proc/<pid>/cgroup`, `/proc/self/mountinfo`).
+    fn read_proc(&mut self, path: &Path) -> std::io::Result<String>;
+    /// cgroup v1: one `c MAJ:MIN rw` rule written to `devices.allow`.
+    fn allow_device_rule(&mut self, allow_file: &Path, rule: &str) -> std::io::Result<()>;
+    /// cgroup v2: the cgroup's device program extended with `allow`.
+    fn allow_device_program(&mut self, cgroup_dir: &Path, allow: &[Allow])
+        -> Result<(), LiveError>;
+    /// Opens a mount namespace file (`/proc/<pid>/ns/mnt`).
+    fn open_namespace(&mut self, path: &Path) -> Result<Self::Handle, Errno>;
+    /// Enters the mount namespace `ns`.
+    fn enter_namespace(&mut self, ns: &Self::Handle) -> Result<(), Errno>;
+    /// A detached copy of the mount at host path `path` with mount
+    /// attributes `attrs`, and whether it is a directory.
+    fn clone_mount(&mut self, path: &Path, attrs: u64) -> Result<(Self::Handle, bool), Errno>;
+    /// Opens the container's rootfs (a host path, seen from inside its
+    /// mount namespace).
+    fn open_root(&mut self, rootfs: &Path) -> Result<Self::Handle, Errno>;
+    /// The mount target `rel` inside `root`, made if missing (`ensure_target`).
+    fn mount_target(
+        &mut self,
+        root: &Self::Handle,
+        rel: &Path,
+        kind: TargetKind,
+    ) -> Result<Self::Handle, LiveError>;
+    /// Attaches the detached mount `tree` onto `target`.
+    fn move_mount(&mut self, tree: &Self::Handle, target: &Self::Handle) -> Result<(), Errno>;
+}
+
+/// The real system: rustix's wrappers of the mount API and setns, nix's of
+/// the rest; mount_setattr by hand (neither crate has it).
+pub struct System;
+
+impl Host for System {
+    type Handle = OwnedFd;
+
+    fn read_proc(&mut self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+
+    fn allow_device_rule(&mut self, allow_file: &Path, rule: &str) -> std::io::Result<()> {
+        // The kernel takes one rule per write.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(allow_file)
+            .and_then(|mut f: File| f.write_all(rule.as_bytes()))
+    }
+
+    fn allow_device_program(
+        &mut self,
+        cgroup_dir: &Path,
+        allow: &[Allow],
+    ) -> Result<(), LiveError> {
+        let dir = File::open(cgroup_dir)
+            .map_err(|e| LiveError::NoCgroup(format!("{}: {e}", cgroup_dir.display())))?;
+        bpf::extend(dir.as_fd(), allow).map_err(|source| LiveError::Bpf {
+            cgroup: cgroup_dir.to_owned(),
+            source,
+        })
+    }
+
+    fn open_namespace(&mut self, path: &Path) -> Result<OwnedFd, Errno> {
+        File::open(path)
+            .map(OwnedFd::from)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+    }
+
+    fn enter_namespace(&mut self, ns: &OwnedFd) -> Result<(), Errno> {
+        rustix::thread::move_into_link_name_space(
+            ns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Mount),
+        )
+        .map_err(errno)
+    }
+
+    fn clone_mount(&mut self, path: &Path, attrs: u64) -> Result<(OwnedFd, bool), Errno> {
+        use rustix::mount::OpenTreeFlags;
+        let tree = rustix::mount::open_tree(
+            rustix::fs::CWD,
+            path,
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )
+        .map_err(errno)?;
+        mount_setattr(&tree, attrs)?;
+        let st = fstat(tree.as_raw_fd())?;
+        let dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+        Ok((tree, dir))
+    }
+
+    fn open_root(&mut self, rootfs: &Path) -> Result<OwnedFd, Errno> {
+        let fd = nix::fcntl::open(
+            rootfs,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        // SAFETY: open returned a fresh descriptor that nothing else owns.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    }
+
+    fn mount_target(
+        &mut self,
+        root: &OwnedFd,
+        rel: &Path,
+        kind: TargetKind,
+    ) -> Result<OwnedFd, LiveError> {
+        ensure_target(root.as_fd(), rel, kind)
+    }
+
+    fn move_mount(&mut self, tree: &OwnedFd, target: &OwnedFd) -> Result<(), Errno> {
+        use rustix::mount::MoveMountFlags;
+        rustix::mount::move_mount(
+            tree.as_fd(),
+            c"",
+            target.as_fd(),
+            c"",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+        .map_err(errno)
+    }
+}
+
+fn errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Sets `attrs` on the detached mount `tree` (mount_setattr, Linux 5.12;
+/// neither rustix nor nix wraps it).
+fn mount_setattr(tree: &OwnedFd, attrs: u64) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the descriptor is ours, "" with AT_EMPTY_PATH names it, and
+    // attr is a valid struct of the size passed.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
 /// Opens the device cgroup of `pid` for each device. Under cgroup v1 (the
 /// devices controller, which runtimes use where it is mounted) a
 /// `c MAJ:MIN rw` rule each; under v2 a device program (`bpf`).
-pub fn allow_devices(pid: i32, devices: &[DeviceEdit]) -> Result<(), LiveError> {
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+pub fn allow_devices<H: Host>(
+    host: &mut H,
+    pid: i32,
+    devices: &[DeviceEdit],
+) -> Result<(), LiveError> {
+    let cgroup = host
+        .read_proc(Path::new(&format!("/proc/{pid}/cgroup")))
         .map_err(|e| LiveError::NoCgroup(e.to_string()))?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+    let mountinfo = host
+        .read_proc(Path::new("/proc/self/mountinfo"))
         .map_err(|e| LiveError::NoCgroup(e.to_string()))?;
-    if let Some(path) = devices_allow_path(&cgroup, &mountinfo) {
-        return allow_devices_v1(&path, devices);
+    if let Some(allow_file) = devices_allow_path(&cgroup, &mountinfo) {
+        for d in devices {
+            let rule = format!("c {}:{} rw", d.major, d.minor);
+            host.allow_device_rule(&allow_file, &rule)
+                .map_err(|source| LiveError::CgroupWrite {
+                    rule: rule.clone(),
+                    path: allow_file.clone(),
+                    source,
+                })?;
+        }
+        return Ok(());
     }
     match unified_path(&cgroup, &mountinfo) {
-        Some(dir) => allow_devices_v2(&dir, devices),
+        Some(dir) => {
+            let allow: Vec<Allow> = devices
+                .iter()
+                .map(|d| Allow {
+                    major: d.major as u32,
+                    minor: d.minor as u32,
+                })
+                .collect();
+            host.allow_device_program(&dir, &allow)
+        }
         None => Err(LiveError::NoCgroup(format!(
             "no devices or cgroup2 hierarchy holds pid {pid}"
         ))),
     }
 }
 
-pub fn allow_devices_v1(allow_file: &Path, devices: &[DeviceEdit]) -> Result<(), LiveError> {
-    for d in devices {
-        let rule = format!("c {}:{} rw", d.major, d.minor);
-        // The kernel takes one rule per write.
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .open(allow_file)
-            .and_then(|mut f: File| f.write_all(rule.as_bytes()));
-        written.map_err(|source| LiveError::CgroupWrite {
-            rule: rule.clone(),
-            path: allow_file.to_owned(),
-            source,
-        })?;
-    }
-    Ok(())
-}
-
-pub fn allow_devices_v2(cgroup_dir: &Path, devices: &[DeviceEdit]) -> Result<(), LiveError> {
-    let dir = File::open(cgroup_dir)
-        .map_err(|e| LiveError::NoCgroup(format!("{}: {e}", cgroup_dir.display())))?;
-    let allow: Vec<Allow> = devices
-        .iter()
-        .map(|d| Allow {
-            major: d.major as u32,
-            minor: d.minor as u32,
-        })
-        .collect();
-    bpf::extend(dir.as_fd(), &allow).map_err(|source| LiveError::Bpf {
-        cgroup: cgroup_dir.to_owned(),
-        source,
-    })
-}
-
 /// Applies `edits` to the running container `pid` whose rootfs is at
-/// `rootfs` (a host path, as in its spec). Device cgroup first, so the
-/// nodes are never visible before they work; then the binds, from inside
-/// the container's mount namespace; then back to our own.
-pub fn apply(edits: &ContainerEdits, pid: i32, rootfs: &Path) -> Result<(), LiveError> {
-    allow_devices(pid, &edits.devices)?;
+/// `rootfs` (a host path, as in its spec), in this order: the device
+/// cgroup first, so the nodes are never visible before they work; the host
+/// nodes and files cloned here, in our own namespace, so nothing about them
+/// is looked up through the container's filesystem (device nodes get
+/// neither suid nor exec; other mounts what their options say); then,
+/// inside the container's mount namespace, each clone attached at its
+/// target in the rootfs; then back to our own namespace, whatever happened.
+pub fn apply<H: Host>(
+    host: &mut H,
+    edits: &ContainerEdits,
+    pid: i32,
+    rootfs: &Path,
+) -> Result<(), LiveError> {
+    allow_devices(host, pid, &edits.devices)?;
     let ns_err = |what, source| LiveError::Namespace { what, pid, source };
-    let open = |p: &str| {
-        File::open(p).map_err(|e| {
-            ns_err(
-                "open mount namespace",
-                Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-            )
-        })
-    };
-    let ours = open("/proc/self/ns/mnt")?;
-    let theirs = open(&format!("/proc/{pid}/ns/mnt"))?;
-    // Host nodes and files are cloned here, in our namespace: nothing about
-    // them is looked up through the container's filesystem. Device nodes
-    // need dev; they get neither suid nor exec. Other mounts get what their
-    // options say (driver files: read-only, nosuid, nodev).
+    let ours = host
+        .open_namespace(Path::new("/proc/self/ns/mnt"))
+        .map_err(|e| ns_err("open mount namespace", e))?;
+    let theirs = host
+        .open_namespace(Path::new(&format!("/proc/{pid}/ns/mnt")))
+        .map_err(|e| ns_err("open mount namespace", e))?;
     let mut trees = Vec::new();
     for d in &edits.devices {
-        trees.push(detached_bind(
-            &d.host_path,
-            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
-        )?);
+        let (tree, _) = host
+            .clone_mount(&d.host_path, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)
+            .map_err(|source| LiveError::HostNode {
+                path: d.host_path.clone(),
+                source,
+            })?;
+        trees.push((tree, &d.host_path, Path::new(&d.path), TargetKind::File));
     }
-    let mut mount_trees = Vec::new();
     for m in &edits.mounts {
-        let tree = detached_bind(&m.source, mount_attrs(&m.options))?;
-        let st = fstat(tree.as_raw_fd()).map_err(|source| LiveError::HostNode {
-            path: m.source.clone(),
-            source,
-        })?;
-        let kind = if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+        let (tree, dir) = host
+            .clone_mount(&m.source, mount_attrs(&m.options))
+            .map_err(|source| LiveError::HostNode {
+                path: m.source.clone(),
+                source,
+            })?;
+        let kind = if dir {
             TargetKind::Dir
         } else {
             TargetKind::File
         };
-        mount_trees.push((tree, kind));
+        trees.push((tree, &m.source, Path::new(&m.destination), kind));
     }
-    setns(theirs.as_fd(), CloneFlags::CLONE_NEWNS)
+    host.enter_namespace(&theirs)
         .map_err(|e| ns_err("enter the mount namespace of", e))?;
     let result = (|| {
-        let root = nix::fcntl::open(
-            rootfs,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|source| LiveError::InRoot {
+        let root = host.open_root(rootfs).map_err(|source| LiveError::InRoot {
             what: "open rootfs",
             path: rootfs.to_owned(),
             source,
         })?;
-        // SAFETY: open returned a fresh descriptor that nothing else owns.
-        let root = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(root) };
-        for (d, tree) in edits.devices.iter().zip(&trees) {
-            attach(
-                root.as_fd(),
-                tree,
-                &d.host_path,
-                Path::new(&d.path),
-                TargetKind::File,
-            )?;
-        }
-        for (m, (tree, kind)) in edits.mounts.iter().zip(&mount_trees) {
-            attach(
-                root.as_fd(),
-                tree,
-                &m.source,
-                Path::new(&m.destination),
-                *kind,
-            )?;
+        for (tree, source_path, target, kind) in &trees {
+            let at = host.mount_target(&root, target, *kind)?;
+            host.move_mount(tree, &at)
+                .map_err(|source| LiveError::Mount {
+                    source_path: source_path.to_path_buf(),
+                    target: target.to_path_buf(),
+                    source,
+                })?;
         }
         Ok(())
     })();
-    setns(ours.as_fd(), CloneFlags::CLONE_NEWNS)
+    host.enter_namespace(&ours)
         .map_err(|e| ns_err("return to the hook's own mount namespace from", e))?;
     result
 }
@@ -544,6 +601,227 @@ pub fn apply(edits: &ContainerEdits, pid: i32, rootfs: &Path) -> Result<(), Live
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// A host that records every call, in order, with its arguments, and
+    /// fails the first call whose record starts with `fail`.
+    struct Recorder {
+        calls: Vec<String>,
+        cgroup: &'static str,
+        mountinfo: &'static str,
+        fail: Option<&'static str>,
+    }
+
+    impl Recorder {
+        fn new(cgroup: &'static str, mountinfo: &'static str) -> Recorder {
+            Recorder {
+                calls: Vec::new(),
+                cgroup,
+                mountinfo,
+                fail: None,
+            }
+        }
+
+        /// Records a call; `Err` when it is the one to fail.
+        fn call(&mut self, record: String) -> Result<(), Errno> {
+            let failing = self.fail.is_some_and(|f| record.starts_with(f));
+            self.calls.push(record);
+            if failing {
+                self.fail = None;
+                return Err(Errno::EPERM);
+            }
+            Ok(())
+        }
+    }
+
+    impl Host for Recorder {
+        type Handle = String;
+
+        fn read_proc(&mut self, path: &Path) -> std::io::Result<String> {
+            self.call(format!("read {}", path.display()))?;
+            Ok(if path.ends_with("cgroup") {
+                self.cgroup
+            } else {
+                self.mountinfo
+            }
+            .to_owned())
+        }
+
+        fn allow_device_rule(&mut self, allow_file: &Path, rule: &str) -> std::io::Result<()> {
+            Ok(self.call(format!("rule {rule} > {}", allow_file.display()))?)
+        }
+
+        fn allow_device_program(
+            &mut self,
+            cgroup_dir: &Path,
+            allow: &[Allow],
+        ) -> Result<(), LiveError> {
+            let list: Vec<String> = allow
+                .iter()
+                .map(|a| format!("{}:{}", a.major, a.minor))
+                .collect();
+            self.call(format!(
+                "program {} {}",
+                cgroup_dir.display(),
+                list.join(",")
+            ))
+            .map_err(|e| LiveError::NoCgroup(e.to_string()))
+        }
+
+        fn open_namespace(&mut self, path: &Path) -> Result<String, Errno> {
+            self.call(format!("open {}", path.display()))?;
+            Ok(path.display().to_string())
+        }
+
+        fn enter_namespace(&mut self, ns: &String) -> Result<(), Errno> {
+            self.call(format!("enter {ns}"))
+        }
+
+        fn clone_mount(&mut self, path: &Path, attrs: u64) -> Result<(String, bool), Errno> {
+            self.call(format!("clone {} {attrs:#x}", path.display()))?;
+            Ok((format!("tree {}", path.display()), path.ends_with("pipe")))
+        }
+
+        fn open_root(&mut self, rootfs: &Path) -> Result<String, Errno> {
+            self.call(format!("root {}", rootfs.display()))?;
+            Ok("root".into())
+        }
+
+        fn mount_target(
+            &mut self,
+            root: &String,
+            rel: &Path,
+            kind: TargetKind,
+        ) -> Result<String, LiveError> {
+            self.call(format!("target {root}/{} {kind:?}", rel.display()))
+                .map_err(|source| LiveError::InRoot {
+                    what: "make",
+                    path: rel.to_owned(),
+                    source,
+                })?;
+            Ok(format!("at {}", rel.display()))
+        }
+
+        fn move_mount(&mut self, tree: &String, target: &String) -> Result<(), Errno> {
+            self.call(format!("move {tree} -> {target}"))
+        }
+    }
+
+    const V1_CGROUP: &str = "5:devices:/c1\n";
+    const V1_MOUNTS: &str = "31 25 0:27 / /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices\n";
+
+    fn gpu1() -> ContainerEdits {
+        let dev = |path: &str, minor: u64| DeviceEdit {
+            path: path.into(),
+            host_path: format!("/node{path}").into(),
+            major: 195,
+            minor,
+            file_mode: 0o666,
+        };
+        ContainerEdits {
+            devices: vec![dev("/dev/nvidia1", 1), dev("/dev/nvidiactl", 255)],
+            mounts: vec![crate::edits::MountEdit {
+                destination: "/tmp/nvidia-mps".into(),
+                source: "/run/mps/GPU-1/pipe".into(),
+                typ: "bind".into(),
+                options: vec![
+                    "bind".into(),
+                    "ro".into(),
+                    "nosuid".into(),
+                    "nodev".into(),
+                    "noexec".into(),
+                ],
+            }],
+            env: Vec::new(),
+            annotations: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_live_path_opens_the_cgroup_first_clones_on_the_host_and_attaches_inside() {
+        let mut host = Recorder::new(V1_CGROUP, V1_MOUNTS);
+        apply(&mut host, &gpu1(), 42, Path::new("/b/rootfs")).unwrap();
+        assert_eq!(
+            host.calls,
+            [
+                "read /proc/42/cgroup",
+                "read /proc/self/mountinfo",
+                "rule c 195:1 rw > /sys/fs/cgroup/devices/c1/devices.allow",
+                "rule c 195:255 rw > /sys/fs/cgroup/devices/c1/devices.allow",
+                "open /proc/self/ns/mnt",
+                "open /proc/42/ns/mnt",
+                // nosuid|noexec for nodes; ro|nosuid|nodev|noexec as asked.
+                "clone /node/dev/nvidia1 0xa",
+                "clone /node/dev/nvidiactl 0xa",
+                "clone /run/mps/GPU-1/pipe 0xf",
+                "enter /proc/42/ns/mnt",
+                "root /b/rootfs",
+                "target root//dev/nvidia1 File",
+                "move tree /node/dev/nvidia1 -> at /dev/nvidia1",
+                "target root//dev/nvidiactl File",
+                "move tree /node/dev/nvidiactl -> at /dev/nvidiactl",
+                "target root//tmp/nvidia-mps Dir",
+                "move tree /run/mps/GPU-1/pipe -> at /tmp/nvidia-mps",
+                "enter /proc/self/ns/mnt",
+            ]
+        );
+    }
+
+    #[test]
+    fn under_cgroup_v2_the_device_program_is_extended_with_exactly_the_nodes() {
+        let mut host = Recorder::new(
+            "0::/system.slice/c1\n",
+            "40 25 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+        );
+        apply(&mut host, &gpu1(), 7, Path::new("/r")).unwrap();
+        assert_eq!(
+            host.calls[2],
+            "program /sys/fs/cgroup/system.slice/c1 195:1,195:255"
+        );
+        assert_eq!(
+            host.calls.iter().filter(|c| c.starts_with("rule")).count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_failed_step_stops_the_rest_and_the_hook_always_returns_to_its_namespace() {
+        // A failed attach: the rest is not attached, our namespace is
+        // entered again, the error names both ends.
+        let mut host = Recorder::new(V1_CGROUP, V1_MOUNTS);
+        host.fail = Some("move tree /node/dev/nvidiactl");
+        let e = apply(&mut host, &gpu1(), 42, Path::new("/b/rootfs")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/node/dev/nvidiactl onto \"/dev/nvidiactl\""),
+            "{e}"
+        );
+        assert_eq!(host.calls.last().unwrap(), "enter /proc/self/ns/mnt");
+        assert!(!host.calls.iter().any(|c| c.contains("nvidia-mps")));
+        // A refused cgroup rule: nothing is cloned or entered.
+        let mut host = Recorder::new(V1_CGROUP, V1_MOUNTS);
+        host.fail = Some("rule c 195:255");
+        assert!(apply(&mut host, &gpu1(), 42, Path::new("/r")).is_err());
+        assert!(!host
+            .calls
+            .iter()
+            .any(|c| c.starts_with("clone") || c.starts_with("enter")));
+        // A host node that cannot be cloned: the container's namespace is
+        // never entered.
+        let mut host = Recorder::new(V1_CGROUP, V1_MOUNTS);
+        host.fail = Some("clone /run/mps");
+        let e = apply(&mut host, &gpu1(), 42, Path::new("/r")).unwrap_err();
+        assert!(e.to_string().contains("/run/mps/GPU-1/pipe"), "{e}");
+        assert!(!host.calls.iter().any(|c| c.starts_with("enter")));
+        // No cgroup at all: an error that says so, and nothing else done.
+        let mut host = Recorder::new("1:name=systemd:/x\n", "");
+        let e = apply(&mut host, &gpu1(), 42, Path::new("/r")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no devices or cgroup2 hierarchy holds pid 42"),
+            "{e}"
+        );
+        assert_eq!(host.calls.len(), 2);
+    }
 
     fn root(dir: &Path) -> OwnedFd {
         let fd = nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
