@@ -21,6 +21,8 @@ pub struct Invocation {
     pub delete: Option<String>,
     /// An `exec` with `--process`: the container id and the process file.
     pub exec_process: Option<(String, PathBuf)>,
+    /// `--version`: gpushare's version is printed before the runtime's.
+    pub version: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +68,7 @@ pub fn parse(args: &[OsString]) -> Invocation {
         }),
         delete: line.delete.map(text),
         exec_process: line.exec.and_then(|e| Some((text(e.id), path(e.process?)))),
+        version: line.version,
     }
 }
 

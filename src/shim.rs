@@ -358,6 +358,10 @@ pub fn runtime_main() -> ! {
 pub fn handle(inv: &Invocation, args: &[OsString]) -> crate::Result<ExitStatus> {
     let cfg = Config::load()?;
     let runtime = resolve_runtime(&cfg)?;
+    if inv.version {
+        // gpushare's version first, then the runtime's own.
+        println!("gpushare-runtime version {}\n", env!("CARGO_PKG_VERSION"));
+    }
     if let Some(create) = &inv.create {
         if let Some(placed) = intercept(create, &cfg)? {
             return placed.run(&runtime, args, create, &cfg.runtime.state_dir);

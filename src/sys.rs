@@ -39,7 +39,11 @@ pub fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Erro
 /// Writes `bytes` to `path` atomically: a temp file beside it, fsync,
 /// rename over, fsync of the directory. Readers see old or new, never torn.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is "": the current directory.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.gpushare-tmp"));
     let result = (|| {

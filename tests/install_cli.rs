@@ -206,3 +206,35 @@ fn the_runtime_class_and_the_node_setup_name_the_same_handler_and_label() {
         "node-setup.sh tells the operator the label the RuntimeClass selects"
     );
 }
+
+#[test]
+fn a_bare_file_name_works_as_typed_in_its_directory() {
+    let node = Node::new(1, "");
+    let dir = node.path().join("etc");
+    std::fs::create_dir(&dir).unwrap();
+    let original = fixture("install/daemon.json");
+    std::fs::write(dir.join("daemon.json"), &original).unwrap();
+    let run = |args: &[&str]| {
+        node.command(BIN_CLI)
+            .current_dir(&dir)
+            .args([&["install", "docker", "--config", "daemon.json"], args].concat())
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(dir.join("daemon.json"))
+        .unwrap()
+        .contains("gpushare-runtime"));
+    let l = listing(&dir);
+    assert!(
+        l.len() == 2 && l[1].starts_with("daemon.json.gpushare-backup-"),
+        "{l:?}"
+    );
+    let out = run(&["--uninstall"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("daemon.json")).unwrap(),
+        original
+    );
+}

@@ -819,3 +819,37 @@ fn an_engines_exec_into_a_placed_container_gets_gpushares_variables() {
         assert!(node.recorded().is_none(), "runc never ran");
     }
 }
+
+#[test]
+fn version_prints_gpushares_then_the_runtimes_from_the_front_and_the_full_runtime() {
+    let node = Node::new(1, "");
+    let version = env!("CARGO_PKG_VERSION");
+    let ours = format!("gpushare-runtime version {version}\n\n");
+    let run = |node: &Node| {
+        node.command(BIN_RUNTIME)
+            .env("FAKE_STDOUT", "runc version 1.1.5")
+            .args(["--version"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&node);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{ours}runc version 1.1.5\n"));
+    assert_eq!(node.recorded().unwrap()[1..], ["--version"]);
+    // A config only the full runtime reads: the same.
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        text.replace("[runtime]\npath =", "[runtime]\n\"path\" ="),
+    )
+    .unwrap();
+    let out = run(&node);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{ours}runc version 1.1.5\n"));
+    // The other two binaries.
+    for (bin, name) in [(BIN_HOOK, "gpushare-hook"), (BIN_CLI, "gpushare")] {
+        let out = node.command(bin).arg("--version").output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(stdout(&out), format!("{name} version {version}\n"));
+    }
+}

@@ -55,6 +55,10 @@ fn run() {
         }
     }
     let stage = std::env::args().nth(1);
+    if matches!(stage.as_deref(), Some("--version" | "-v")) {
+        println!("gpushare-hook version {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
     let result = hook::read_state(std::io::stdin().lock())
         .and_then(|state| Ok((Stage::parse(stage.as_deref(), &state)?, state)))
         .map_err(gpushare::Error::from)

@@ -746,10 +746,28 @@ fn route() -> ! {
     match route {
         Route::DeletePlaced(id) => delete_and_release(path, arg0, id, runtime.state_dir),
         _ => {
+            if line.version {
+                // gpushare's version first, then the runtime's own (as
+                // NVIDIA's runtime does).
+                write_stdout(VERSION_LINE);
+            }
             exec(path, arg0);
             hand_over()
         }
     }
+}
+
+/// What `--version` prints before the low-level runtime's version.
+const VERSION_LINE: &[u8] = concat!(
+    "gpushare-runtime version ",
+    env!("CARGO_PKG_VERSION"),
+    "\n\n"
+)
+.as_bytes();
+
+fn write_stdout(bytes: &[u8]) {
+    // SAFETY: a valid buffer and its length.
+    unsafe { sys(nr::WRITE, 1, bytes.as_ptr() as usize, bytes.len(), 0, 0, 0) };
 }
 
 #[no_mangle]

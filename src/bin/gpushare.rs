@@ -12,7 +12,7 @@ use gpushare::{mps, report, simulate};
 #[derive(Parser)]
 #[command(
     name = "gpushare",
-    version,
+    version = concat!("version ", env!("CARGO_PKG_VERSION")),
     about = "Share a node's NVIDIA GPUs between containers"
 )]
 struct Cli {

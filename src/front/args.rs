@@ -79,6 +79,9 @@ pub struct Line<'a> {
     pub delete: Option<&'a [u8]>,
     /// An `exec` that parses as runc would take it.
     pub exec: Option<Exec<'a>>,
+    /// `--version` (or `-v`) among the global flags: runc prints its
+    /// version and does nothing else.
+    pub version: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +168,8 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Line<'a> {
             }
         } else if !is(name, GLOBAL_BOOL) {
             return line; // runc: "flag provided but not defined"
+        } else if name == b"version" || name == b"v" {
+            line.version = value.is_none_or(|v| go_bool(v) == Some(true));
         }
         i += 1;
     }

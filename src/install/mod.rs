@@ -359,9 +359,11 @@ fn same_meaning(engine: Engine, a: Option<&str>, b: &str) -> bool {
 /// Writes the changes: a timestamped backup of each file that existed, then
 /// an atomic replace (or removal). Uninstall's backups have a name of their
 /// own, so that the newest install backup stays the file as it was before
-/// gpushare.
+/// gpushare. If a step fails, what was written is put back and the backups
+/// go: a failed install leaves nothing.
 pub fn apply(changes: &[Change], uninstall: bool) -> Result<Vec<PathBuf>, InstallError> {
     let mut backups = Vec::new();
+    let mut done: Vec<&Change> = Vec::new();
     let stamp = crate::sys::rfc3339(std::time::SystemTime::now()).replace(':', "");
     let kind = if uninstall {
         "gpushare-uninstall-backup"
@@ -369,23 +371,44 @@ pub fn apply(changes: &[Change], uninstall: bool) -> Result<Vec<PathBuf>, Instal
         "gpushare-backup"
     };
     for c in changes.iter().filter(|c| !c.is_noop()) {
-        let io = |action, source| InstallError::from(crate::sys::io(action, &c.path)(source));
-        if let Some(before) = c.before.as_ref().filter(|_| !c.owned) {
-            let backup = PathBuf::from(format!("{}.{kind}-{stamp}", c.path.display()));
-            write_atomic(&backup, before, 0o644).map_err(|e| io("back up", e))?;
-            backups.push(backup);
-        }
-        match &c.after {
-            Some(after) => {
-                if let Some(dir) = c.path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
-                }
-                write_atomic(&c.path, after, 0o644).map_err(|e| io("write", e))?;
+        if let Err(e) = apply_one(c, kind, &stamp, &mut backups) {
+            for c in done.iter().rev() {
+                let _ = match &c.before {
+                    Some(before) => write_atomic(&c.path, before, 0o644),
+                    None => std::fs::remove_file(&c.path),
+                };
             }
-            None => std::fs::remove_file(&c.path).map_err(|e| io("remove", e))?,
+            for b in &backups {
+                let _ = std::fs::remove_file(b);
+            }
+            return Err(e);
         }
+        done.push(c);
     }
     Ok(backups)
+}
+
+fn apply_one(
+    c: &Change,
+    kind: &str,
+    stamp: &str,
+    backups: &mut Vec<PathBuf>,
+) -> Result<(), InstallError> {
+    let io = |action, source| InstallError::from(crate::sys::io(action, &c.path)(source));
+    if let Some(before) = c.before.as_ref().filter(|_| !c.owned) {
+        let backup = PathBuf::from(format!("{}.{kind}-{stamp}", c.path.display()));
+        write_atomic(&backup, before, 0o644).map_err(|e| io("back up", e))?;
+        backups.push(backup);
+    }
+    match &c.after {
+        Some(after) => {
+            if let Some(dir) = c.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+            }
+            write_atomic(&c.path, after, 0o644).map_err(|e| io("write", e))
+        }
+        None => std::fs::remove_file(&c.path).map_err(|e| io("remove", e)),
+    }
 }
 
 /// `gpushare install`: plans the change, and prints it (`dry_run`) or
@@ -663,6 +686,36 @@ mod tests {
             containerd_install(&p(), Some(own), ContainerdMode::Shim(Path::new(RT))).unwrap();
         let back = containerd_uninstall(&p(), Some(&once)).unwrap().unwrap();
         assert_eq!(back, own, "the operator's runc stays");
+    }
+
+    #[test]
+    fn a_failed_apply_puts_back_what_it_wrote_and_leaves_no_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("daemon.json");
+        std::fs::write(&first, "{}").unwrap();
+        let changes = [
+            Change {
+                path: first.clone(),
+                before: Some(b"{}".to_vec()),
+                after: Some(b"{\"runtimes\": {}}".to_vec()),
+                owned: false,
+            },
+            // Nothing can be written under /proc/1: the second step fails.
+            Change {
+                path: PathBuf::from("/proc/1/gpushare-test"),
+                before: None,
+                after: Some(b"x".to_vec()),
+                owned: true,
+            },
+        ];
+        let e = apply(&changes, false).unwrap_err().to_string();
+        assert!(e.contains("/proc/1/gpushare-test"), "{e}");
+        assert_eq!(std::fs::read(&first).unwrap(), b"{}", "put back");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["daemon.json"], "no backup, no temp file");
     }
 
     #[test]
