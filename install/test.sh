@@ -7,4 +7,8 @@ cd "$(dirname "$0")/.."
 . install/prereqs.sh
 need_root install/test.sh
 ensure_packages tests
+# The package and the tarball, for integration/package.rs to install and purge.
+built=$(install/package.sh)
+export GPUSHARE_DEB=$(echo "$built" | sed -n 1p)
+export GPUSHARE_TARBALL=$(echo "$built" | sed -n 2p)
 exec cargo test --locked --features root-tests
