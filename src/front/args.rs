@@ -125,6 +125,18 @@ fn is(name: &[u8], list: &[&[u8]]) -> bool {
     list.contains(&name)
 }
 
+/// A value flag's value: after its `=`, or the next argument (`i` moves
+/// past it). `None`: the line ends first, which runc refuses.
+fn value_of<'a>(args: &[&'a [u8]], i: &mut usize, inline: Option<&'a [u8]>) -> Option<&'a [u8]> {
+    match inline {
+        Some(v) => Some(v),
+        None => {
+            *i += 1;
+            args.get(*i).copied()
+        }
+    }
+}
+
 /// Go's strconv.ParseBool, which urfave/cli uses for `--flag=value`.
 fn go_bool(v: &[u8]) -> Option<bool> {
     match v {
@@ -151,15 +163,8 @@ pub fn parse<'a>(args: &[&'a [u8]]) -> Line<'a> {
             break;
         };
         if is(name, GLOBAL_VALUE) {
-            let v = match value {
-                Some(v) => v,
-                None => {
-                    i += 1;
-                    match args.get(i) {
-                        Some(v) => v,
-                        None => return line,
-                    }
-                }
+            let Some(v) = value_of(args, &mut i, value) else {
+                return line;
             };
             match name {
                 b"log" => line.log = Some(v),
@@ -209,13 +214,7 @@ fn parse_create<'a>(args: &[&'a [u8]], run: bool, subcommand_at: usize) -> Optio
         match flag_name(a) {
             None => positional(a),
             Some((name, value)) if is(name, CREATE_VALUE) => {
-                let v = match value {
-                    Some(v) => v,
-                    None => {
-                        i += 1;
-                        args.get(i)?
-                    }
-                };
+                let v = value_of(args, &mut i, value)?;
                 if name == b"bundle" || name == b"b" {
                     bundle = v;
                 } else if name == b"pid-file" {
@@ -266,13 +265,7 @@ fn parse_exec<'a>(args: &[&'a [u8]]) -> Option<Exec<'a>> {
         match flag_name(a) {
             None => break,
             Some((name, value)) if is(name, EXEC_VALUE) => {
-                let v = match value {
-                    Some(v) => v,
-                    None => {
-                        i += 1;
-                        args.get(i)?
-                    }
-                };
+                let v = value_of(args, &mut i, value)?;
                 if name == b"process" || name == b"p" {
                     process = Some(v);
                 }
