@@ -168,6 +168,10 @@ mod tests {
         assert!(text.contains("memory 5120 / 15360 MiB   util 42%   memory util 7%   temp 51 C   power 27.5 W   committed 30%"), "{text}");
         assert!(text.contains("0123456789abcd "), "ids are short: {text}");
         assert!(
+            text.contains("committed 0%") && !text.contains("-0%"),
+            "an idle GPU commits 0%: {text}"
+        );
+        assert!(
             text.contains("5m") && text.contains("pod=cam-\"7\"") && text.contains("0=2G"),
             "{text}"
         );

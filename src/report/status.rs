@@ -112,7 +112,8 @@ pub fn status(cfg: &Config, telemetry: Result<&dyn Telemetry, String>) -> crate:
                 .iter()
                 .filter(|e| e.is_live(timeout, false))
                 .filter_map(|e| e.thread_percentage)
-                .sum();
+                // Not `sum`: a float sum of nothing is -0.0 ("-0%").
+                .fold(0.0, |a, b| a + b);
             let (t, telemetry_error) = match &telemetry {
                 Ok(t) => match t.gpu(&g.uuid) {
                     Ok(t) => (t, None),
