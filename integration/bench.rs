@@ -50,6 +50,17 @@ struct Sample {
 #[allow(clippy::zombie_processes)] // wait4 reaps the child.
 fn measure(cmd: &mut Command, stdin: Option<&[u8]>) -> Sample {
     use std::io::Write;
+    // Every call runs with the few variables an engine gives a runtime
+    // (containerd's shim passes its own small environment), not the
+    // dozens cargo sets: each exec copies them, and a GPU create execs
+    // three times where the runtime alone execs once.
+    let set: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+        .collect();
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(set);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
@@ -196,7 +207,11 @@ fn wrap_hook(hook: &str) -> ! {
     let mut state = Vec::new();
     std::io::stdin().read_to_end(&mut state).unwrap();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let s = measure(Command::new(hook).args(&args), Some(&state));
+    // The hook gets what runc gave this wrapper (the spec's hook env).
+    let s = measure(
+        Command::new(hook).args(&args).envs(std::env::vars_os()),
+        Some(&state),
+    );
     let out = std::env::var("GPUSHARE_BENCH_OUT").unwrap();
     let mut f = std::fs::OpenOptions::new()
         .append(true)

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::sys::write_atomic;
+use crate::sys::replace;
 
 #[derive(Debug, Error)]
 pub enum BundleError {
@@ -113,7 +113,10 @@ impl Bundle {
 
     /// Replaces config.json with `spec`, atomically, keeping its mode. The
     /// temp file is made in the bundle directory and renamed over the name,
-    /// so a symlinked config.json is replaced, never written through.
+    /// so a symlinked config.json is replaced, never written through. It is
+    /// not forced to disk: a bundle does not outlive a crash of the node
+    /// (the engine makes it anew), and on a disk an fsync would cost every
+    /// GPU create milliseconds.
     pub fn write(&self, spec: &Value) -> Result<(), BundleError> {
         let bytes = serde_json::to_vec(spec).expect("a JSON value serialises");
         self.write_bytes(&bytes)
@@ -126,7 +129,7 @@ impl Bundle {
 
     fn write_bytes(&self, bytes: &[u8]) -> Result<(), BundleError> {
         let path = Self::config_path(&self.dir);
-        write_atomic(&path, bytes, self.mode).map_err(|source| BundleError::Write { path, source })
+        replace(&path, bytes, self.mode).map_err(|source| BundleError::Write { path, source })
     }
 }
 

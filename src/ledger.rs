@@ -219,14 +219,17 @@ enum Parsed<'a> {
 /// A plain decimal integer field (every number but the share), read
 /// without UTF-8 checks: it is on every line a decision reads.
 fn integer(field: &[u8]) -> Option<u64> {
-    if field.is_empty() || field.len() > 19 || !field.iter().all(u8::is_ascii_digit) {
+    if field.is_empty() || field.len() > 19 {
         return None;
     }
-    Some(
-        field
-            .iter()
-            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
-    )
+    let mut n = 0u64;
+    for &d in field {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(d - b'0');
+    }
+    Some(n)
 }
 
 /// `-` (absent) or an integer; `None` when it is neither.
@@ -237,19 +240,61 @@ fn optional_integer(field: &[u8]) -> Option<Option<u64>> {
     integer(field).map(Some)
 }
 
+/// The first `needle` in `hay`. On x86_64 with SSE2, which every x86_64
+/// CPU has, rather than the memchr crate's own choice: that one probes the
+/// CPU with `cpuid` on first use, and each `cpuid` traps to the hypervisor
+/// on a VM (about 25 µs of every GPU create on the reference VMs).
+fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        memchr::arch::x86_64::sse2::memchr::One::new(needle)
+            .expect("x86_64 has SSE2")
+            .find(hay)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    {
+        memchr::memchr(needle, hay)
+    }
+}
+
+/// The lines of `bytes`, without their newlines (the last one also when
+/// it has none).
+fn lines_in(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(bytes);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match find_byte(b'\n', r) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
 /// Reads one record line; `None` for anything else (a torn line, the
 /// header, a blank). The leading fields are split in one pass over the
 /// bytes and the integers read as digits; nothing else is decoded, and the
 /// JSON only when an entry is wanted whole.
 fn parse_line(raw: &[u8]) -> Option<Parsed<'_>> {
     // The first eight space-separated fields; the ninth is the rest.
+    // The fields are short: a plain loop beats a vector search's set-up.
     let mut fields: [&[u8]; 8] = [b""; 8];
     let mut count = 0;
     let mut start = 0;
-    for i in memchr::memchr_iter(b' ', raw).take(8) {
-        fields[count] = &raw[start..i];
-        count += 1;
-        start = i + 1;
+    for (i, &b) in raw.iter().enumerate() {
+        if b == b' ' {
+            fields[count] = &raw[start..i];
+            count += 1;
+            start = i + 1;
+            if count == 8 {
+                break;
+            }
+        }
     }
     let rest = &raw[start..];
     match (fields[0], count) {
@@ -258,7 +303,11 @@ fn parse_line(raw: &[u8]) -> Option<Parsed<'_>> {
             let [_, id, created, pid, pid_start, share, gpus, len] = fields;
             let share = match share {
                 b"-" => None,
-                s => Some(std::str::from_utf8(s).ok()?.parse().ok()?),
+                // Most shares are whole percentages.
+                s => match integer(s) {
+                    Some(n) => Some(n as f64),
+                    None => Some(std::str::from_utf8(s).ok()?.parse().ok()?),
+                },
             };
             let pid = match optional_integer(pid)? {
                 Some(p) => Some(i32::try_from(p).ok()?),
@@ -334,13 +383,11 @@ struct Index<'a> {
 
 impl<'a> Index<'a> {
     fn apply(&mut self, bytes: &'a [u8]) {
-        let lines = memchr::memchr_iter(b'\n', bytes).count() + 1;
+        // Record lines are a few hundred bytes each.
+        let lines = bytes.len() / 200 + 1;
         self.lines.reserve(lines);
         self.by_id.reserve(lines);
-        let mut start = 0;
-        for end in memchr::memchr_iter(b'\n', bytes).chain([bytes.len()]) {
-            let raw = &bytes[start..end];
-            start = end + 1;
+        for raw in lines_in(bytes) {
             match parse_line(raw) {
                 Some(Parsed::Upsert(l)) => match self.by_id.get(l.id) {
                     Some(&i) => self.lines[i] = Some(l),
@@ -604,10 +651,7 @@ impl Ledger {
                 message: "it starts with neither gpushare-ledger 2 nor a JSON ledger".into(),
             });
         }
-        if journal
-            .split(|&b| b == b'\n')
-            .any(|l| l.first() == Some(&b'{'))
-        {
+        if lines_in(&journal).any(|l| l.first() == Some(&b'{')) {
             let records = journal.split(|&b| b == b'\n').filter_map(|l| {
                 match serde_json::from_slice::<LegacyRecord>(l).ok()? {
                     LegacyRecord::Bind(e) => Some(Record::Bind(e)),
@@ -835,10 +879,7 @@ impl Locked {
         // the journal touched (replaced or released) left to the journal.
         let mut journal = Index::default();
         journal.apply(&self.bytes.journal);
-        let touched: std::collections::HashSet<&[u8], IdHash> = self
-            .bytes
-            .journal
-            .split(|&b| b == b'\n')
+        let touched: std::collections::HashSet<&[u8], IdHash> = lines_in(&self.bytes.journal)
             .filter_map(|raw| match parse_line(raw)? {
                 Parsed::Upsert(l) => Some(l.id),
                 Parsed::Release(id) => Some(id),
@@ -861,14 +902,12 @@ impl Locked {
             dead: Vec::new(),
             sums: Vec::new(),
         };
-        let mut start = 0;
-        for end in memchr::memchr_iter(b'\n', snapshot).chain([snapshot.len()]) {
-            if let Some(Parsed::Upsert(l)) = parse_line(&snapshot[start..end]) {
+        for raw in lines_in(snapshot) {
+            if let Some(Parsed::Upsert(l)) = parse_line(raw) {
                 if !touched.contains(l.id) {
                     acc.add(&l);
                 }
             }
-            start = end + 1;
         }
         for l in journal.live() {
             acc.add(l);

@@ -36,9 +36,21 @@ pub fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Erro
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temp file beside it, fsync,
-/// rename over, fsync of the directory. Readers see old or new, never torn.
+/// Writes `bytes` to `path` atomically and durably: a temp file beside it,
+/// fsync, rename over, fsync of the directory. Readers see old or new,
+/// never torn, and after a crash the new bytes are there.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_via_temp(path, bytes, mode, true)
+}
+
+/// Replaces `path` with `bytes` atomically for readers (a temp file beside
+/// it renamed over), without forcing them to disk: for files that do not
+/// outlive a crash of the node anyway, such as a container's bundle.
+pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_via_temp(path, bytes, mode, false)
+}
+
+fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
     // A bare file name's parent is "": the current directory.
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -55,9 +67,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
             .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -70,7 +70,8 @@ mod nr {
     pub const READLINKAT: usize = 267;
     pub const FACCESSAT: usize = 269;
     pub const STATX: usize = 332;
-    pub const CLONE: usize = 56;
+    pub const VFORK: usize = 58;
+    pub const EXIT: usize = 60;
     pub const WAIT4: usize = 61;
     pub const KILL: usize = 62;
     pub const GETPID: usize = 39;
@@ -92,6 +93,7 @@ mod nr {
     pub const FACCESSAT: usize = 48;
     pub const STATX: usize = 291;
     pub const CLONE: usize = 220;
+    pub const EXIT: usize = 93;
     pub const WAIT4: usize = 260;
     pub const KILL: usize = 129;
     pub const GETPID: usize = 172;
@@ -496,17 +498,111 @@ fn runtime_of(buf: &[u8; PATH_MAX], base: usize) -> (&[u8], &[u8]) {
     (&buf[..=end], &buf[base..=end])
 }
 
+/// Starts the runtime (`path`, with our argv under `arg0`) as a child that
+/// shares our memory until it has exec'd, as vfork does: no copy of our
+/// page tables, no copy-on-write faults after. The child runs no code of
+/// ours: the clone, the exec and, if the exec fails, storing its error
+/// and exiting are one block of instructions that touch no stack. Returns
+/// the child's pid (negative: the clone failed) and the exec's errno (0:
+/// it exec'd).
+fn spawn(path: &[u8], arg0: &[u8]) -> (isize, i32) {
+    let mut error: i32 = 0;
+    // SAFETY: argv is the kernel's writable array; its first slot now
+    // points at a NUL-terminated string that lives as long as we do.
+    let (argv, envp) = unsafe {
+        *PROCESS.argv = arg0.as_ptr();
+        (PROCESS.argv as usize, PROCESS.envp as usize)
+    };
+    let errp = &mut error as *mut i32 as usize;
+    let pid: isize;
+    // SAFETY: see above; the child only execs or stores into `error` (alive:
+    // we are stopped until the child has exec'd or exited) and exits.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov eax, {execve}",
+            "syscall",
+            "mov dword ptr [r8], eax",
+            "mov edi, 127",
+            "mov eax, {exit}",
+            "syscall",
+            "ud2",
+            "2:",
+            execve = const nr::EXECVE,
+            exit = const nr::EXIT,
+            inlateout("rax") nr::VFORK as isize => pid,
+            inout("rdi") path.as_ptr() as usize => _,
+            in("rsi") argv,
+            in("rdx") envp,
+            in("r8") errp,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    // aarch64 has no vfork call: clone with CLONE_VM | CLONE_VFORK and no
+    // new stack is the same.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        asm!(
+            "svc 0",
+            "cbnz x0, 2f",
+            "mov x0, x9",
+            "mov x1, x10",
+            "mov x2, x11",
+            "mov x8, {execve}",
+            "svc 0",
+            "str w0, [x12]",
+            "mov x0, #127",
+            "mov x8, {exit}",
+            "svc 0",
+            "brk #0",
+            "2:",
+            execve = const nr::EXECVE,
+            exit = const nr::EXIT,
+            inlateout("x0") 0x4111usize => pid, // CLONE_VM | CLONE_VFORK | SIGCHLD
+            inlateout("x1") 0usize => _,
+            inlateout("x2") 0usize => _,
+            inlateout("x3") 0usize => _,
+            inlateout("x4") 0usize => _,
+            inlateout("x8") nr::CLONE => _,
+            in("x9") path.as_ptr() as usize,
+            in("x10") argv,
+            in("x11") envp,
+            in("x12") errp,
+            options(nostack),
+        );
+    }
+    (pid, -error)
+}
+
 /// The delete of a container the ledger holds: the runtime's delete as our
 /// child, then, if it succeeded, the release appended to the journal under
 /// the ledger's lock. Ends as the child ended. (Signals to this process
 /// during the short delete are not passed on: one that ends us leaves the
 /// release to the ledger's liveness check, which finds the pid gone.)
 fn delete_and_release(path: &[u8], arg0: &[u8], id: &[u8], state_dir: &[u8]) -> ! {
-    const SIGCHLD: usize = 17;
-    // SAFETY: fork (clone with only the exit signal); the child only execs.
-    let pid = unsafe { sys(nr::CLONE, SIGCHLD, 0, 0, 0, 0, 0) };
-    if pid == 0 {
-        exec(path, arg0);
+    let (pid, exec_error) = spawn(path, arg0);
+    if pid < 0 {
+        hand_over();
+    }
+    let mut status: i32 = 0;
+    if exec_error != 0 {
+        // SAFETY: reaps our child, which exited after its failed exec.
+        unsafe {
+            sys(
+                nr::WAIT4,
+                pid as usize,
+                &mut status as *mut i32 as usize,
+                0,
+                0,
+                0,
+                0,
+            )
+        };
         write_stderr(&[
             b"gpushare: cannot run low-level runtime ",
             &path[..path.len() - 1],
@@ -514,10 +610,6 @@ fn delete_and_release(path: &[u8], arg0: &[u8], id: &[u8], state_dir: &[u8]) -> 
         ]);
         exit(1);
     }
-    if pid < 0 {
-        hand_over();
-    }
-    let mut status: i32 = 0;
     loop {
         // SAFETY: waits for our child, with a pointer to a local.
         let r = unsafe {
