@@ -116,19 +116,30 @@ pub const PRIVILEGED_SOCKET: &str = "control_privileged";
 /// The daemon's state, from its pid file and control socket.
 pub fn daemon(cfg: &Config, uuid: &str) -> Daemon {
     let p = paths(cfg, uuid);
-    if let Ok(text) = std::fs::read_to_string(&p.pid) {
-        let mut it = text.split_whitespace().map(str::parse::<u64>);
-        if let (Some(Ok(pid)), Some(Ok(start))) = (it.next(), it.next()) {
-            if process_matches(pid as i32, Some(start)) {
-                return Daemon::Running { pid: pid as i32 };
-            }
-        }
+    if let Some(pid) = running_pid(&p) {
+        return Daemon::Running { pid };
     }
     if p.pipe.join("control").exists() {
         Daemon::Dead
     } else {
         Daemon::Stopped
     }
+}
+
+/// Whether the GPU's daemon runs: its pid file alone (what a decision
+/// needs; `daemon` also tells a dead one from a stopped one).
+pub fn running(cfg: &Config, uuid: &str) -> bool {
+    running_pid(&paths(cfg, uuid)).is_some()
+}
+
+/// The daemon's pid, when the process its pid file names is still it.
+fn running_pid(p: &Paths) -> Option<i32> {
+    let text = std::fs::read_to_string(&p.pid).ok()?;
+    let mut it = text.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(pid)), Some(Ok(start))) = (it.next(), it.next()) else {
+        return None;
+    };
+    process_matches(pid as i32, Some(start)).then_some(pid as i32)
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MpsError + 'a {

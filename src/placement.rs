@@ -185,10 +185,7 @@ pub struct Placement {
 /// Marks the GPUs whose MPS daemon runs (two small reads per GPU).
 pub fn mps_load(cfg: &Config, inv: &Inventory, load: &mut Load) {
     for g in &inv.gpus {
-        if matches!(
-            crate::mps::daemon(cfg, &g.uuid),
-            crate::mps::Daemon::Running { .. }
-        ) {
+        if crate::mps::running(cfg, &g.uuid) {
             load.set_mps(&g.uuid);
         }
     }

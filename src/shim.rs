@@ -457,6 +457,11 @@ pub fn exit_like(status: ExitStatus) -> ! {
 pub fn runtime_main() -> ! {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let inv = crate::runtime_args::parse(&args);
+    // Every call but a `run` in the foreground (which lasts as long as its
+    // container) ends as soon as the runtime's call has.
+    if !inv.create.as_ref().is_some_and(|c| c.run && !c.detach) {
+        ledger::leave_mappings_to_exit();
+    }
     match handle(&inv, &args) {
         Ok(status) => exit_like(status),
         Err(e) => {

@@ -139,7 +139,13 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
 /// State (field 3) and start time (field 22, clock ticks since boot) from
 /// `/proc/<pid>/stat`.
 fn process_stat(pid: i32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // One read: the file is a line of a few hundred bytes, and procfs makes
+    // it anew at each read (a growing read_to_end would read it in pieces).
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = f.read(&mut buf).ok()?;
+    let stat = std::str::from_utf8(&buf[..n]).ok()?;
     // The command name (field 2) may hold spaces and parentheses; the
     // fields after the last ')' are plain.
     let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();

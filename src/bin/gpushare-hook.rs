@@ -47,6 +47,8 @@ fn run() {
     {
         gpushare::shim::runtime_main();
     }
+    // A hook's call ends within moments.
+    gpushare::ledger::leave_mappings_to_exit();
     // Nothing inherited is trusted but the config's location: a hook runs
     // with whatever environment the runtime (or the container's spec) gave.
     for (key, _) in std::env::vars_os() {

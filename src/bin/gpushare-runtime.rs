@@ -290,14 +290,28 @@ fn close(fd: isize) {
     unsafe { sys(nr::CLOSE, fd as usize, 0, 0, 0, 0, 0) };
 }
 
-/// A whole regular file, read into a fresh anonymous mapping. The path is
-/// first opened as a mere handle (`O_PATH`: no device is opened, no FIFO
-/// waited on) and looked at; only a regular file is opened for reading, and
+/// A whole regular file, read into a fresh anonymous mapping. A file a
+/// container's author controls (`guarded`: its config.json) is first
+/// opened as a mere handle (`O_PATH`: no device is opened, no FIFO waited
+/// on) and looked at; only a regular file is opened for reading, and
 /// through that handle (`/proc/self/fd/N`), so nothing can be swapped in.
+/// The node's own config is opened at once (as the full runtime opens it).
 /// `Err(true)`: the file does not exist; `Err(false)`: anything else.
-fn read_file(path: &[u8], max: u64) -> Result<&'static [u8], bool> {
+fn read_file(path: &[u8], max: u64, guarded: bool) -> Result<&'static [u8], bool> {
     let mut buf = [0u8; PATH_MAX];
     let p = c_path(&[path], &mut buf).ok_or(false)?;
+    if !guarded {
+        let fd = open_at(p, O_RDONLY_CLOEXEC_NONBLOCK_NOCTTY);
+        if fd == -ENOENT {
+            return Err(true);
+        }
+        if fd < 0 {
+            return Err(false);
+        }
+        let result = read_open(fd, max);
+        close(fd);
+        return result;
+    }
     let handle = open_at(p, O_PATH_CLOEXEC);
     if handle == -ENOENT {
         return Err(true);
@@ -330,61 +344,64 @@ fn read_file(path: &[u8], max: u64) -> Result<&'static [u8], bool> {
     if fd < 0 {
         return Err(false);
     }
-    let result = (|| {
-        let (mode, size) = stat(fd, b"").ok_or(false)?;
-        if mode & S_IFMT != S_IFREG || size > max {
-            return Err(false);
-        }
-        if size == 0 {
-            return Ok(&[][..]);
-        }
-        // Room for one byte more than the size, to see a file that grew.
-        let cap = size as usize + 1;
-        // SAFETY: an anonymous private mapping of `cap` bytes.
-        let mem = unsafe {
+    let result = read_open(fd, max);
+    close(fd);
+    result
+}
+
+/// The whole of the regular file open on `fd` (of at most `max` bytes).
+fn read_open(fd: isize, max: u64) -> Result<&'static [u8], bool> {
+    let (mode, size) = stat(fd, b"").ok_or(false)?;
+    if mode & S_IFMT != S_IFREG || size > max {
+        return Err(false);
+    }
+    if size == 0 {
+        return Ok(&[][..]);
+    }
+    // Room for one byte more than the size, to see a file that grew.
+    let cap = size as usize + 1;
+    // SAFETY: an anonymous private mapping of `cap` bytes.
+    let mem = unsafe {
+        sys(
+            nr::MMAP,
+            0,
+            cap,
+            PROT_READ_WRITE,
+            MAP_PRIVATE_ANONYMOUS,
+            usize::MAX,
+            0,
+        )
+    };
+    if mem < 0 {
+        return Err(false);
+    }
+    let mut got = 0;
+    while got < cap {
+        // SAFETY: reads into the mapping, within its length.
+        let r = unsafe {
             sys(
-                nr::MMAP,
+                nr::READ,
+                fd as usize,
+                mem as usize + got,
+                cap - got,
                 0,
-                cap,
-                PROT_READ_WRITE,
-                MAP_PRIVATE_ANONYMOUS,
-                usize::MAX,
+                0,
                 0,
             )
         };
-        if mem < 0 {
+        if r < 0 {
             return Err(false);
         }
-        let mut got = 0;
-        while got < cap {
-            // SAFETY: reads into the mapping, within its length.
-            let r = unsafe {
-                sys(
-                    nr::READ,
-                    fd as usize,
-                    mem as usize + got,
-                    cap - got,
-                    0,
-                    0,
-                    0,
-                )
-            };
-            if r < 0 {
-                return Err(false);
-            }
-            if r == 0 {
-                break;
-            }
-            got += r as usize;
+        if r == 0 {
+            break;
         }
-        if got == cap {
-            return Err(false); // it grew while read
-        }
-        // SAFETY: the mapping lives to the end of the process.
-        Ok(unsafe { core::slice::from_raw_parts(mem as *const u8, got) })
-    })();
-    close(fd);
-    result
+        got += r as usize;
+    }
+    if got == cap {
+        return Err(false); // it grew while read
+    }
+    // SAFETY: the mapping lives to the end of the process.
+    Ok(unsafe { core::slice::from_raw_parts(mem as *const u8, got) })
 }
 
 /// Replaces this process with `path` (NUL-terminated), argv[0] set to
@@ -757,7 +774,7 @@ fn route_of<'a>(line: &args::Line<'a>, runtime: &config::Runtime) -> Route<'a> {
         let Some(p) = c_path(&[dir, b"/config.json"], &mut buf) else {
             return Route::Full;
         };
-        return match read_file(&p[..p.len() - 1], MAX_SPEC)
+        return match read_file(&p[..p.len() - 1], MAX_SPEC, true)
             .ok()
             .and_then(spec::ask)
         {
@@ -817,7 +834,7 @@ fn route() -> ! {
     let config_path = getenv(b"GPUSHARE_CONFIG")
         .filter(|p| !p.is_empty())
         .unwrap_or(b"/etc/gpushare/config.toml");
-    let runtime = match read_file(config_path, MAX_FILE) {
+    let runtime = match read_file(config_path, MAX_FILE, false) {
         Ok(text) => config::runtime(text),
         Err(true) => Some(config::DEFAULT),
         Err(false) => None,
