@@ -1420,7 +1420,7 @@ mod tests {
                         seed ^= seed << 13;
                         seed ^= seed >> 7;
                         seed ^= seed << 17;
-                        if seed % 9 == 0 {
+                        if seed.is_multiple_of(9) {
                             b' '
                         } else {
                             b'a' + (seed % 26) as u8
