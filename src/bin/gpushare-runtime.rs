@@ -145,7 +145,13 @@ const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
 const PROT_READ_WRITE: usize = 3;
 const MAP_PRIVATE_ANONYMOUS: usize = 0x02 | 0x20;
-const PATH_MAX: usize = 4096;
+/// The front's path buffers. Smaller than the system's PATH_MAX on
+/// purpose: each lives on the stack, and a frame past a page is probed page
+/// by page, each page a fault (about 1.5 µs here). A longer path (never
+/// seen from an engine: a bundle's config.json, runc, a ledger marker fit
+/// in a few hundred bytes) hands the call to the full runtime, which takes
+/// any.
+const PATH_MAX: usize = 1024;
 
 /// A config.json larger than this is the full runtime's to refuse.
 const MAX_SPEC: u64 = 16 << 20;
@@ -442,7 +448,8 @@ fn hand_over() -> ! {
             0,
         )
     };
-    let dir: &[u8] = if n > 0 {
+    // A link that fills the buffer may have been cut short: argv[0] then.
+    let dir: &[u8] = if n > 0 && (n as usize) < PATH_MAX - 1 {
         let exe = &me[..n as usize];
         &exe[..exe.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1)]
     } else {
