@@ -472,7 +472,6 @@ fn main() {
         "every life released its GPU"
     );
     println!();
-    let mut own_totals = Vec::new();
     for (k, label) in [
         "stand-in runtime alone",
         "gpushare-runtime, GPU container",
@@ -491,15 +490,26 @@ fn main() {
             "{label:<36} create {:>5.0}  start {:>4.0}  delete {:>4.0}  life: wall {:>5.0} µs  cpu {:>5.0} µs",
             per_call[0].wall, per_call[1].wall, per_call[2].wall, tw, tc
         );
-        own_totals.push((tw, tc));
     }
+    // Each round measured the stand-in's life and gpushare's back to back,
+    // so their difference round by round cancels the VM's drift (its speed
+    // moves by a fifth over minutes here); its median is the figure.
+    let paired = |k: usize, f: fn(&Sample) -> f64| {
+        median(
+            own[k]
+                .iter()
+                .zip(&own[0])
+                .map(|(g, s)| g.iter().map(f).sum::<f64>() - s.iter().map(f).sum::<f64>())
+                .collect(),
+        )
+    };
     println!(
-        "=> gpushare's own cost per container life (create + start + delete, {} held): GPU wall {:.0} µs, cpu {:.0} µs; non-GPU wall {:.0} µs, cpu {:.0} µs",
+        "=> gpushare's own cost per container life (create + start + delete, {} held; median of the rounds' differences): GPU wall {:.0} µs, cpu {:.0} µs; non-GPU wall {:.0} µs, cpu {:.0} µs",
         held_now,
-        own_totals[1].0 - own_totals[0].0,
-        own_totals[1].1 - own_totals[0].1,
-        own_totals[2].0 - own_totals[0].0,
-        own_totals[2].1 - own_totals[0].1
+        paired(1, |s| s.wall),
+        paired(1, |s| s.cpu),
+        paired(2, |s| s.wall),
+        paired(2, |s| s.cpu)
     );
 
     // The same lives with the real runc, for scale. The GPU life is
@@ -563,7 +573,6 @@ fn main() {
         "gpushare-runtime, GPU container",
         "gpushare-runtime, non-GPU container",
     ];
-    let mut totals = Vec::new();
     for (k, label) in labels.iter().enumerate() {
         let per_call: Vec<Summary> = (0..3)
             .map(|c| summarise(&lives[k].iter().map(|l| l[c]).collect::<Vec<_>>()))
@@ -576,14 +585,23 @@ fn main() {
             "{label:<36} create {:>6.0}  start {:>5.0}  delete {:>6.0}  life: wall {:>6.0} µs  cpu {:>6.0} µs",
             per_call[0].wall, per_call[1].wall, per_call[2].wall, tw, tc
         );
-        totals.push((tw, tc));
     }
+    // Round by round, as above.
+    let paired = |k: usize, base: usize, f: fn(&Sample) -> f64| {
+        median(
+            lives[k]
+                .iter()
+                .zip(&lives[base])
+                .map(|(g, r)| g.iter().map(f).sum::<f64>() - r.iter().map(f).sum::<f64>())
+                .collect(),
+        )
+    };
     println!(
-        "=> gpushare adds per container life (create + start + delete): GPU wall {:.0} µs, cpu {:.0} µs; non-GPU wall {:.0} µs, cpu {:.0} µs",
-        totals[2].0 - totals[1].0,
-        totals[2].1 - totals[1].1,
-        totals[3].0 - totals[0].0,
-        totals[3].1 - totals[0].1
+        "=> gpushare adds per container life (create + start + delete; median of the rounds' differences): GPU wall {:.0} µs, cpu {:.0} µs; non-GPU wall {:.0} µs, cpu {:.0} µs",
+        paired(2, 1, |s| s.wall),
+        paired(2, 1, |s| s.cpu),
+        paired(3, 0, |s| s.wall),
+        paired(3, 0, |s| s.cpu)
     );
 
     // 4. 200 creates at once.
