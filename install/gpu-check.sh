@@ -19,7 +19,10 @@
 #     two clients at 25 % and 50 % at once, each context's SM count
 #     (cuCtxGetExecAffinity), and `gpushare status` while both hold the GPU;
 #  4. a third client, given the control utility by the `utility`
-#     capability, sends `quit`: the daemon must refuse it and keep serving.
+#     capability, sends `quit`: the daemon must refuse it and keep serving;
+#  5. the bench (install/bench.sh's: the shim, whole lives against the
+#     stand-in and against plain runc, 200 creates at once, the hook alone),
+#     staged with its C helpers by `prepare`.
 # Without a driver it runs against a simulated node as far as it can and
 # says what it could not check.
 set -uo pipefail
@@ -44,6 +47,15 @@ d=$(dirname "$0")
 LD_LIBRARY_PATH="$d/../lib" exec "$d/runc.real" "$@"
 SH
   chmod 755 "$STAGE/bin/runc"
+  # The bench (integration/bench.rs, as install/bench.sh runs it), built
+  # here with its C helpers, since the GPU machine has no compiler.
+  local exe
+  exe=$(cargo bench --no-run --locked --features root-tests --bench shim 2>&1 |
+    sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+  [ -x "$exe" ] || { echo "gpu-check prepare: the bench did not build" >&2; exit 1; }
+  mkdir -p "$STAGE/bench"
+  cp "$exe" "$STAGE/bench/shim"
+  "$STAGE/bench/shim" --stage-helpers "$STAGE/bench"
   du -sh "$STAGE"
   echo "staged $STAGE: carry target/gpu-check, then run install/gpu-check.sh run"
 }
@@ -137,7 +149,7 @@ PY
   section "1. CUDA through gpushare-runtime + runc (NVIDIA_VISIBLE_DEVICES=0)"
   bundle shim "cuda-probe; nvidia-smi -L; echo smi-exit \$?" NVIDIA_VISIBLE_DEVICES=0
   show timeout 120 "$BIN/gpushare-runtime" --root "$RUNC_ROOT" run --bundle "$WORK/shim" gc-shim </dev/null >"$WORK/shim.out"
-  tee -a "$REPORT" <"$WORK/shim.out"
+  cat "$WORK/shim.out" # (show put it in the report)
   if [ $real = 1 ]; then
     expect "cuInit = 0" 'cuInit=0 ' "$WORK/shim.out"
     expect "one device" '^devices: 1$' "$WORK/shim.out"
@@ -151,7 +163,7 @@ PY
   bundle hook "cuda-probe" NVIDIA_VISIBLE_DEVICES=0
   with_hook hook
   show timeout 120 "$runc_path" --root "$RUNC_ROOT" run --bundle "$WORK/hook" gc-hook </dev/null >"$WORK/hook.out"
-  tee -a "$REPORT" <"$WORK/hook.out"
+  cat "$WORK/hook.out" # (show put it in the report)
   if [ $real = 1 ]; then
     expect "cuInit = 0 (hook alone)" 'cuInit=0 ' "$WORK/hook.out"
     expect "1 MiB set and read back (hook alone)" 'read back: ok' "$WORK/hook.out"
@@ -202,10 +214,22 @@ PY
   section "4. a client sends quit to the MPS control daemon"
   bundle quitter "echo quit | nvidia-cuda-mps-control; echo control-exit \$?" NVIDIA_VISIBLE_DEVICES=0 NVIDIA_DRIVER_CAPABILITIES=compute,utility
   show timeout 60 "$BIN/gpushare-runtime" --root "$RUNC_ROOT" run --bundle "$WORK/quitter" gc-quit </dev/null >"$WORK/quit.out"
-  tee -a "$REPORT" <"$WORK/quit.out"
+  cat "$WORK/quit.out" # (show put it in the report)
   show "$BIN/gpushare" mps status --gpu 0 >"$WORK/mps-status.out"
   expect "the daemon still runs after a client's quit" 'running' "$WORK/mps-status.out"
   show "$BIN/gpushare" mps stop --gpu 0
+
+  section "5. what gpushare costs a container on this host (the bench, against plain runc)"
+  if [ -x "$STAGE/bench/shim" ]; then
+    show env PATH="$(dirname "$runc_path"):$PATH" GPUSHARE_BIN_DIR="$BIN" \
+      GPUSHARE_BENCH_PREBUILT="$STAGE/bench" BENCH_N="${BENCH_N:-100}" \
+      timeout 300 "$STAGE/bench/shim" --bench >"$WORK/bench.out"
+    cat "$WORK/bench.out" # (show put it in the report)
+    expect "the bench ran to its end" 'hook alone, poststop' "$WORK/bench.out"
+  else
+    say "FAILED: no staged bench: run install/gpu-check.sh prepare"
+    fails=$((fails + 1))
+  fi
 
   section "result"
   if [ $real = 0 ]; then say "simulated node: the checks that need a GPU (cuInit = 0, SM shares) were not run"; fi

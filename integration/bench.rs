@@ -186,8 +186,16 @@ const PEAK_RSS: &[u8] = b"#include <stdio.h>\n#include <unistd.h>\n#include <sys
 int main(int c, char **v) { pid_t p = fork(); if (!p) { execv(v[1], v + 1); _exit(127); }\n\
 int s; struct rusage r; wait4(p, &s, 0, &r); printf(\"%ld\\n\", r.ru_maxrss); return !(WIFEXITED(s) && !WEXITSTATUS(s)); }\n";
 
+/// Where helpers compiled beforehand are (`--stage-helpers`), for a
+/// machine with no C compiler: install/gpu-check.sh stages them.
+const PREBUILT: &str = "GPUSHARE_BENCH_PREBUILT";
+
 fn build_c(compiler: &str, flags: &[&str], source: &[u8], out: &Path) -> Option<PathBuf> {
     use std::io::Write;
+    if let Some(dir) = std::env::var_os(PREBUILT) {
+        let staged = Path::new(&dir).join(out.file_name()?);
+        return std::fs::copy(staged, out).ok().map(|_| out.to_owned());
+    }
     let mut c = Command::new(compiler)
         .args(flags)
         .args(["-O2", "-x", "c", "-", "-o"])
@@ -222,9 +230,31 @@ fn wrap_hook(hook: &str) -> ! {
     std::process::exit(0)
 }
 
+/// `--stage-helpers DIR`: compiles the bench's C helpers (and copies the
+/// static busybox) into DIR, for a run where no compiler is.
+fn stage_helpers(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let musl_or_cc = |src: &[u8], name: &str| {
+        build_c("musl-gcc", &["-static"], src, &dir.join(name))
+            .or_else(|| build_c("cc", &["-static"], src, &dir.join(name)))
+            .unwrap_or_else(|| panic!("a C compiler (musl-gcc or cc) for {name}"))
+    };
+    musl_or_cc(b"int main(void) { return 0; }\n", "true-musl");
+    musl_or_cc(STAND_IN, "stand-in");
+    musl_or_cc(PEAK_RSS, "peak-rss");
+    build_true("cc", &["-static"], &dir.join("true-glibc")).expect("cc -static for true-glibc");
+    std::fs::copy("/bin/busybox", dir.join("busybox")).expect("needs busybox-static");
+    println!("staged the bench's helpers in {}", dir.display());
+}
+
 fn main() {
     if let Ok(hook) = std::env::var("GPUSHARE_BENCH_WRAP") {
         wrap_hook(&hook);
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--stage-helpers") {
+        stage_helpers(Path::new(args.get(i + 1).expect("--stage-helpers DIR")));
+        return;
     }
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -325,7 +355,11 @@ fn main() {
     );
     let rootfs = w.join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("needs busybox-static");
+    let busybox = std::env::var_os(PREBUILT).map_or_else(
+        || PathBuf::from("/bin/busybox"),
+        |d| Path::new(&d).join("busybox"),
+    );
+    std::fs::copy(&busybox, rootfs.join("bin/busybox")).expect("needs busybox-static");
     std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
     let gpu_all = bundle(&w.join("gpu-all"), &rootfs, "NVIDIA_VISIBLE_DEVICES=all");
     let plain = bundle(&w.join("plain"), &rootfs, "X=1");
