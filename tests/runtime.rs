@@ -562,6 +562,46 @@ fn a_failed_create_passes_its_status_and_output_through_and_leaves_nothing() {
 }
 
 #[test]
+fn the_runtime_starts_with_the_signals_the_shim_was_given() {
+    // The shim installs handlers to forward signals and blocks all of them
+    // around its spawn; the runtime must start as if exec'd directly: the
+    // same signals ignored (SIGHUP here; posix_spawn would have reset it to
+    // the default, the shim having caught it). The mask, SIGUSR2 blocked
+    // here, is not seen: the fake's shell clears it as it starts.
+    use std::os::unix::process::CommandExt;
+    let node = Node::new(1, "");
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let started = |mut c: std::process::Command, id: &str| -> String {
+        c.args(["create", "--bundle", b.to_str().unwrap(), id]);
+        // SAFETY: signal and sigprocmask only, in the child before exec.
+        unsafe {
+            c.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGUSR2);
+                libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        std::fs::read_to_string(node.path().join("argv.sig")).unwrap()
+    };
+    let direct = started(
+        node.command(node.path().join("fake-runc").to_str().unwrap()),
+        "d",
+    );
+    let via_shim = started(node.command(BIN_RUNTIME), "c");
+    assert_eq!(via_shim, direct);
+    let mask = |name: &str| {
+        let line = direct.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_ne!(mask("SigIgn:") & (1 << (libc::SIGHUP - 1)), 0, "{direct}");
+}
+
+#[test]
 fn signals_to_the_shim_reach_the_runtime() {
     let node = Node::new(1, "");
     let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);

@@ -23,9 +23,11 @@ pub struct Node {
 /// it is given (with $FAKE_PID, else its own pid), prints $FAKE_STDOUT and
 /// $FAKE_STDERR, then, as told: sleeps $FAKE_SLEEP seconds recording a
 /// SIGUSR1 or SIGTERM it gets in $FAKE_ARGV.signal (and exiting 42), kills
-/// itself with $FAKE_DIE_BY, or exits with $FAKE_EXIT.
+/// itself with $FAKE_DIE_BY, or exits with $FAKE_EXIT. Its ignored and
+/// caught signals go to $FAKE_ARGV.sig (not its mask: the shell clears it).
 pub const FAKE_RUNTIME: &str = r#"#!/bin/sh
 printf '%s\n' "$0" "$@" > "$FAKE_ARGV"
+grep -E '^Sig(Ign|Cgt)' /proc/$$/status > "$FAKE_ARGV.sig"
 echo "$PPID" > "$FAKE_ARGV.ppid"
 prev=""
 for a in "$@"; do
