@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! gpushare-ledger 2                                            (snapshot header)
+//! S <offset> <gpu> <holders> <millionths>… $                   (snapshot: its bound entries' sums)
 //! E <id> <created> <pid> <pid_start> <share> <gpus> <len> <json>   an entry, added or replaced
 //! X <id> $                                                     an entry released
 //! ```
@@ -16,9 +17,13 @@
 //! so no field holds a space; `-` stands for an absent pid, start time or
 //! share; `<json>` is the whole entry (for `status`), `<len>` its length in
 //! bytes. A decision reads the leading fields only, as borrowed slices: no
-//! JSON is parsed on the create path. A change is one appended line
-//! (preceded by a newline, so a line torn by a crash stands alone; a torn
-//! line fails its length or `$` check and is skipped). Once the journal
+//! JSON is parsed on the create path. A snapshot written by compaction
+//! keeps its reservations first and its bound entries after `<offset>`,
+//! summed per GPU on its `S` line, so a decision parses only the bound
+//! lines it must (see `Summary`); other readers skip the `S` line. A
+//! change is one appended line (preceded by a newline, so a line torn by a
+//! crash stands alone; a torn line fails its length or `$` check and is
+//! skipped). Once the journal
 //! outgrows the snapshot, a commit folds it in: the live lines are copied
 //! as they are into a new snapshot (temp file + fsync + rename + directory
 //! fsync), expired reservations and entries whose process is gone left out,
@@ -999,6 +1004,11 @@ impl Locked {
     /// entries are checked for liveness a few at a time, in rotation (a
     /// dead one is released with this commit and not counted).
     pub fn load(&mut self, except: Option<&str>, timeout: u64) -> Load {
+        self.load_with(except, timeout, true)
+    }
+
+    /// `load`, from the snapshot's summary (`use_summary`) or line by line.
+    fn load_with(&mut self, except: Option<&str>, timeout: u64, use_summary: bool) -> Load {
         self.timeout = Some(timeout);
         let except = except.map(encode);
         let except = except.as_deref().map(str::as_bytes);
@@ -1030,10 +1040,52 @@ impl Locked {
             dead: Vec::new(),
             sums: Vec::new(),
         };
-        for raw in lines_in(snapshot) {
-            if let Some(Parsed::Upsert(l)) = parse_line(raw) {
-                if !touched.contains(l.id) {
-                    acc.add(&l);
+        match Summary::read(snapshot).filter(|_| use_summary) {
+            Some(summary) => {
+                acc.sums = summary.sums;
+                let (head, bound) = snapshot.split_at(summary.bound_from);
+                // The reservations, line by line; then the bound lines by
+                // their ids: each one the summary counted and this decision
+                // must not (changed by the journal, being placed, found
+                // dead) is parsed and taken away.
+                for raw in lines_in(head) {
+                    if let Some(Parsed::Upsert(l)) = parse_line(raw) {
+                        if !touched.contains(l.id) {
+                            acc.add(&l);
+                        }
+                    }
+                }
+                for raw in lines_in(bound) {
+                    let Some(id) = line_id(raw) else {
+                        continue;
+                    };
+                    let touched = touched.contains(id);
+                    let except = Some(id) == acc.except;
+                    let sampled = !touched && !except && acc.sampled();
+                    if !(touched || except || sampled) {
+                        continue;
+                    }
+                    let Some(Parsed::Upsert(l)) = parse_line(raw) else {
+                        continue;
+                    };
+                    acc.count(&l, -1);
+                    if sampled {
+                        match l.pid {
+                            Some(pid) if !process_matches(pid, None) => {
+                                acc.dead.push(decode(l.id));
+                            }
+                            _ => acc.count(&l, 1),
+                        }
+                    }
+                }
+            }
+            None => {
+                for raw in lines_in(snapshot) {
+                    if let Some(Parsed::Upsert(l)) = parse_line(raw) {
+                        if !touched.contains(l.id) {
+                            acc.add(&l);
+                        }
+                    }
                 }
             }
         }
@@ -1043,9 +1095,12 @@ impl Locked {
         let Tally { sums, dead, .. } = acc;
         let mut load = Load::default();
         for (g, holders, committed) in sums {
+            if holders == 0 && committed == 0 {
+                continue;
+            }
             let entry = load.0.entry(decode(g).to_ascii_uppercase()).or_default();
-            entry.holders += holders;
-            entry.committed_percentage += committed;
+            entry.holders += usize::try_from(holders).unwrap_or(0);
+            entry.committed_percentage += committed as f64 / 1e6;
         }
         for id in dead {
             self.pending.push(Record::Release { id });
@@ -1109,9 +1164,11 @@ impl Locked {
         ix.apply(&self.bytes.snapshot[..]);
         ix.apply(&journal);
         let now = now();
-        let mut out = HEADER.to_vec();
         let mut dropped = Vec::new();
         let mut kept = Vec::new();
+        // Reservations first, then the bound entries, which the summary
+        // line between them sums (see `Summary`).
+        let (mut reserved, mut bound) = (Vec::new(), Vec::new());
         for l in ix.live() {
             let live = match (l.pid, self.timeout) {
                 (None, Some(t)) => now.saturating_sub(l.created) < t,
@@ -1119,13 +1176,25 @@ impl Locked {
                 (Some(pid), _) => process_matches(pid, None),
             };
             if live {
-                out.extend_from_slice(l.raw);
-                out.push(b'\n');
+                if l.pid.is_some() {
+                    bound.push(*l);
+                } else {
+                    reserved.push(*l);
+                }
                 kept.push(decode(l.id));
             } else {
                 dropped.push(decode(l.id));
             }
         }
+        let reserved_len: usize = reserved.iter().map(|l| l.raw.len() + 1).sum();
+        let bound_from = HEADER.len() + Summary::len(&bound) + reserved_len;
+        let mut out = HEADER.to_vec();
+        out.extend_from_slice(&Summary::line(bound_from, &bound));
+        for l in reserved.iter().chain(&bound) {
+            out.extend_from_slice(l.raw);
+            out.push(b'\n');
+        }
+        debug_assert_eq!(Summary::read(&out).map(|s| s.bound_from), Some(bound_from));
         if self.bytes.legacy {
             // A ledger of the earlier form had no markers: its entries get
             // theirs as it is rewritten.
@@ -1162,8 +1231,14 @@ struct Tally<'b> {
     phase: usize,
     seen: usize,
     dead: Vec<String>,
-    /// Holders and committed share per GPU field as written.
-    sums: Vec<(&'b [u8], usize, f64)>,
+    /// Holders and committed share (in millionths of a percent, so that
+    /// sums and differences are exact) per GPU field as written.
+    sums: Vec<(&'b [u8], i64, i64)>,
+}
+
+/// A share in millionths of a percent.
+fn micro(share: Option<f64>) -> i64 {
+    (share.unwrap_or(0.0) * 1e6).round() as i64
 }
 
 impl<'b> Tally<'b> {
@@ -1172,24 +1247,119 @@ impl<'b> Tally<'b> {
             return;
         }
         if let Some(pid) = l.pid {
-            self.seen += 1;
-            if self.seen % self.stride == self.phase && !process_matches(pid, None) {
+            if self.sampled() && !process_matches(pid, None) {
                 self.dead.push(decode(l.id));
                 return;
             }
         } else if self.now.saturating_sub(l.created) >= self.timeout {
             return;
         }
+        self.count(l, 1);
+    }
+
+    /// Counts the next bound entry; whether it is one to check for
+    /// liveness.
+    fn sampled(&mut self) -> bool {
+        self.seen += 1;
+        self.seen % self.stride == self.phase
+    }
+
+    /// Adds (`sign` 1) or takes away (-1) the entry's hold on its GPUs.
+    fn count(&mut self, l: &Line<'b>, sign: i64) {
+        let share = micro(l.share);
         for g in l.gpus.split(|&b| b == b',') {
             match self.sums.iter_mut().find(|(k, _, _)| *k == g) {
                 Some(s) => {
-                    s.1 += 1;
-                    s.2 += l.share.unwrap_or(0.0);
+                    s.1 += sign;
+                    s.2 += sign * share;
                 }
-                None => self.sums.push((g, 1, l.share.unwrap_or(0.0))),
+                None => self.sums.push((g, sign, sign * share)),
             }
         }
     }
+}
+
+/// The sums a snapshot carries for its bound entries, which it keeps after
+/// its reservations (`S <offset> <gpu> <holders> <millionths>… $`, the
+/// offset where the bound lines start, zero-padded to a fixed width): a
+/// decision then reads the bound lines' ids only, parsing just those the
+/// journal changed, the one being placed and the few it checks for
+/// liveness, where it parsed every line.
+struct Summary<'a> {
+    bound_from: usize,
+    sums: Vec<(&'a [u8], i64, i64)>,
+}
+
+const SUMMARY_OFFSET_WIDTH: usize = 19;
+
+impl<'a> Summary<'a> {
+    /// The summary of `snapshot`, if it has a whole one (a snapshot of an
+    /// earlier version has none: it is read line by line).
+    fn read(snapshot: &'a [u8]) -> Option<Summary<'a>> {
+        let rest = snapshot.strip_prefix(HEADER)?;
+        let line = &rest[..find_byte(b'\n', rest)?];
+        let mut fields = line.split(|&b| b == b' ');
+        if fields.next()? != b"S" {
+            return None;
+        }
+        let bound_from = usize::try_from(integer(fields.next()?)?).ok()?;
+        if bound_from > snapshot.len() || snapshot[..bound_from].last() != Some(&b'\n') {
+            return None;
+        }
+        let mut sums = Vec::new();
+        loop {
+            let g = fields.next()?;
+            if g == b"$" {
+                break;
+            }
+            let holders = i64::try_from(integer(fields.next()?)?).ok()?;
+            let committed = i64::try_from(integer(fields.next()?)?).ok()?;
+            sums.push((g, holders, committed));
+        }
+        fields
+            .next()
+            .is_none()
+            .then_some(Summary { bound_from, sums })
+    }
+
+    /// The summary line (with its newline) for bound lines starting at
+    /// `bound_from`, summed over `bound`.
+    fn line(bound_from: usize, bound: &[Line]) -> Vec<u8> {
+        let mut t = Tally {
+            except: None,
+            now: 0,
+            timeout: 0,
+            stride: 1,
+            phase: 0,
+            seen: 0,
+            dead: Vec::new(),
+            sums: Vec::new(),
+        };
+        for l in bound {
+            t.count(l, 1);
+        }
+        let mut out = format!("S {bound_from:0SUMMARY_OFFSET_WIDTH$}").into_bytes();
+        for (g, holders, committed) in t.sums {
+            out.push(b' ');
+            out.extend_from_slice(g);
+            out.extend_from_slice(format!(" {holders} {committed}").as_bytes());
+        }
+        out.extend_from_slice(b" $\n");
+        out
+    }
+
+    /// The length of the summary line for `bound` (its offset field has a
+    /// fixed width, so the offset does not change it).
+    fn len(bound: &[Line]) -> usize {
+        Self::line(0, bound).len()
+    }
+}
+
+/// The id of a bound line (`E <id> …`), found without splitting the rest.
+fn line_id(raw: &[u8]) -> Option<&[u8]> {
+    let rest = raw.strip_prefix(b"E ")?;
+    let end = next_space(rest, 0)?;
+    Some(&rest[..end])
 }
 
 /// Decodes a percent-encoded field.
@@ -1587,6 +1757,127 @@ mod tests {
         );
         let load = l.lock().unwrap().load(Some("a"), 60);
         assert_eq!(load.0["GPU-X"].holders, 1);
+    }
+
+    #[test]
+    fn a_decision_from_the_snapshots_summary_is_the_one_line_by_line() {
+        // Random ledgers: reservations (fresh and expired), bound entries
+        // (alive, and dying after the snapshot was written), shares whole
+        // and not, one GPU or two; compacted, then changed by the journal
+        // (releases, binds, new entries). Every decision, for several
+        // containers being placed, must be the same from the summary as
+        // from every line, dead entries found included.
+        let gpus = ["GPU-A", "GPU-B", "GPU-C"];
+        let mut seed = 0x853c_49e6_748f_ea9bu64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let me = std::process::id() as i32;
+        let mut dead_found = 0;
+        for round in 0..12 {
+            let dir = tempfile::tempdir().unwrap();
+            let l = Ledger::new(dir.path());
+            let mut doomed = Vec::new();
+            let mut made: Vec<String> = Vec::new();
+            let mut g = l.lock().unwrap();
+            for i in 0..(20 + next(60)) {
+                let id = format!("{i}-{}", "x".repeat(next(64) as usize));
+                let mut e = entry(&id, gpus[next(3) as usize]);
+                if next(4) == 0 {
+                    e.gpus.push(gpus[next(3) as usize].into());
+                }
+                e.thread_percentage = match next(3) {
+                    0 => None,
+                    1 => Some((1 + next(40)) as f64),
+                    _ => Some((1 + next(400)) as f64 / 8.0),
+                };
+                match next(6) {
+                    0 => {}
+                    1 => e.created -= 10_000,
+                    2 => {
+                        let child = std::process::Command::new("sleep")
+                            .arg("30")
+                            .spawn()
+                            .unwrap();
+                        e.pid = Some(child.id() as i32);
+                        doomed.push(child);
+                    }
+                    _ => e.pid = Some(me),
+                }
+                made.push(id);
+                g.reserve(e);
+            }
+            g.commit().unwrap();
+            let mut g = l.lock().unwrap();
+            g.timeout = Some(60);
+            g.compact(&[]).unwrap();
+            drop(g);
+            let snap = std::fs::read(l.path()).unwrap();
+            assert!(Summary::read(&snap).is_some(), "round {round}: a summary");
+            for mut child in doomed {
+                child.kill().unwrap();
+                child.wait().unwrap();
+            }
+            let mut g = l.lock().unwrap();
+            for id in &made {
+                match next(5) {
+                    0 => {
+                        g.release(id);
+                    }
+                    1 => {
+                        let mut e = entry(id, gpus[next(3) as usize]);
+                        e.pid = Some(me);
+                        g.reserve(e);
+                    }
+                    _ => {}
+                }
+            }
+            for i in 0..next(10) {
+                let mut e = entry(&format!("new-{i}"), gpus[next(3) as usize]);
+                e.thread_percentage = Some(10.0);
+                g.reserve(e);
+            }
+            g.commit().unwrap();
+            let mut excepts: Vec<Option<String>> = vec![None, Some("absent".into())];
+            excepts.extend((0..4).map(|_| Some(made[next(made.len() as u64) as usize].clone())));
+            for except in excepts {
+                let mut a = l.lock().unwrap();
+                let by_summary = a.load_with(except.as_deref(), 60, true);
+                let dead_a: Vec<_> = a.pending.iter().map(record_line).collect();
+                drop(a);
+                let mut b = l.lock().unwrap();
+                let by_line = b.load_with(except.as_deref(), 60, false);
+                let dead_b: Vec<_> = b.pending.iter().map(record_line).collect();
+                drop(b);
+                let view = |load: &Load| {
+                    let mut v: Vec<(String, usize, i64)> = load
+                        .0
+                        .iter()
+                        .filter(|(_, x)| x.holders > 0)
+                        .map(|(k, x)| {
+                            (
+                                k.clone(),
+                                x.holders,
+                                (x.committed_percentage * 1e6).round() as i64,
+                            )
+                        })
+                        .collect();
+                    v.sort();
+                    v
+                };
+                assert_eq!(
+                    view(&by_summary),
+                    view(&by_line),
+                    "round {round}, except {except:?}"
+                );
+                assert_eq!(dead_a, dead_b, "round {round}, except {except:?}");
+                dead_found += dead_a.len();
+            }
+        }
+        assert!(dead_found > 0, "some decisions found the dead");
     }
 
     #[test]
