@@ -101,6 +101,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The median of each round's difference between two lives' totals (of
+/// `f`). Each round measured both back to back, so the difference cancels
+/// the VM's drift (its speed moves by a fifth over minutes here).
+fn paired_median(lives: &[[Sample; 3]], base: &[[Sample; 3]], f: fn(&Sample) -> f64) -> f64 {
+    median(
+        lives
+            .iter()
+            .zip(base)
+            .map(|(a, b)| a.iter().map(f).sum::<f64>() - b.iter().map(f).sum::<f64>())
+            .collect(),
+    )
+}
+
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
@@ -525,18 +538,7 @@ fn main() {
             per_call[0].wall, per_call[1].wall, per_call[2].wall, tw, tc
         );
     }
-    // Each round measured the stand-in's life and gpushare's back to back,
-    // so their difference round by round cancels the VM's drift (its speed
-    // moves by a fifth over minutes here); its median is the figure.
-    let paired = |k: usize, f: fn(&Sample) -> f64| {
-        median(
-            own[k]
-                .iter()
-                .zip(&own[0])
-                .map(|(g, s)| g.iter().map(f).sum::<f64>() - s.iter().map(f).sum::<f64>())
-                .collect(),
-        )
-    };
+    let paired = |k: usize, f: fn(&Sample) -> f64| paired_median(&own[k], &own[0], f);
     println!(
         "=> gpushare's own cost per container life (create + start + delete, {} held; median of the rounds' differences): GPU wall {:.0} µs, cpu {:.0} µs; non-GPU wall {:.0} µs, cpu {:.0} µs",
         held_now,
@@ -620,16 +622,8 @@ fn main() {
             per_call[0].wall, per_call[1].wall, per_call[2].wall, tw, tc
         );
     }
-    // Round by round, as above.
-    let paired = |k: usize, base: usize, f: fn(&Sample) -> f64| {
-        median(
-            lives[k]
-                .iter()
-                .zip(&lives[base])
-                .map(|(g, r)| g.iter().map(f).sum::<f64>() - r.iter().map(f).sum::<f64>())
-                .collect(),
-        )
-    };
+    let paired =
+        |k: usize, base: usize, f: fn(&Sample) -> f64| paired_median(&lives[k], &lives[base], f);
     println!(
         "=> gpushare adds per container life (create + start + delete; median of the rounds' differences): GPU wall {:.0} µs, cpu {:.0} µs; non-GPU wall {:.0} µs, cpu {:.0} µs",
         paired(2, 1, |s| s.wall),

@@ -1067,13 +1067,13 @@ impl Locked {
                     let Some(Parsed::Upsert(l)) = parse_line(raw) else {
                         continue;
                     };
-                    acc.count(&l, -1);
+                    count(&mut acc.sums, &l, -1);
                     if sampled {
                         match l.pid {
                             Some(pid) if !process_matches(pid, None) => {
                                 acc.dead.push(decode(l.id));
                             }
-                            _ => acc.count(&l, 1),
+                            _ => count(&mut acc.sums, &l, 1),
                         }
                     }
                 }
@@ -1186,9 +1186,11 @@ impl Locked {
             }
         }
         let reserved_len: usize = reserved.iter().map(|l| l.raw.len() + 1).sum();
-        let bound_from = HEADER.len() + Summary::len(&bound) + reserved_len;
+        let mut summary = Summary::line(&bound);
+        let bound_from = HEADER.len() + summary.len() + reserved_len;
+        Summary::set_offset(&mut summary, bound_from);
         let mut out = HEADER.to_vec();
-        out.extend_from_slice(&Summary::line(bound_from, &bound));
+        out.extend_from_slice(&summary);
         for l in reserved.iter().chain(&bound) {
             out.extend_from_slice(l.raw);
             out.push(b'\n');
@@ -1230,9 +1232,8 @@ struct Tally<'b> {
     phase: usize,
     seen: usize,
     dead: Vec<String>,
-    /// Holders and committed share (in millionths of a percent, so that
-    /// sums and differences are exact) per GPU field as written.
-    sums: Vec<(&'b [u8], i64, i64)>,
+    /// In millionths of a percent, so that sums and differences are exact.
+    sums: Sums<'b>,
 }
 
 /// A share in millionths of a percent.
@@ -1253,7 +1254,7 @@ impl<'b> Tally<'b> {
         } else if self.now.saturating_sub(l.created) >= self.timeout {
             return;
         }
-        self.count(l, 1);
+        count(&mut self.sums, l, 1);
     }
 
     /// Counts the next bound entry; whether it is one to check for
@@ -1262,18 +1263,21 @@ impl<'b> Tally<'b> {
         self.seen += 1;
         self.seen % self.stride == self.phase
     }
+}
 
-    /// Adds (`sign` 1) or takes away (-1) the entry's hold on its GPUs.
-    fn count(&mut self, l: &Line<'b>, sign: i64) {
-        let share = micro(l.share);
-        for g in l.gpus.split(|&b| b == b',') {
-            match self.sums.iter_mut().find(|(k, _, _)| *k == g) {
-                Some(s) => {
-                    s.1 += sign;
-                    s.2 += sign * share;
-                }
-                None => self.sums.push((g, sign, sign * share)),
+/// Holders and committed share (millionths) per GPU field as written.
+type Sums<'b> = Vec<(&'b [u8], i64, i64)>;
+
+/// Adds (`sign` 1) or takes away (-1) an entry's hold on its GPUs.
+fn count<'b>(sums: &mut Sums<'b>, l: &Line<'b>, sign: i64) {
+    let share = micro(l.share);
+    for g in l.gpus.split(|&b| b == b',') {
+        match sums.iter_mut().find(|(k, _, _)| *k == g) {
+            Some(s) => {
+                s.1 += sign;
+                s.2 += sign * share;
             }
+            None => sums.push((g, sign, sign * share)),
         }
     }
 }
@@ -1286,7 +1290,7 @@ impl<'b> Tally<'b> {
 /// liveness, where it parsed every line.
 struct Summary<'a> {
     bound_from: usize,
-    sums: Vec<(&'a [u8], i64, i64)>,
+    sums: Sums<'a>,
 }
 
 const SUMMARY_OFFSET_WIDTH: usize = 19;
@@ -1321,24 +1325,16 @@ impl<'a> Summary<'a> {
             .then_some(Summary { bound_from, sums })
     }
 
-    /// The summary line (with its newline) for bound lines starting at
-    /// `bound_from`, summed over `bound`.
-    fn line(bound_from: usize, bound: &[Line]) -> Vec<u8> {
-        let mut t = Tally {
-            except: None,
-            now: 0,
-            timeout: 0,
-            stride: 1,
-            phase: 0,
-            seen: 0,
-            dead: Vec::new(),
-            sums: Vec::new(),
-        };
+    /// The summary line (with its newline) of `bound`, its offset field
+    /// zeroed: the field has a fixed width, so the line's length is known
+    /// before the offset is (`set_offset` fills it in).
+    fn line(bound: &[Line]) -> Vec<u8> {
+        let mut sums = Sums::new();
         for l in bound {
-            t.count(l, 1);
+            count(&mut sums, l, 1);
         }
-        let mut out = format!("S {bound_from:0SUMMARY_OFFSET_WIDTH$}").into_bytes();
-        for (g, holders, committed) in t.sums {
+        let mut out = format!("S {:0SUMMARY_OFFSET_WIDTH$}", 0).into_bytes();
+        for (g, holders, committed) in sums {
             out.push(b' ');
             out.extend_from_slice(g);
             out.extend_from_slice(format!(" {holders} {committed}").as_bytes());
@@ -1347,10 +1343,10 @@ impl<'a> Summary<'a> {
         out
     }
 
-    /// The length of the summary line for `bound` (its offset field has a
-    /// fixed width, so the offset does not change it).
-    fn len(bound: &[Line]) -> usize {
-        Self::line(0, bound).len()
+    /// Writes `bound_from` into the offset field of `line`.
+    fn set_offset(line: &mut [u8], bound_from: usize) {
+        let digits = format!("{bound_from:0SUMMARY_OFFSET_WIDTH$}");
+        line[2..2 + SUMMARY_OFFSET_WIDTH].copy_from_slice(digits.as_bytes());
     }
 }
 
