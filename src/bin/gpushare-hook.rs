@@ -15,6 +15,60 @@
 
 use std::os::unix::ffi::OsStrExt;
 
+// Linked against musl, allocation is dlmalloc's: musl's own returns freed
+// memory to the kernel at once, an mmap and munmap pair for many of the
+// parser's buffers (some 60 system calls per create, more than glibc's
+// start-up saved).
+#[cfg(gpushare_musl)]
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
+// Linked against musl (build.rs, cfg `gpushare_musl`), two things glibc's
+// start-up gave the standard library are supplied here.
+//
+// The arguments: the standard library built for glibc takes argc, argv and
+// envp as the arguments of its `.init_array.00099` entry, which glibc
+// passes to every such function and musl does not. This entry runs just
+// before it and returns with argc, argv and envp in the argument registers,
+// which musl's loop over the array (add, compare, call through the next
+// slot) leaves as they are. They are found from `__environ`, which musl
+// has set by then: on the initial stack argv's NULL ends just below envp,
+// and argc sits below argv's pointers. The package test runs a container
+// through this build, so a musl that breaks this fails there.
+//
+// `_dl_find_object`: gcc's unwinder asks glibc for a pc's unwind tables
+// through it. Panics abort here; a "not found" leaves only a backtrace
+// without frames.
+#[cfg(gpushare_musl)]
+std::arch::global_asm!(
+    ".pushsection .init_array.00098,\"aw\"",
+    ".p2align 3",
+    ".quad gpushare_musl_args",
+    ".popsection",
+    ".pushsection .text.gpushare_musl_args,\"ax\",@progbits",
+    "gpushare_musl_args:",
+    "mov rdx, qword ptr [rip + __environ]",
+    "lea rsi, [rdx - 8]",
+    "xor edi, edi",
+    "2:",
+    "sub rsi, 8",
+    "cmp qword ptr [rsi], rdi",
+    "je 3f",
+    "inc rdi",
+    "jmp 2b",
+    "3:",
+    "add rsi, 8",
+    "ret",
+    ".popsection",
+    ".pushsection .text._dl_find_object,\"ax\",@progbits",
+    ".globl _dl_find_object",
+    ".type _dl_find_object,@function",
+    "_dl_find_object:",
+    "mov eax, -1",
+    "ret",
+    ".popsection",
+);
+
 use gpushare::hook::{self, Stage};
 
 /// Makes sure descriptors 0, 1 and 2 are open (on /dev/null if not), as
