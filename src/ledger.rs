@@ -9,6 +9,7 @@
 //! ```text
 //! gpushare-ledger 2                                            (snapshot header)
 //! S <offset> <gpu> <holders> <millionths>… $                   (snapshot: its bound entries' sums)
+//! H <seed> <slots> <hash><offset>… $                            (snapshot: its bound lines by id)
 //! E <id> <created> <pid> <pid_start> <share> <gpus> <len> <json>   an entry, added or replaced
 //! X <id> $                                                     an entry released
 //! ```
@@ -19,8 +20,9 @@
 //! bytes. A decision reads the leading fields only, as borrowed slices: no
 //! JSON is parsed on the create path. A snapshot written by compaction
 //! keeps its reservations first and its bound entries after `<offset>`,
-//! summed per GPU on its `S` line, so a decision parses only the bound
-//! lines it must (see `Summary`); other readers skip the `S` line. A
+//! summed per GPU on its `S` line and found by id through the table on
+//! its `H` line, so a decision reads only the bound lines it must (see
+//! `Summary` and `Table`); other readers skip both lines. A
 //! change is one appended line (preceded by a newline, so a line torn by a
 //! crash stands alone; a torn line fails its length or `$` check and is
 //! skipped). Once the journal outgrows the snapshot, a commit folds it in:
@@ -280,6 +282,37 @@ fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
     }
 }
 
+/// The last `needle` in `hay` (SSE2 on x86_64, as `find_byte`).
+fn rfind_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        memchr::arch::x86_64::sse2::memchr::One::new(needle)
+            .expect("x86_64 has SSE2")
+            .rfind(hay)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    {
+        memchr::memrchr(needle, hay)
+    }
+}
+
+/// A lower-case hexadecimal field of at most 16 digits.
+fn hex(field: &[u8]) -> Option<u64> {
+    if field.is_empty() || field.len() > 16 {
+        return None;
+    }
+    let mut n = 0u64;
+    for &d in field {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => return None,
+        };
+        n = n << 4 | u64::from(v);
+    }
+    Some(n)
+}
+
 /// The lines of `bytes`, without their newlines (the last one also when
 /// it has none).
 fn lines_in(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -478,12 +511,23 @@ struct Index<'a> {
 
 impl<'a> Index<'a> {
     fn apply(&mut self, bytes: &'a [u8]) {
+        self.apply_naming(bytes, |_| {});
+    }
+
+    /// `apply`, telling `named` each record's id.
+    fn apply_naming(&mut self, bytes: &'a [u8], mut named: impl FnMut(&'a [u8])) {
         // Record lines are a few hundred bytes each.
         let lines = bytes.len() / 200 + 1;
         self.lines.reserve(lines);
         self.by_id.reserve(lines);
         for raw in lines_in(bytes) {
-            match parse_line(raw) {
+            let parsed = parse_line(raw);
+            match &parsed {
+                Some(Parsed::Upsert(l)) => named(l.id),
+                Some(Parsed::Release(id)) => named(id),
+                None => {}
+            }
+            match parsed {
                 Some(Parsed::Upsert(l)) => match self.by_id.get(l.id) {
                     Some(&i) => self.lines[i] = Some(l),
                     None => {
@@ -535,21 +579,15 @@ impl<'a> Touched<'a> {
         (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize
     }
 
+    fn insert(&mut self, id: &'a [u8]) {
+        let b = Self::bit(id);
+        self.filter[b / 64] |= 1 << (b % 64);
+        self.ids.insert(id);
+    }
+
     fn contains(&self, id: &[u8]) -> bool {
         let b = Self::bit(id);
         self.filter[b / 64] & (1 << (b % 64)) != 0 && self.ids.contains(id)
-    }
-}
-
-impl<'a> FromIterator<&'a [u8]> for Touched<'a> {
-    fn from_iter<I: IntoIterator<Item = &'a [u8]>>(iter: I) -> Self {
-        let mut t = Touched::default();
-        for id in iter {
-            let b = Self::bit(id);
-            t.filter[b / 64] |= 1 << (b % 64);
-            t.ids.insert(id);
-        }
-        t
     }
 }
 
@@ -1015,13 +1053,8 @@ impl Locked {
         // The journal is small: indexed. The snapshot is streamed, a line
         // the journal touched (replaced or released) left to the journal.
         let mut journal = Index::default();
-        journal.apply(&self.bytes.journal);
-        let touched: Touched = lines_in(&self.bytes.journal)
-            .filter_map(|raw| match parse_line(raw)? {
-                Parsed::Upsert(l) => Some(l.id),
-                Parsed::Release(id) => Some(id),
-            })
-            .collect();
+        let mut touched = Touched::default();
+        journal.apply_naming(&self.bytes.journal, |id| touched.insert(id));
         let snapshot = &self.bytes.snapshot[..];
         // Liveness: about LIVENESS_PER_DECISION bound entries, spread over
         // the ledger and rotating with the clock (the number of lines
@@ -1039,57 +1072,82 @@ impl Locked {
             dead: Vec::new(),
             sums: Vec::new(),
         };
-        match Summary::read(snapshot).filter(|_| use_summary) {
-            Some(summary) => {
-                acc.sums = summary.sums;
-                let (head, bound) = snapshot.split_at(summary.bound_from);
-                // The reservations, line by line; then the bound lines by
-                // their ids: each one the summary counted and this decision
-                // must not (changed by the journal, being placed, found
-                // dead) is parsed and taken away.
-                for raw in lines_in(head) {
+        let summary = Summary::read(snapshot).filter(|s| s.table.is_some());
+        match summary {
+            Some(Summary {
+                bound_from,
+                reserved_from,
+                sums,
+                table: Some(table),
+            }) if use_summary => {
+                acc.sums = sums;
+                let bound = &snapshot[bound_from..];
+                // The reservations, line by line.
+                for raw in lines_in(&snapshot[reserved_from..bound_from]) {
                     if let Some(Parsed::Upsert(l)) = parse_line(raw) {
                         if !touched.contains(l.id) {
-                            acc.add(&l);
+                            acc.add(&l, None);
                         }
                     }
                 }
-                for raw in lines_in(bound) {
-                    let Some(id) = line_id(raw) else {
-                        continue;
-                    };
-                    let touched = touched.contains(id);
-                    let except = Some(id) == acc.except;
-                    let sampled = !touched && !except && acc.sampled();
-                    if !(touched || except || sampled) {
+                // The bound lines the summary counted and this decision
+                // must not: those the journal changed and the one being
+                // placed, found by id.
+                let except = acc.except.filter(|id| !touched.contains(id));
+                for id in touched.ids.iter().copied().chain(except) {
+                    if let Some(Parsed::Upsert(l)) = table.find(bound, id).and_then(parse_line) {
+                        count(&mut acc.sums, &l, -1);
+                    }
+                }
+                // And those of the lines checked for liveness found dead.
+                let mut last = None;
+                for at in sample_points(bound.len(), now) {
+                    let start = rfind_byte(b'\n', &bound[..at]).map_or(0, |i| i + 1);
+                    if last.replace(start) == Some(start) {
                         continue;
                     }
+                    let rest = &bound[start..];
+                    let raw = &rest[..find_byte(b'\n', rest).unwrap_or(rest.len())];
                     let Some(Parsed::Upsert(l)) = parse_line(raw) else {
                         continue;
                     };
-                    count(&mut acc.sums, &l, -1);
-                    if sampled {
-                        match l.pid {
-                            Some(pid) if !process_matches(pid, None) => {
-                                acc.dead.push(decode(l.id));
-                            }
-                            _ => count(&mut acc.sums, &l, 1),
+                    if touched.contains(l.id) || Some(l.id) == acc.except {
+                        continue;
+                    }
+                    if let Some(pid) = l.pid {
+                        if !process_matches(pid, None) {
+                            count(&mut acc.sums, &l, -1);
+                            acc.dead.push(decode(l.id));
                         }
                     }
                 }
             }
-            None => {
+            summary => {
+                // Line by line; the bound lines of a snapshot with a table
+                // checked for liveness as the table's reading checks them.
+                let bound_from = summary.map(|s| s.bound_from);
+                let mut points =
+                    sample_points(bound_from.map_or(0, |b| snapshot.len() - b), now).peekable();
                 for raw in lines_in(snapshot) {
+                    let at = raw.as_ptr() as usize - snapshot.as_ptr() as usize;
+                    let sampled = bound_from.filter(|&b| at >= b).map(|b| {
+                        let end = at - b + raw.len();
+                        let mut hit = false;
+                        while points.next_if(|&p| p <= end).is_some() {
+                            hit = true;
+                        }
+                        hit
+                    });
                     if let Some(Parsed::Upsert(l)) = parse_line(raw) {
                         if !touched.contains(l.id) {
-                            acc.add(&l);
+                            acc.add(&l, sampled);
                         }
                     }
                 }
             }
         }
         for l in journal.live() {
-            acc.add(l);
+            acc.add(l, None);
         }
         let Tally { sums, dead, .. } = acc;
         let mut load = Load::default();
@@ -1187,10 +1245,13 @@ impl Locked {
         }
         let reserved_len: usize = reserved.iter().map(|l| l.raw.len() + 1).sum();
         let mut summary = Summary::line(&bound);
-        let bound_from = HEADER.len() + summary.len() + reserved_len;
+        let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), now);
+        let table = Table::line(&bound, seed).unwrap_or_default();
+        let bound_from = HEADER.len() + summary.len() + table.len() + reserved_len;
         Summary::set_offset(&mut summary, bound_from);
         let mut out = HEADER.to_vec();
         out.extend_from_slice(&summary);
+        out.extend_from_slice(&table);
         for l in reserved.iter().chain(&bound) {
             out.extend_from_slice(l.raw);
             out.push(b'\n');
@@ -1242,12 +1303,16 @@ fn micro(share: Option<f64>) -> i64 {
 }
 
 impl<'b> Tally<'b> {
-    fn add(&mut self, l: &Line<'b>) {
+    /// Counts a live entry. `sampled`: whether a bound line of a snapshot
+    /// with a table is one to check for liveness (see `sample_points`);
+    /// `None` for other lines, every `stride`-th of which is checked.
+    fn add(&mut self, l: &Line<'b>, sampled: Option<bool>) {
         if Some(l.id) == self.except {
             return;
         }
         if let Some(pid) = l.pid {
-            if self.sampled() && !process_matches(pid, None) {
+            let sampled = sampled.unwrap_or_else(|| self.sampled());
+            if sampled && !process_matches(pid, None) {
                 self.dead.push(decode(l.id));
                 return;
             }
@@ -1285,12 +1350,17 @@ fn count<'b>(sums: &mut Sums<'b>, l: &Line<'b>, sign: i64) {
 /// The sums a snapshot carries for its bound entries, which it keeps after
 /// its reservations (`S <offset> <gpu> <holders> <millionths>… $`, the
 /// offset where the bound lines start, zero-padded to a fixed width): a
-/// decision then reads the bound lines' ids only, parsing just those the
-/// journal changed, the one being placed and the few it checks for
-/// liveness, where it parsed every line.
+/// decision then reads only the bound lines the journal changed and the
+/// one being placed (found through the `Table` on the next line) and the
+/// few it checks for liveness, where it parsed every line.
 struct Summary<'a> {
     bound_from: usize,
+    /// Where the reservations start: after the summary and the table.
+    reserved_from: usize,
     sums: Sums<'a>,
+    /// The table on the line after it; a snapshot of the previous version
+    /// has none and is read line by line.
+    table: Option<Table<'a>>,
 }
 
 const SUMMARY_OFFSET_WIDTH: usize = 19;
@@ -1319,10 +1389,18 @@ impl<'a> Summary<'a> {
             let committed = i64::try_from(integer(fields.next()?)?).ok()?;
             sums.push((g, holders, committed));
         }
-        fields
-            .next()
-            .is_none()
-            .then_some(Summary { bound_from, sums })
+        if fields.next().is_some() {
+            return None;
+        }
+        let after = HEADER.len() + line.len() + 1;
+        let table = Table::read(snapshot.get(after..bound_from)?);
+        let reserved_from = after + table.as_ref().map_or(0, Table::line_len);
+        Some(Summary {
+            bound_from,
+            reserved_from,
+            sums,
+            table,
+        })
     }
 
     /// The summary line (with its newline) of `bound`, its offset field
@@ -1348,6 +1426,115 @@ impl<'a> Summary<'a> {
         let digits = format!("{bound_from:0SUMMARY_OFFSET_WIDTH$}");
         line[2..2 + SUMMARY_OFFSET_WIDTH].copy_from_slice(digits.as_bytes());
     }
+}
+
+/// A snapshot's bound lines by id: `H <seed> <slots> <slot>… $`, an open
+/// addressing table (linear probing, at most half full, its size a power of
+/// two) of fixed-width slots, each the hash of an id (16 hexadecimal
+/// digits, keyed by the snapshot's random `<seed>`) and one more than its
+/// line's offset from the first bound line (8 digits; 0: an empty slot).
+/// A decision finds the few bound lines it must take away through it, where
+/// it read every line's id: its cost no longer grows with the containers
+/// held.
+struct Table<'a> {
+    seed: u64,
+    slots: &'a [u8],
+}
+
+/// A slot's width: the id's hash and its line's offset.
+const SLOT: usize = 16 + 8;
+
+impl<'a> Table<'a> {
+    fn hash(seed: u64, id: &[u8]) -> u64 {
+        use std::hash::Hasher;
+        let mut h = IdHasher(seed);
+        h.write(id);
+        h.finish()
+    }
+
+    /// The table at the start of `bytes`, if whole.
+    fn read(bytes: &'a [u8]) -> Option<Table<'a>> {
+        let rest = bytes.strip_prefix(b"H ")?;
+        let seed = hex(rest.get(..16)?)?;
+        let rest = rest.get(16..)?.strip_prefix(b" ")?;
+        let space = find_byte(b' ', &rest[..rest.len().min(21)])?;
+        let n = usize::try_from(integer(&rest[..space])?).ok()?;
+        if !n.is_power_of_two() {
+            return None;
+        }
+        let slots = rest.get(space + 1..space + 1 + n.checked_mul(SLOT)?)?;
+        let end = space + 1 + slots.len();
+        (rest.get(end..end + 3)? == b" $\n").then_some(Table { seed, slots })
+    }
+
+    /// The length of its line, newline included.
+    fn line_len(&self) -> usize {
+        let n = self.slots.len() / SLOT;
+        2 + 16 + 1 + n.to_string().len() + 1 + self.slots.len() + 3
+    }
+
+    /// The bound line of `id` in `bound` (the bound lines), if there is one.
+    fn find(&self, bound: &'a [u8], id: &[u8]) -> Option<&'a [u8]> {
+        let n = self.slots.len() / SLOT;
+        let h = Self::hash(self.seed, id);
+        let mut i = h as usize & (n - 1);
+        for _ in 0..n {
+            let slot = &self.slots[i * SLOT..(i + 1) * SLOT];
+            let at = hex(&slot[16..])?;
+            if at == 0 {
+                return None;
+            }
+            if hex(&slot[..16])? == h {
+                let rest = bound.get(usize::try_from(at - 1).ok()?..)?;
+                let raw = &rest[..find_byte(b'\n', rest).unwrap_or(rest.len())];
+                if line_id(raw) == Some(id) {
+                    return Some(raw);
+                }
+            }
+            i = (i + 1) & (n - 1);
+        }
+        None
+    }
+
+    /// The table line (with its newline) of `bound`, the lines written in
+    /// this order from the first bound line on; `None` when they are too
+    /// large for its offsets (then a decision reads every line).
+    fn line(bound: &[Line], seed: u64) -> Option<Vec<u8>> {
+        let n = (bound.len() * 2).next_power_of_two().max(2);
+        let mut slots = vec![(0u64, 0u64); n];
+        let mut at = 0u64;
+        for l in bound {
+            let h = Self::hash(seed, l.id);
+            let mut i = h as usize & (n - 1);
+            while slots[i].1 != 0 {
+                i = (i + 1) & (n - 1);
+            }
+            slots[i] = (h, at + 1);
+            at += l.raw.len() as u64 + 1;
+        }
+        if at >= u64::from(u32::MAX) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(32 + n * SLOT);
+        out.extend_from_slice(format!("H {seed:016x} {n} ").as_bytes());
+        for (h, at) in slots {
+            out.extend_from_slice(format!("{h:016x}{at:08x}").as_bytes());
+        }
+        out.extend_from_slice(b" $\n");
+        Some(out)
+    }
+}
+
+/// The offsets, in a snapshot's bound lines of `len` bytes, of the lines a
+/// decision checks for liveness: about `LIVENESS_PER_DECISION`, evenly
+/// spaced from a start that moves with the clock, each offset standing for
+/// the line it falls in.
+fn sample_points(len: usize, now: u64) -> impl Iterator<Item = usize> {
+    let step = (len / LIVENESS_PER_DECISION).max(1);
+    let phase = (now.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % step;
+    (0..LIVENESS_PER_DECISION)
+        .map(move |k| phase + k * step)
+        .take_while(move |&at| at < len)
 }
 
 /// The id of a bound line (`E <id> …`), found without splitting the rest.
@@ -1811,7 +1998,19 @@ mod tests {
             g.compact(&[]).unwrap();
             drop(g);
             let snap = std::fs::read(l.path()).unwrap();
-            assert!(Summary::read(&snap).is_some(), "round {round}: a summary");
+            let summary = Summary::read(&snap).expect("a summary");
+            let table = summary.table.as_ref().expect("a table");
+            // The table finds every bound line and nothing else.
+            let bound = &snap[summary.bound_from..];
+            let bound_ids: Vec<&[u8]> = lines_in(bound).filter_map(line_id).collect();
+            for id in made.iter().map(|m| encode(m)) {
+                let found = table.find(bound, id.as_bytes());
+                assert_eq!(
+                    found.and_then(line_id),
+                    bound_ids.contains(&id.as_bytes()).then_some(id.as_bytes()),
+                    "round {round}: {id}"
+                );
+            }
             for mut child in doomed {
                 child.kill().unwrap();
                 child.wait().unwrap();
