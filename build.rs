@@ -13,8 +13,9 @@
 //! hypervisor on a VM (about 0.3 ms per start on the development VMs);
 //! musl's does not. The standard library stays the one built for glibc's
 //! target, whose symbols musl also provides on x86_64 with the same
-//! layouts; src/bin/gpushare-hook.rs carries the two pieces of glue this
-//! needs (cfg `gpushare_musl`).
+//! layouts; src/bin/musl-glue.s carries the glue this needs and
+//! src/bin/gpushare-hook.rs includes it, with an allocator (cfg
+//! `gpushare_musl`).
 use std::path::Path;
 
 fn main() {
@@ -22,6 +23,7 @@ fn main() {
         println!("cargo:rustc-link-arg-bin=gpushare-runtime={arg}");
     }
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/bin/musl-glue.s");
     println!("cargo::rustc-check-cfg=cfg(gpushare_musl)");
     println!("cargo:rerun-if-env-changed=GPUSHARE_MUSL_LIB");
     let Some(musl) = std::env::var_os("GPUSHARE_MUSL_LIB").filter(|v| !v.is_empty()) else {
