@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the binaries against fixture bundles, and the
 # end-to-end tests with real runc, podman and NVIDIA's MPS daemon on a
-# simulated node (these need root).
+# simulated node (these need root), with the binaries a node installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . install/prereqs.sh
@@ -11,4 +11,7 @@ ensure_packages tests
 built=$(install/package.sh)
 export GPUSHARE_DEB=$(echo "$built" | sed -n 1p)
 export GPUSHARE_TARBALL=$(echo "$built" | sed -n 2p)
+# The tests run the binaries a node installs (install/build.sh's, which the
+# package holds), not cargo's debug build of them.
+export GPUSHARE_BIN_DIR=$PWD/target/node
 exec cargo test --locked --features root-tests

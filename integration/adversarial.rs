@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 /// GPU `i`'s UUID on the node, from `gpushare inventory`.
 fn gpu_uuid(node: &Node, i: usize) -> String {
-    let out = Command::new(CLI)
+    let out = Command::new(cli())
         .env("GPUSHARE_CONFIG", &node.config)
         .args(["inventory", "--json"])
         .output()
@@ -479,7 +479,7 @@ fn the_ledger_is_unreadable_to_other_users_and_status_says_why() {
     let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"], "sleep 30");
     let id = node.id(0);
     assert!(node.create(&b, &id).status.success());
-    let out = Command::new(CLI)
+    let out = Command::new(cli())
         .env("GPUSHARE_CONFIG", &node.config)
         .args(["status"])
         .uid(65534)

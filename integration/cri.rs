@@ -242,7 +242,7 @@ fn bundle_spec(containerd: &Path, id: &str) -> Value {
 }
 
 fn status_json(node: &Node) -> Value {
-    let out = Command::new(CLI)
+    let out = Command::new(cli())
         .env("GPUSHARE_CONFIG", &node.config)
         .args(["status", "--json"])
         .output()
@@ -329,7 +329,7 @@ fn the_node_path(node: &Node, sock: &Path, containerd: &Path, shim: bool) {
 
     // An MPS client: GPU 0's daemon runs; the container gets its pipe
     // directory and (through the shim) its share and the pipe variable.
-    let out = Command::new(CLI)
+    let out = Command::new(cli())
         .env("GPUSHARE_CONFIG", &node.config)
         .args(["mps", "start", "--gpu", "0"])
         .output()
@@ -368,7 +368,7 @@ fn the_node_path(node: &Node, sock: &Path, containerd: &Path, shim: bool) {
 
     // Removing the pod empties the ledger.
     cri.remove_pod(&pod.0);
-    let out = Command::new(CLI)
+    let out = Command::new(cli())
         .env("GPUSHARE_CONFIG", &node.config)
         .args(["mps", "stop"])
         .output()

@@ -115,7 +115,7 @@ fn the_shim_gives_a_gpu_container_the_drivers_libcuda_nvml_and_nvidia_smi() {
     }
     assert!(node.ledger().is_empty(), "released");
     // What the operator sees of it.
-    let inv = Command::new(CLI)
+    let inv = Command::new(cli())
         .env("GPUSHARE_CONFIG", &node.config)
         .arg("inventory")
         .output()
@@ -215,7 +215,7 @@ fn a_node_without_the_drivers_user_space_still_gives_the_gpu_and_warns_once() {
     )
     .unwrap();
     let b = node.bundle("gpu1", &["NVIDIA_VISIBLE_DEVICES=1"], GPU1_SCRIPT);
-    let explain = Command::new(CLI)
+    let explain = Command::new(cli())
         .env("GPUSHARE_CONFIG", &node.config)
         .args(["explain", "--bundle"])
         .arg(&b)

@@ -171,7 +171,7 @@ fn podman_with_the_hooks_dir_gives_gpu_1_only() {
         .unwrap(),
     )
     .unwrap();
-    file["hook"]["path"] = json!(HOOK);
+    file["hook"]["path"] = json!(hook());
     file["hook"]["env"] = json!([format!("GPUSHARE_CONFIG={}", node.config.display())]);
     std::fs::write(hooks.join("gpushare.json"), file.to_string()).unwrap();
     let name = node.id(0);

@@ -32,7 +32,7 @@ impl MpsNode {
     }
 
     fn mps(&self, args: &[&str]) -> Output {
-        Command::new(CLI)
+        Command::new(cli())
             .env("GPUSHARE_CONFIG", &self.0.config)
             .env("LD_PRELOAD", "")
             .env("EVIL_MARKER_FROM_THE_SHELL", "1")
@@ -224,7 +224,7 @@ fn a_killed_daemon_shows_dead_and_start_recovers_it() {
         text_cfg.replace("[mps]\n", "[mps]\ncontrol = \"/nonexistent/mps-control\"\n"),
     )
     .unwrap();
-    let out = Command::new(CLI)
+    let out = Command::new(cli())
         .env("GPUSHARE_CONFIG", &bad)
         .args(["mps", "start"])
         .output()
@@ -406,7 +406,7 @@ fn on_a_real_driver_the_compute_mode_is_exclusive_while_mps_runs_and_restored() 
         .unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let mps = |args: &[&str]| {
-        Command::new(CLI)
+        Command::new(cli())
             .env("GPUSHARE_CONFIG", &m.0.config)
             .env("PATH", &path)
             .arg("mps")
@@ -594,7 +594,7 @@ fn each_gpus_shared_memory_is_its_own_and_goes_with_its_daemon() {
 fn mps_run_restarts_a_killed_daemon_puts_back_drifted_defaults_and_stops_all_on_sigterm() {
     let m = MpsNode::new("mps-run", "");
     let log = m.0.dir.path().join("mps-run.log");
-    let mut run = Command::new(CLI)
+    let mut run = Command::new(cli())
         .env("GPUSHARE_CONFIG", &m.0.config)
         .args(["mps", "run"])
         .stderr(std::fs::File::create(&log).unwrap())

@@ -41,7 +41,7 @@ fn simulate_makes_real_device_nodes_and_is_idempotent() {
         nix::sys::stat::makedev(195, 9),
     )
     .unwrap();
-    let out = Command::new(CLI)
+    let out = Command::new(cli())
         .args(["simulate", "--gpus", "2", "--dir"])
         .arg(node.dir.path().join("node"))
         .output()
@@ -212,7 +212,7 @@ fn status_with_the_real_nvml_library_and_no_driver_says_why() {
         String::from_utf8_lossy(&ld.stdout).contains("libnvidia-ml.so.1 "),
         "libnvidia-ml.so.1 is missing: apt-get install libnvidia-ml1 (Debian non-free)"
     );
-    let out = Command::new(CLI)
+    let out = Command::new(cli())
         .env("GPUSHARE_CONFIG", &node.config)
         .arg("status")
         .output()
@@ -223,7 +223,7 @@ fn status_with_the_real_nvml_library_and_no_driver_says_why() {
         "{}",
         text(&out)
     );
-    let out = Command::new(CLI)
+    let out = Command::new(cli())
         .env("GPUSHARE_CONFIG", &node.config)
         .args(["status", "--json"])
         .output()
@@ -237,7 +237,7 @@ fn status_with_the_real_nvml_library_and_no_driver_says_why() {
 fn status_metrics_and_gc_follow_real_containers() {
     let node = Node::new("view");
     let cli = |args: &[&str]| {
-        Command::new(CLI)
+        Command::new(common::cli())
             .env("GPUSHARE_CONFIG", &node.config)
             .args(args)
             .output()
@@ -274,7 +274,7 @@ fn status_metrics_and_gc_follow_real_containers() {
     // The same over HTTP.
     let port = 20000 + (std::process::id() % 20000) as u16;
     let addr = format!("127.0.0.1:{port}");
-    let mut server = Command::new(CLI)
+    let mut server = Command::new(common::cli())
         .env("GPUSHARE_CONFIG", &node.config)
         .args(["metrics", "--listen", &addr])
         .stderr(Stdio::null())

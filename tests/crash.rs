@@ -40,7 +40,7 @@ fn sigkill_at_random_points_never_tears_a_file_and_gc_converges() {
     for i in 0..120 {
         let b = node.bundle(&format!("b{}", i % 8), &["NVIDIA_VISIBLE_DEVICES=all"]);
         let mut shim = node
-            .command(BIN_RUNTIME)
+            .command(bin_runtime())
             .args(["create", "--bundle", b.to_str().unwrap(), &format!("c{i}")])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -58,7 +58,7 @@ fn sigkill_at_random_points_never_tears_a_file_and_gc_converges() {
         // root, would get the GPU's devices in its cgroup).
         let state = json!({"ociVersion": "1.0.2", "id": format!("c{i}"), "status": "creating", "pid": gone_pid, "bundle": b});
         let mut hook = node
-            .command(BIN_HOOK)
+            .command(bin_hook())
             .arg("createRuntime")
             .stdin(std::process::Stdio::piped())
             .spawn()

@@ -43,7 +43,7 @@ fn under_the_shim_the_hook_binds_the_shims_reservation_then_releases_it() {
     // The shim reserves, then waits for its runtime: a node-wide hook runs
     // in that window, as runc runs createRuntime during create.
     let shim = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .env("FAKE_SLEEP", "2")
         .args(["create", "--bundle", b.to_str().unwrap(), "c1"])
         .spawn()
@@ -114,7 +114,7 @@ fn a_forged_annotation_is_not_trusted_the_request_is_decided_in_full() {
 fn the_hook_ignores_non_gpu_containers_and_refuses_garbage() {
     let node = Node::new(1, "");
     let out = node
-        .command(BIN_HOOK)
+        .command(bin_hook())
         .arg("createRuntime")
         .output()
         .unwrap();
@@ -126,7 +126,7 @@ fn the_hook_ignores_non_gpu_containers_and_refuses_garbage() {
     s["bundle"] = json!(plain);
     for stage in ["createRuntime", "poststop"] {
         let out = node
-            .command(BIN_HOOK)
+            .command(bin_hook())
             .env("GPUSHARE_CONFIG", "/nonexistent/dir/")
             .arg(stage)
             .stdin(std::process::Stdio::piped())
@@ -384,7 +384,7 @@ fn gc_drops_entries_whose_container_is_gone() {
     create(&node, "alive", &["NVIDIA_VISIBLE_DEVICES=0"]);
     let b = node.bundle("dead", &["NVIDIA_VISIBLE_DEVICES=0"]);
     let out = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .env("FAKE_PID", pid.to_string())
         .args(["create", "--bundle", b.to_str().unwrap(), "dead"])
         .output()
@@ -421,7 +421,7 @@ fn inventory_and_errors_of_the_operator_command() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("/nonexistent/config.json"));
     let out = node
-        .command(BIN_CLI)
+        .command(bin_cli())
         .env("GPUSHARE_CONFIG", node.path().join("inventory.toml"))
         .args(["status"])
         .output()

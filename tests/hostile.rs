@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 /// `limit`: a hang is the failure these tests look for.
 fn runtime_within(node: &Node, args: &[&str], limit: Duration) -> std::process::Output {
     let mut child = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -288,7 +288,7 @@ struct Server {
 impl Server {
     fn start(node: &Node) -> Server {
         let mut child = node
-            .command(BIN_CLI)
+            .command(bin_cli())
             .args(["metrics", "--listen", "127.0.0.1:0"])
             .stderr(Stdio::piped())
             .spawn()

@@ -69,7 +69,7 @@ fn docker_install_twice_then_uninstall_gives_the_original_bytes_back() {
     let v: serde_json::Value = serde_json::from_slice(&written).unwrap();
     assert_eq!(
         v["runtimes"]["gpushare"]["path"].as_str().unwrap(),
-        BIN_RUNTIME
+        bin_runtime()
     );
     let backups = listing(&dir);
     assert_eq!(backups.len(), 2, "{backups:?}");
@@ -179,7 +179,7 @@ fn containerd_v2_install_and_uninstall_round_trip() {
         "comments kept"
     );
     assert!(
-        text.contains(&format!("BinaryName = \"{BIN_RUNTIME}\"")),
+        text.contains(&format!("BinaryName = \"{}\"", bin_runtime())),
         "{text}"
     );
     assert!(stdout(&install(&node, &["containerd", "--config", f])).contains("nothing to change"));
@@ -215,7 +215,7 @@ fn a_bare_file_name_works_as_typed_in_its_directory() {
     let original = fixture("install/daemon.json");
     std::fs::write(dir.join("daemon.json"), &original).unwrap();
     let run = |args: &[&str]| {
-        node.command(BIN_CLI)
+        node.command(bin_cli())
             .current_dir(&dir)
             .args([&["install", "docker", "--config", "daemon.json"], args].concat())
             .output()

@@ -35,7 +35,7 @@ fn a_gpu_create_is_rewritten_reserved_and_passed_on_unchanged() {
     ];
     let me = std::process::id().to_string();
     let out = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .env("FAKE_PID", &me)
         .args(args)
         .output()
@@ -289,7 +289,7 @@ fn the_bundle_defaults_to_the_working_directory_and_every_flag_form_works() {
     let node = Node::new(2, "");
     let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
     let out = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .current_dir(&b)
         .args(["create", "create"])
         .output()
@@ -327,7 +327,7 @@ fn a_failing_runtime_exit_code_is_the_shims() {
     let node = Node::new(1, "");
     let b = node.bundle("b", &[]);
     let out = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .env("FAKE_EXIT", "7")
         .args(["create", "--bundle", b.to_str().unwrap(), "c"])
         .output()
@@ -386,7 +386,7 @@ fn concurrent_creates_with_all_balance_and_never_double_book() {
     let children: Vec<_> = (0..20)
         .map(|i| {
             let b = node.bundle(&format!("b{i}"), &["NVIDIA_VISIBLE_DEVICES=all"]);
-            node.command(BIN_RUNTIME)
+            node.command(bin_runtime())
                 .env("FAKE_ARGV", node.path().join(format!("argv{i}")))
                 .args(["create", "--bundle", b.to_str().unwrap(), &format!("c{i}")])
                 .spawn()
@@ -439,7 +439,7 @@ fn delete_releases_after_the_runtimes_delete_succeeds_and_keeps_it_when_that_fai
     for id in ["a", "b"] {
         let b = node.bundle(id, &["NVIDIA_VISIBLE_DEVICES=0"]);
         let out = node
-            .command(BIN_RUNTIME)
+            .command(bin_runtime())
             .env("FAKE_PID", &me)
             .args(["create", "--bundle", b.to_str().unwrap(), id])
             .output()
@@ -447,7 +447,7 @@ fn delete_releases_after_the_runtimes_delete_succeeds_and_keeps_it_when_that_fai
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let out = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .env("FAKE_EXIT", "1")
         .env("FAKE_STDERR", "container a is running")
         .args(["delete", "a"])
@@ -486,7 +486,7 @@ fn without_a_pid_file_the_shim_asks_for_its_own_and_removes_it() {
     let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
     let me = std::process::id().to_string();
     let child = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .env("FAKE_PID", &me)
         .args([
             "--root",
@@ -527,7 +527,7 @@ fn a_failed_create_passes_its_status_and_output_through_and_leaves_nothing() {
     let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
     let bytes = std::fs::read(b.join("config.json")).unwrap();
     let out = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .env("FAKE_EXIT", "3")
         .env("FAKE_STDOUT", "to stdout")
         .env(
@@ -551,7 +551,7 @@ fn a_failed_create_passes_its_status_and_output_through_and_leaves_nothing() {
     );
     // Death by a signal is passed on as death by that signal.
     let out = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .env("FAKE_DIE_BY", "TERM")
         .args(["create", "--bundle", b.to_str().unwrap(), "c"])
         .output()
@@ -592,7 +592,7 @@ fn the_runtime_starts_with_the_signals_the_shim_was_given() {
         node.command(node.path().join("fake-runc").to_str().unwrap()),
         "d",
     );
-    let via_shim = started(node.command(BIN_RUNTIME), "c");
+    let via_shim = started(node.command(bin_runtime()), "c");
     assert_eq!(via_shim, direct);
     let mask = |name: &str| {
         let line = direct.lines().find(|l| l.starts_with(name)).unwrap();
@@ -609,7 +609,7 @@ fn signals_to_the_shim_reach_the_runtime() {
         let _ = std::fs::remove_file(node.path().join("argv.signal"));
         let _ = std::fs::remove_file(node.argv_file());
         let child = node
-            .command(BIN_RUNTIME)
+            .command(bin_runtime())
             .env("FAKE_SLEEP", "20")
             .args(["create", "--bundle", b.to_str().unwrap(), "c"])
             .spawn()
@@ -642,7 +642,7 @@ fn a_foreground_run_holds_the_gpu_while_it_runs_and_a_detached_one_keeps_it() {
     let me = std::process::id().to_string();
     let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
     let child = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .env("FAKE_PID", &me)
         .env("FAKE_SLEEP", "1")
         .args(["run", "--bundle", b.to_str().unwrap(), "fg"])
@@ -664,7 +664,7 @@ fn a_foreground_run_holds_the_gpu_while_it_runs_and_a_detached_one_keeps_it() {
     assert!(node.ledger().is_empty(), "released when run returned");
 
     let out = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .env("FAKE_PID", &me)
         .args(["run", "-d", "--bundle", b.to_str().unwrap(), "bg"])
         .output()
@@ -731,7 +731,7 @@ fn a_placed_containers_delete_ends_as_the_runtime_ended() {
         .status
         .success());
     let out = node
-        .command(BIN_RUNTIME)
+        .command(bin_runtime())
         .env("FAKE_DIE_BY", "TERM")
         .args(["delete", "c"])
         .output()
@@ -749,7 +749,7 @@ fn the_runtime_without_its_full_half_says_what_to_install() {
     let node = Node::new(1, "");
     let alone = node.path().join("alone");
     std::fs::create_dir(&alone).unwrap();
-    std::fs::copy(BIN_RUNTIME, alone.join("gpushare-runtime")).unwrap();
+    std::fs::copy(bin_runtime(), alone.join("gpushare-runtime")).unwrap();
     let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
     let out = node
         .command(alone.join("gpushare-runtime").to_str().unwrap())
@@ -866,7 +866,7 @@ fn version_prints_gpushares_then_the_runtimes_from_the_front_and_the_full_runtim
     let version = env!("CARGO_PKG_VERSION");
     let ours = format!("gpushare-runtime version {version}\n\n");
     let run = |node: &Node| {
-        node.command(BIN_RUNTIME)
+        node.command(bin_runtime())
             .env("FAKE_STDOUT", "runc version 1.1.5")
             .args(["--version"])
             .output()
@@ -887,7 +887,7 @@ fn version_prints_gpushares_then_the_runtimes_from_the_front_and_the_full_runtim
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), format!("{ours}runc version 1.1.5\n"));
     // The other two binaries.
-    for (bin, name) in [(BIN_HOOK, "gpushare-hook"), (BIN_CLI, "gpushare")] {
+    for (bin, name) in [(bin_hook(), "gpushare-hook"), (bin_cli(), "gpushare")] {
         let out = node.command(bin).arg("--version").output().unwrap();
         assert!(out.status.success());
         assert_eq!(stdout(&out), format!("{name} version {version}\n"));

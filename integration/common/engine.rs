@@ -18,7 +18,7 @@ pub fn need(binary: &str, package: &str) {
 }
 
 pub fn install(node: &Node, args: &[&str]) -> Output {
-    let out = Command::new(CLI)
+    let out = Command::new(cli())
         .env("GPUSHARE_CONFIG", &node.config)
         .arg("install")
         .args(args)

@@ -15,9 +15,34 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 
-pub const RUNTIME: &str = env!("CARGO_BIN_EXE_gpushare-runtime");
-pub const CLI: &str = env!("CARGO_BIN_EXE_gpushare");
-pub const HOOK: &str = env!("CARGO_BIN_EXE_gpushare-hook");
+/// The binaries under test: cargo's own build, or the ones in
+/// `$GPUSHARE_BIN_DIR` (install/test.sh names the node build there, so the
+/// end-to-end tests run what a node installs).
+fn bin(name: &str, built: &'static str) -> &'static str {
+    match std::env::var_os("GPUSHARE_BIN_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => {
+            let path = Path::new(&dir).join(name);
+            assert!(path.is_file(), "GPUSHARE_BIN_DIR has no {}", path.display());
+            Box::leak(path.to_string_lossy().into_owned().into_boxed_str())
+        }
+        None => built,
+    }
+}
+
+pub fn runtime() -> &'static str {
+    static B: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+    B.get_or_init(|| bin("gpushare-runtime", env!("CARGO_BIN_EXE_gpushare-runtime")))
+}
+
+pub fn cli() -> &'static str {
+    static B: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+    B.get_or_init(|| bin("gpushare", env!("CARGO_BIN_EXE_gpushare")))
+}
+
+pub fn hook() -> &'static str {
+    static B: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+    B.get_or_init(|| bin("gpushare-hook", env!("CARGO_BIN_EXE_gpushare-hook")))
+}
 pub const BUSYBOX: &str = "/bin/busybox";
 
 pub struct Node {
@@ -51,7 +76,7 @@ impl Node {
             .prefix("gpushare-it-")
             .tempdir()
             .unwrap();
-        let out = Command::new(CLI)
+        let out = Command::new(cli())
             .args(["simulate", "--gpus", "2", "--dir"])
             .arg(dir.path().join("node"))
             .output()
@@ -151,7 +176,7 @@ impl Node {
     }
 
     pub fn runtime(&self) -> Command {
-        let mut c = Command::new(RUNTIME);
+        let mut c = Command::new(runtime());
         c.env("GPUSHARE_CONFIG", &self.config)
             .arg("--root")
             .arg(&self.runc_root)
@@ -189,7 +214,7 @@ impl Node {
     pub fn with_hook(&self, bundle: &Path) {
         let config = self.config.clone();
         self.edit_spec(bundle, |spec| {
-            let hook = |stage: &str| json!([{"path": HOOK, "args": ["gpushare-hook", stage], "env": [format!("GPUSHARE_CONFIG={}", config.display())]}]);
+            let hook = |stage: &str| json!([{"path": hook(), "args": ["gpushare-hook", stage], "env": [format!("GPUSHARE_CONFIG={}", config.display())]}]);
             spec["hooks"] = json!({"prestart": hook("prestart"), "poststop": hook("poststop")});
         });
     }
@@ -237,7 +262,7 @@ impl Node {
     }
 
     pub fn ledger(&self) -> Vec<Value> {
-        let out = Command::new(CLI)
+        let out = Command::new(cli())
             .env("GPUSHARE_CONFIG", &self.config)
             .args(["status", "--json"])
             .output()

@@ -9,9 +9,34 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 
-pub const BIN_RUNTIME: &str = env!("CARGO_BIN_EXE_gpushare-runtime");
-pub const BIN_HOOK: &str = env!("CARGO_BIN_EXE_gpushare-hook");
-pub const BIN_CLI: &str = env!("CARGO_BIN_EXE_gpushare");
+/// The binaries under test: cargo's own build, or the ones in
+/// `$GPUSHARE_BIN_DIR` (install/test.sh names the node build there, so the
+/// tests run what a node installs: static, the hook linked against musl).
+fn bin(name: &str, built: &'static str) -> &'static str {
+    match std::env::var_os("GPUSHARE_BIN_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => {
+            let path = Path::new(&dir).join(name);
+            assert!(path.is_file(), "GPUSHARE_BIN_DIR has no {}", path.display());
+            Box::leak(path.to_string_lossy().into_owned().into_boxed_str())
+        }
+        None => built,
+    }
+}
+
+pub fn bin_runtime() -> &'static str {
+    static B: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+    B.get_or_init(|| bin("gpushare-runtime", env!("CARGO_BIN_EXE_gpushare-runtime")))
+}
+
+pub fn bin_hook() -> &'static str {
+    static B: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+    B.get_or_init(|| bin("gpushare-hook", env!("CARGO_BIN_EXE_gpushare-hook")))
+}
+
+pub fn bin_cli() -> &'static str {
+    static B: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+    B.get_or_init(|| bin("gpushare", env!("CARGO_BIN_EXE_gpushare")))
+}
 
 pub struct Node {
     pub dir: tempfile::TempDir,
@@ -125,17 +150,17 @@ impl Node {
     }
 
     pub fn runtime(&self, args: &[&str]) -> Output {
-        self.command(BIN_RUNTIME).args(args).output().unwrap()
+        self.command(bin_runtime()).args(args).output().unwrap()
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.command(BIN_CLI).args(args).output().unwrap()
+        self.command(bin_cli()).args(args).output().unwrap()
     }
 
     /// Runs the hook with `state` on stdin.
     pub fn hook(&self, stage: &str, state: &Value) -> Output {
         let mut child = self
-            .command(BIN_HOOK)
+            .command(bin_hook())
             .arg(stage)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
