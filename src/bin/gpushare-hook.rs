@@ -15,6 +15,8 @@
 
 use std::os::unix::ffi::OsStrExt;
 
+use gpushare::hook::{self, Stage};
+
 // Linked against musl, allocation is dlmalloc's: musl's own returns freed
 // memory to the kernel at once, an mmap and munmap pair for many of the
 // parser's buffers (some 60 system calls per create, more than glibc's
@@ -73,8 +75,6 @@ mod heap {
         }
     }
 }
-
-use gpushare::hook::{self, Stage};
 
 /// Makes sure descriptors 0, 1 and 2 are open (on /dev/null if not), as
 /// Rust's runtime would: a file opened later must never land on one and

@@ -1,6 +1,7 @@
 /* Glue for gpushare-hook linked against musl on x86_64 (included by
  * src/bin/gpushare-hook.rs when build.rs links it so; tests/musl_glue.rs
- * checks memcpy and memmove against the C library's).
+ * checks memcpy and memmove against the C library's, and the arguments'
+ * walk).
  *
  * The arguments: the standard library built for glibc takes argc, argv and
  * envp as the arguments of its `.init_array.00099` entry, which glibc
@@ -9,8 +10,9 @@
  * registers, which musl's loop over the array (add, compare, call through
  * the next slot) leaves as they are. They are found from `__environ`,
  * which musl has set by then: on the initial stack argv's NULL ends just
- * below envp, and argc sits below argv's pointers. The package test runs a
- * container through this build, so a musl that breaks this fails there.
+ * below envp, and argc sits below argv's pointers. install/test.sh runs
+ * every test through this build, so a musl whose loop used those registers
+ * would fail them all.
  *
  * _dl_find_object: gcc's unwinder asks glibc for a pc's unwind tables
  * through it. Panics abort here; "not found" leaves only a backtrace
