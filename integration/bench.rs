@@ -28,14 +28,8 @@ use std::time::Instant;
 use gpushare::ledger::{Entry, Ledger};
 use serde_json::json;
 
-/// The binaries measured: those in `GPUSHARE_BIN_DIR` when set (the
-/// static builds `install/build.sh` makes), else cargo's own.
-fn bin(name: &str, built: &'static str) -> String {
-    match std::env::var_os("GPUSHARE_BIN_DIR") {
-        Some(d) => Path::new(&d).join(name).display().to_string(),
-        None => built.to_owned(),
-    }
-}
+#[path = "../tests/common/bins.rs"]
+mod bins;
 
 /// Wall time (µs), CPU time (µs) and peak RSS (KiB) of one child.
 #[derive(Clone, Copy)]
@@ -273,9 +267,7 @@ fn main() {
         nix::unistd::geteuid().is_root(),
         "the bench makes device nodes and runs runc: run it as root"
     );
-    let runtime = bin("gpushare-runtime", env!("CARGO_BIN_EXE_gpushare-runtime"));
-    let hook_bin = bin("gpushare-hook", env!("CARGO_BIN_EXE_gpushare-hook"));
-    let cli = bin("gpushare", env!("CARGO_BIN_EXE_gpushare"));
+    let (runtime, hook_bin, cli) = (bins::runtime(), bins::hook(), bins::cli());
     println!("binaries: {runtime}, {hook_bin}");
     let base = if Path::new("/dev/shm").is_dir() {
         "/dev/shm"
@@ -287,7 +279,7 @@ fn main() {
         .tempdir_in(base)
         .unwrap();
     let w = work.path();
-    let config = simulate(&cli, &w.join("node"));
+    let config = simulate(cli, &w.join("node"));
     let n: usize = std::env::var("BENCH_N")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -377,7 +369,7 @@ fn main() {
     let gpu_all = bundle(&w.join("gpu-all"), &rootfs, "NVIDIA_VISIBLE_DEVICES=all");
     let plain = bundle(&w.join("plain"), &rootfs, "X=1");
     let shim = |b: &Path, cfg: &Path, args: &[&str]| {
-        let mut c = Command::new(&runtime);
+        let mut c = Command::new(runtime);
         c.env("GPUSHARE_CONFIG", cfg)
             .arg("--root")
             .arg(w.join("runc"));
@@ -421,7 +413,7 @@ fn main() {
             (0..20)
                 .map(|_| {
                     let out = Command::new(&helper)
-                        .arg(&runtime)
+                        .arg(runtime)
                         .args([
                             "--root",
                             w.join("runc").to_str().unwrap(),
@@ -483,7 +475,7 @@ fn main() {
                 c.arg("--root").arg(w.join("runc"));
                 c
             } else {
-                let mut c = Command::new(&runtime);
+                let mut c = Command::new(runtime);
                 c.env("GPUSHARE_CONFIG", &stand_cfg)
                     .arg("--root")
                     .arg(w.join("runc"));

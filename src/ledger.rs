@@ -22,15 +22,15 @@
 //! keeps its reservations first and its bound entries after `<offset>`,
 //! summed per GPU on its `S` line and found by id through the table on
 //! its `H` line, so a decision reads only the bound lines it must (see
-//! `Summary` and `Table`); other readers skip both lines. A
-//! change is one appended line (preceded by a newline, so a line torn by a
-//! crash stands alone; a torn line fails its length or `$` check and is
-//! skipped). Once the journal outgrows the snapshot, a commit folds it in:
-//! the live lines are copied as they are into a new snapshot (temp file +
-//! fsync + rename + directory fsync), expired reservations and entries
-//! whose process is gone left out, and the journal emptied. Replaying a record is idempotent, so a crash
-//! between the snapshot's rename and the journal's truncation changes
-//! nothing.
+//! `Summary` and `Table`); other readers skip both lines. A change is one
+//! appended line (preceded by a newline, so a line torn by a crash stands
+//! alone; a torn line fails its length or `$` check and is skipped). Once
+//! the journal outgrows the snapshot, a commit folds it in: the live lines
+//! are copied as they are into a new snapshot (temp file + fsync + rename
+//! + directory fsync), expired reservations and entries whose process is
+//! gone left out, and the journal emptied. Replaying a record is
+//! idempotent, so a crash between the snapshot's rename and the journal's
+//! truncation changes nothing.
 //!
 //! A ledger written by an earlier gpushare (one JSON document, JSON journal
 //! records) is still read, and rewritten in this form at the next commit.
@@ -554,42 +554,9 @@ impl<'a> Index<'a> {
     }
 }
 
-/// The ids the journal names, asked about once per snapshot line: a small
-/// bit filter answers most lines (ids the journal does not name) without
-/// hashing the whole id, which for 64-character container ids was most of
-/// a decision's time.
-#[derive(Default)]
-struct Touched<'a> {
-    filter: [u64; 16],
-    ids: std::collections::HashSet<&'a [u8], IdHash>,
-}
-
-impl<'a> Touched<'a> {
-    /// Which of the filter's 1024 bits stands for `id`: from its length
-    /// and its first and last eight bytes (container ids are random hex).
-    fn bit(id: &[u8]) -> usize {
-        let word = |b: &[u8]| {
-            let mut w = [0u8; 8];
-            w[..b.len()].copy_from_slice(b);
-            u64::from_le_bytes(w)
-        };
-        let n = id.len();
-        let key =
-            word(&id[..n.min(8)]) ^ word(&id[n.saturating_sub(8)..]).rotate_left(29) ^ n as u64;
-        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize
-    }
-
-    fn insert(&mut self, id: &'a [u8]) {
-        let b = Self::bit(id);
-        self.filter[b / 64] |= 1 << (b % 64);
-        self.ids.insert(id);
-    }
-
-    fn contains(&self, id: &[u8]) -> bool {
-        let b = Self::bit(id);
-        self.filter[b / 64] & (1 << (b % 64)) != 0 && self.ids.contains(id)
-    }
-}
+/// The ids the journal names: their snapshot lines are the journal's to
+/// count.
+type Touched<'a> = std::collections::HashSet<&'a [u8], IdHash>;
 
 /// An entry in the JSON ledger of earlier versions, and its journal records.
 #[derive(Deserialize)]
@@ -1054,7 +1021,9 @@ impl Locked {
         // the journal touched (replaced or released) left to the journal.
         let mut journal = Index::default();
         let mut touched = Touched::default();
-        journal.apply_naming(&self.bytes.journal, |id| touched.insert(id));
+        journal.apply_naming(&self.bytes.journal, |id| {
+            touched.insert(id);
+        });
         let snapshot = &self.bytes.snapshot[..];
         // Liveness: about LIVENESS_PER_DECISION bound entries, spread over
         // the ledger and rotating with the clock (the number of lines
@@ -1094,7 +1063,7 @@ impl Locked {
                 // must not: those the journal changed and the one being
                 // placed, found by id.
                 let except = acc.except.filter(|id| !touched.contains(id));
-                for id in touched.ids.iter().copied().chain(except) {
+                for id in touched.iter().copied().chain(except) {
                     if let Some(Parsed::Upsert(l)) = table.find(bound, id).and_then(parse_line) {
                         count(&mut acc.sums, &l, -1);
                     }
@@ -1394,7 +1363,7 @@ impl<'a> Summary<'a> {
         }
         let after = HEADER.len() + line.len() + 1;
         let table = Table::read(snapshot.get(after..bound_from)?);
-        let reserved_from = after + table.as_ref().map_or(0, Table::line_len);
+        let reserved_from = after + table.as_ref().map_or(0, |t| t.line_len);
         Some(Summary {
             bound_from,
             reserved_from,
@@ -1439,6 +1408,8 @@ impl<'a> Summary<'a> {
 struct Table<'a> {
     seed: u64,
     slots: &'a [u8],
+    /// The length of its line, newline included.
+    line_len: usize,
 }
 
 /// A slot's width: the id's hash and its line's offset.
@@ -1463,14 +1434,12 @@ impl<'a> Table<'a> {
             return None;
         }
         let slots = rest.get(space + 1..space + 1 + n.checked_mul(SLOT)?)?;
-        let end = space + 1 + slots.len();
-        (rest.get(end..end + 3)? == b" $\n").then_some(Table { seed, slots })
-    }
-
-    /// The length of its line, newline included.
-    fn line_len(&self) -> usize {
-        let n = self.slots.len() / SLOT;
-        2 + 16 + 1 + n.to_string().len() + 1 + self.slots.len() + 3
+        let end = space + 1 + slots.len() + 3;
+        (rest.get(end - 3..end)? == b" $\n").then_some(Table {
+            seed,
+            slots,
+            line_len: bytes.len() - rest.len() + end,
+        })
     }
 
     /// The bound line of `id` in `bound` (the bound lines), if there is one.
@@ -1621,6 +1590,14 @@ mod tests {
         }
     }
 
+    /// The next number of a small deterministic generator (xorshift64).
+    fn xorshift(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
     fn ids(entries: &[Entry]) -> Vec<&str> {
         entries.iter().map(|e| e.id.as_str()).collect()
     }
@@ -1769,13 +1746,11 @@ mod tests {
             for _ in 0..20 {
                 let line: Vec<u8> = (0..len)
                     .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        if seed.is_multiple_of(9) {
+                        let r = xorshift(&mut seed);
+                        if r.is_multiple_of(9) {
                             b' '
                         } else {
-                            b'a' + (seed % 26) as u8
+                            b'a' + (r % 26) as u8
                         }
                     })
                     .collect();
@@ -1802,12 +1777,7 @@ mod tests {
         for len in 0..40 {
             for _ in 0..200 {
                 let s: Vec<u8> = (0..len)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        alphabet[(seed % alphabet.len() as u64) as usize]
-                    })
+                    .map(|_| alphabet[(xorshift(&mut seed) % alphabet.len() as u64) as usize])
                     .collect();
                 for from in 0..=len {
                     let plain = s[from..].iter().position(|&b| b == b' ').map(|p| from + p);
@@ -1951,12 +1921,7 @@ mod tests {
         // from every line, dead entries found included.
         let gpus = ["GPU-A", "GPU-B", "GPU-C"];
         let mut seed = 0x853c_49e6_748f_ea9bu64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = move |n: u64| xorshift(&mut seed) % n;
         let me = std::process::id() as i32;
         let mut dead_found = 0;
         for round in 0..12 {

@@ -15,34 +15,9 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 
-/// The binaries under test: cargo's own build, or the ones in
-/// `$GPUSHARE_BIN_DIR` (install/test.sh names the node build there, so the
-/// end-to-end tests run what a node installs).
-fn bin(name: &str, built: &'static str) -> &'static str {
-    match std::env::var_os("GPUSHARE_BIN_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => {
-            let path = Path::new(&dir).join(name);
-            assert!(path.is_file(), "GPUSHARE_BIN_DIR has no {}", path.display());
-            Box::leak(path.to_string_lossy().into_owned().into_boxed_str())
-        }
-        None => built,
-    }
-}
-
-pub fn runtime() -> &'static str {
-    static B: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
-    B.get_or_init(|| bin("gpushare-runtime", env!("CARGO_BIN_EXE_gpushare-runtime")))
-}
-
-pub fn cli() -> &'static str {
-    static B: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
-    B.get_or_init(|| bin("gpushare", env!("CARGO_BIN_EXE_gpushare")))
-}
-
-pub fn hook() -> &'static str {
-    static B: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
-    B.get_or_init(|| bin("gpushare-hook", env!("CARGO_BIN_EXE_gpushare-hook")))
-}
+#[path = "../../tests/common/bins.rs"]
+mod bins;
+pub use bins::{cli, hook, runtime};
 pub const BUSYBOX: &str = "/bin/busybox";
 
 pub struct Node {
