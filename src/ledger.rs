@@ -26,8 +26,8 @@
 //! appended line (preceded by a newline, so a line torn by a crash stands
 //! alone; a torn line fails its length or `$` check and is skipped). Once
 //! the journal outgrows the snapshot, a commit folds it in: the live lines
-//! are copied as they are into a new snapshot (temp file + fsync + rename
-//! + directory fsync), expired reservations and entries whose process is
+//! are copied as they are into a new snapshot (temp file, fsync, rename,
+//! directory fsync), expired reservations and entries whose process is
 //! gone left out, and the journal emptied. Replaying a record is
 //! idempotent, so a crash between the snapshot's rename and the journal's
 //! truncation changes nothing.
