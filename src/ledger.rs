@@ -521,21 +521,19 @@ impl<'a> Index<'a> {
         self.lines.reserve(lines);
         self.by_id.reserve(lines);
         for raw in lines_in(bytes) {
-            let parsed = parse_line(raw);
-            match &parsed {
-                Some(Parsed::Upsert(l)) => named(l.id),
-                Some(Parsed::Release(id)) => named(id),
-                None => {}
-            }
-            match parsed {
-                Some(Parsed::Upsert(l)) => match self.by_id.get(l.id) {
-                    Some(&i) => self.lines[i] = Some(l),
-                    None => {
-                        self.by_id.insert(l.id, self.lines.len());
-                        self.lines.push(Some(l));
+            match parse_line(raw) {
+                Some(Parsed::Upsert(l)) => {
+                    named(l.id);
+                    match self.by_id.get(l.id) {
+                        Some(&i) => self.lines[i] = Some(l),
+                        None => {
+                            self.by_id.insert(l.id, self.lines.len());
+                            self.lines.push(Some(l));
+                        }
                     }
-                },
+                }
                 Some(Parsed::Release(id)) => {
+                    named(id);
                     if let Some(i) = self.by_id.remove(id) {
                         self.lines[i] = None;
                     }
@@ -1080,14 +1078,8 @@ impl Locked {
                     let Some(Parsed::Upsert(l)) = parse_line(raw) else {
                         continue;
                     };
-                    if touched.contains(l.id) || Some(l.id) == acc.except {
-                        continue;
-                    }
-                    if let Some(pid) = l.pid {
-                        if !process_matches(pid, None) {
-                            count(&mut acc.sums, &l, -1);
-                            acc.dead.push(decode(l.id));
-                        }
+                    if !touched.contains(l.id) && Some(l.id) != acc.except && acc.gone(&l) {
+                        count(&mut acc.sums, &l, -1);
                     }
                 }
             }
@@ -1279,16 +1271,24 @@ impl<'b> Tally<'b> {
         if Some(l.id) == self.except {
             return;
         }
-        if let Some(pid) = l.pid {
-            let sampled = sampled.unwrap_or_else(|| self.sampled());
-            if sampled && !process_matches(pid, None) {
-                self.dead.push(decode(l.id));
+        if l.pid.is_some() {
+            if sampled.unwrap_or_else(|| self.sampled()) && self.gone(l) {
                 return;
             }
         } else if self.now.saturating_sub(l.created) >= self.timeout {
             return;
         }
         count(&mut self.sums, l, 1);
+    }
+
+    /// Whether the process of a bound entry is gone; if so, the entry is
+    /// noted to be released with this commit.
+    fn gone(&mut self, l: &Line<'b>) -> bool {
+        let gone = l.pid.is_some_and(|pid| !process_matches(pid, None));
+        if gone {
+            self.dead.push(decode(l.id));
+        }
+        gone
     }
 
     /// Counts the next bound entry; whether it is one to check for
