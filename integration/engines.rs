@@ -127,6 +127,28 @@ fn docker_configured_by_install_gives_gpu_1_refuses_two_and_releases_on_rm() {
     ]);
     assert_sees_only_gpu_1(&text(&out));
 
+    // `-t`: the container's terminal comes through the console socket
+    // containerd's shim hands the runtime, which gpushare passes to runc.
+    let out = docker(&[
+        "run",
+        "--rm",
+        "-t",
+        "--runtime",
+        "gpushare",
+        "-e",
+        "NVIDIA_VISIBLE_DEVICES=1",
+        "gpushare-test:1",
+        "sh",
+        "-c",
+        "tty; stat -c 'node %t:%T' /dev/nvidia1",
+    ]);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("/dev/pts/0") && t.contains("node c3:1"),
+        "docker run -t: a terminal and GPU 1: {t}"
+    );
+    assert!(node.ledger().is_empty(), "docker run --rm -t released it");
+
     let out = docker(&[
         "run",
         "--rm",

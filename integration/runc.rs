@@ -205,6 +205,88 @@ fn a_create_that_runc_fails_is_released_at_once() {
 }
 
 #[test]
+fn a_terminal_container_gets_its_console_through_the_console_socket() {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::net::UnixListener;
+
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+    let node = Node::new("tty");
+    let b = node.bundle(
+        "b",
+        &["NVIDIA_VISIBLE_DEVICES=1"],
+        "tty; stat -c 'node %t:%T' /dev/nvidia1; echo done",
+    );
+    node.edit_spec(&b, |spec| spec["process"]["terminal"] = json!(true));
+    let sock = node.dir.path().join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    // runc sends the pty's master over the socket during create; the
+    // container's output is read from it once started, to its end (EIO
+    // when the container's side closes).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 256];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let fd = msg
+            .cmsgs()
+            .unwrap()
+            .find_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                _ => None,
+            })
+            .expect("runc sent the pty's master");
+        // SAFETY: the descriptor just received is this thread's alone.
+        let mut master = unsafe { std::fs::File::from_raw_fd(fd) };
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = master.read(&mut chunk) {
+            out.extend_from_slice(&chunk[..n]);
+        }
+        tx.send(String::from_utf8_lossy(&out).into_owned()).unwrap();
+    });
+    let id = node.id(0);
+    let log = std::fs::File::create(b.join("create.log")).unwrap();
+    let status = node
+        .runtime()
+        .args(["create", "--bundle"])
+        .arg(&b)
+        .arg("--console-socket")
+        .arg(&sock)
+        .arg(&id)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+    let created = std::fs::read_to_string(b.join("create.log")).unwrap();
+    assert!(status.success(), "create with a console socket: {created}");
+    assert_eq!(created, "", "nothing on the create's own stdio");
+    let held = node.ledger();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(held[0]["pid"].as_u64().is_some(), "bound: {held:?}");
+    let out = node.runtime().arg("start").arg(&id).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let t = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the container's terminal reached its end");
+    assert!(
+        t.contains("/dev/pts/0") && t.contains("node c3:1") && t.contains("done"),
+        "its terminal and GPU 1: {t:?}"
+    );
+    node.delete(&id);
+    assert!(node.ledger().is_empty(), "delete released it");
+}
+
+#[test]
 fn status_with_the_real_nvml_library_and_no_driver_says_why() {
     let node = Node::new("nvml");
     let ld = Command::new("ldconfig").arg("-p").output().unwrap();
