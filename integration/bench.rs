@@ -1,53 +1,59 @@
-//! `cargo bench --bench shim` (root): what gpushare costs a container.
+//! `cargo bench --bench shim` (root; `install/bench.sh`): what gpushare
+//! costs a container, beside plain runc, in one run on this machine.
 //! Prints figures; asserts nothing about time. State lives on a tmpfs
-//! (/dev/shm) as it does on a node (/run), and the ledger holds 1000
-//! containers throughout, as a busy node's would.
+//! (/dev/shm) as it does on a node (/run), and the ledger holds
+//! `BENCH_HELD` containers (100 unless set) throughout, as a busy node's
+//! would.
 //!
-//! 1. The floor: what merely starting a process costs on this machine (a
-//!    static musl `true`, a static glibc `true`, the system's dynamic
-//!    `/bin/true`), against which every runtime call is measured.
-//! 2. The shim alone: `gpushare-runtime create` with `/bin/true` as the
-//!    low-level runtime, against `/bin/true` run directly: a GPU container
-//!    with and without the driver's libraries, a non-GPU one. The
-//!    difference is all the shim adds. Its peak RSS.
-//! 3. A container's whole life, every call through the runtime as
-//!    containerd and Docker make them (create, start, delete): gpushare's
-//!    own cost, with a stand-in runtime (a static C program that answers
-//!    as runc does: it writes the pid file it is given) against the same
-//!    calls to the stand-in directly; then the same lives with the real
-//!    runc, against runc alone (whose own spread is larger than gpushare's
-//!    cost), for scale.
-//! 4. 200 creates at once (shim + `/bin/true`): the median and the 99th
-//!    percentile, to show there is no lock convoy.
+//! 1. The floor: what merely starting a process costs here (a static glibc
+//!    `true`, the system's dynamic `/bin/true`, a static musl `true` where
+//!    musl-gcc is), against which every runtime call is measured.
+//! 2. gpushare's own cost, with a stand-in runtime (a static C program that
+//!    answers as runc does: it writes the pid file it is given): every call
+//!    of a life (create, start, delete) through `gpushare-runtime` against
+//!    the same call to the stand-in, round by round; a GPU create as more
+//!    containers are held; the peak RSS of a GPU create.
+//! 3. Two container lives with the real runc, each as a share of plain
+//!    runc's own: a long-running container (create, start, delete --force
+//!    of a running `sleep`) and a short-lived one (create, start, delete of
+//!    an exited `true`). Each GPU life is split into runc's own extra work
+//!    for the devices and mounts gpushare adds (runc running the very spec
+//!    gpushare writes) and gpushare's own. A life's CPU includes the
+//!    container's process, where runc's init sets up its mounts and
+//!    devices: this program is the containers' subreaper, as an engine's
+//!    shim is, and reaps them.
+//! 4. 200 GPU creates at once (shim + stand-in): no lock convoy.
 //! 5. The hook used alone (podman, CRI-O), timed inside runc.
+//! 6. With `GPUSHARE_BENCH_BASELINE=DIR` (another build's three binaries):
+//!    that build beside this one, each on a node of its own with nothing
+//!    held, so earlier designs are measured in the same run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use gpushare::ledger::{Entry, Ledger};
+use gpushare::ledger::{Container, Hold, Ledger, Source};
 use serde_json::json;
 
 #[path = "../tests/common/bins.rs"]
 mod bins;
 
 /// Wall time (µs), CPU time (µs) and peak RSS (KiB) of one child.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Sample {
     wall: f64,
     cpu: f64,
     rss_kib: i64,
 }
 
-/// Runs `cmd` to completion, measuring it alone with wait4 (its CPU time
-/// includes the children it waited for).
-#[allow(clippy::zombie_processes)] // wait4 reaps the child.
-fn measure(cmd: &mut Command, stdin: Option<&[u8]>) -> Sample {
-    use std::io::Write;
-    // Every call runs with the few variables an engine gives a runtime
-    // (containerd's shim passes its own small environment), not the
-    // dozens cargo sets: each exec copies them, and a GPU create execs
-    // three times where the runtime alone execs once.
+fn tv(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 * 1e6 + t.tv_usec as f64
+}
+
+/// Every call runs with the few variables an engine gives a runtime
+/// (containerd's shim passes its own small environment), not the dozens
+/// cargo sets: those `cmd` was given, and PATH.
+fn engine_env(cmd: &mut Command) {
     let set: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
         .get_envs()
         .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
@@ -55,6 +61,14 @@ fn measure(cmd: &mut Command, stdin: Option<&[u8]>) -> Sample {
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(set);
+}
+
+/// Runs `cmd` to completion, measuring it alone with wait4 (its CPU time
+/// includes the children it waited for).
+#[allow(clippy::zombie_processes)] // wait4 reaps the child.
+fn measure(cmd: &mut Command, stdin: Option<&[u8]>) -> Sample {
+    use std::io::Write;
+    engine_env(cmd);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
@@ -72,7 +86,6 @@ fn measure(cmd: &mut Command, stdin: Option<&[u8]>) -> Sample {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "{cmd:?} failed"
     );
-    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
     Sample {
         wall,
         cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
@@ -80,13 +93,62 @@ fn measure(cmd: &mut Command, stdin: Option<&[u8]>) -> Sample {
     }
 }
 
+/// Runs `cmd` (a delete that kills the container `container`) to
+/// completion as `measure` does, reaping the container as soon as it dies,
+/// as an engine's shim does: runc's delete waits until its process is gone,
+/// and a zombie is not gone. Also returns the container's CPU time.
+fn measure_reaping(cmd: &mut Command, container: i32) -> (Sample, f64) {
+    engine_env(cmd);
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
+    let t = Instant::now();
+    let child = cmd.spawn().expect("spawn").id() as i32;
+    let mut container_cpu = None;
+    loop {
+        if container_cpu.is_none() {
+            if let Some((_, ru)) = try_wait4(container) {
+                container_cpu = Some(tv(ru.ru_utime) + tv(ru.ru_stime));
+            }
+        }
+        if let Some((status, ru)) = try_wait4(child) {
+            let wall = t.elapsed().as_secs_f64() * 1e6;
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "{cmd:?} failed"
+            );
+            let container_cpu = container_cpu.unwrap_or_else(|| {
+                let (_, ru) = wait4(container);
+                tv(ru.ru_utime) + tv(ru.ru_stime)
+            });
+            let sample = Sample {
+                wall,
+                cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+                rss_kib: ru.ru_maxrss,
+            };
+            return (sample, container_cpu);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+fn try_wait4(pid: i32) -> Option<(i32, libc::rusage)> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: asks about our own child (or orphan), with valid pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+    (r == pid).then_some((status, ru))
+}
+
 fn wait4(pid: i32) -> (i32, libc::rusage) {
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child, with valid pointers to locals.
+    // SAFETY: waits for our own child (or, as subreaper, an orphan of
+    // ours), with valid pointers to locals.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(r, pid, "wait4");
+    assert_eq!(r, pid, "wait4 {pid}");
     (status, ru)
 }
 
@@ -95,45 +157,34 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The median of each round's difference between two lives' totals (of
-/// `f`). Each round measured both back to back, so the difference cancels
-/// the VM's drift (its speed moves by a fifth over minutes here).
-fn paired_median(lives: &[[Sample; 3]], base: &[[Sample; 3]], f: fn(&Sample) -> f64) -> f64 {
-    median(
-        lives
-            .iter()
-            .zip(base)
-            .map(|(a, b)| a.iter().map(f).sum::<f64>() - b.iter().map(f).sum::<f64>())
-            .collect(),
-    )
-}
-
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-struct Summary {
-    wall: f64,
-    cpu: f64,
-    rss_kib: i64,
+/// One life: its calls' samples, and the CPU of the container's own
+/// process (0 for the stand-in, which makes none).
+#[derive(Clone, Default)]
+struct Life {
+    calls: [Sample; 3],
+    container_cpu: f64,
 }
 
-fn summarise(s: &[Sample]) -> Summary {
-    Summary {
-        wall: median(s.iter().map(|x| x.wall).collect()),
-        cpu: median(s.iter().map(|x| x.cpu).collect()),
-        rss_kib: s.iter().map(|x| x.rss_kib).max().unwrap(),
+impl Life {
+    fn wall(&self) -> f64 {
+        self.calls.iter().map(|s| s.wall).sum()
+    }
+
+    fn cpu(&self) -> f64 {
+        self.calls.iter().map(|s| s.cpu).sum::<f64>() + self.container_cpu
     }
 }
 
-fn line(label: &str, s: &Summary) {
-    println!(
-        "{label:<52} wall {:>7.0} µs   cpu {:>7.0} µs   peak rss {:>5.1} MiB",
-        s.wall,
-        s.cpu,
-        s.rss_kib as f64 / 1024.0
-    );
+/// The median of each round's difference between two kinds of life (of
+/// `f`). Each round measured both back to back, so the difference cancels
+/// the VM's drift (its speed moves by a fifth over minutes here).
+fn paired(lives: &[Life], base: &[Life], f: fn(&Life) -> f64) -> f64 {
+    median(lives.iter().zip(base).map(|(a, b)| f(a) - f(b)).collect())
 }
 
 fn simulate(cli: &str, dir: &Path) -> PathBuf {
@@ -150,12 +201,13 @@ fn simulate(cli: &str, dir: &Path) -> PathBuf {
     dir.join("config.toml")
 }
 
-fn bundle(dir: &Path, rootfs: &Path, env: &str) -> PathBuf {
+/// A bundle whose process runs `args` on `rootfs`.
+fn bundle(dir: &Path, rootfs: &Path, env: &str, args: &[&str]) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let spec = json!({
         "ociVersion": "1.0.2-dev",
         "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "cwd": "/",
-            "args": ["sleep", "1000"], "env": ["PATH=/bin", env]},
+            "args": args, "env": ["PATH=/bin", env]},
         "root": {"path": rootfs, "readonly": true},
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
                    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}],
@@ -173,12 +225,6 @@ fn config_with(config: &Path, w: &Path, name: &str, section: &str, insert: &str)
     let header = format!("[{section}]\n");
     std::fs::write(&p, t.replace(&header, &format!("{header}{insert}\n"))).unwrap();
     p
-}
-
-/// Builds a `true` from C with `compiler` and `flags` into `out`, if the
-/// compiler is there.
-fn build_true(compiler: &str, flags: &[&str], out: &Path) -> Option<PathBuf> {
-    build_c(compiler, flags, b"int main(void) { return 0; }\n", out)
 }
 
 /// A stand-in low-level runtime: writes pid 1 (always alive) to the file
@@ -215,6 +261,8 @@ fn build_c(compiler: &str, flags: &[&str], source: &[u8], out: &Path) -> Option<
     c.wait().ok()?.success().then(|| out.to_owned())
 }
 
+const TRUE: &[u8] = b"int main(void) { return 0; }\n";
+
 /// Run by runc as the hook: runs the real hook on the same state and
 /// arguments, measured alone, and appends `stage wall cpu rss` to a file.
 fn wrap_hook(hook: &str) -> ! {
@@ -241,17 +289,173 @@ fn wrap_hook(hook: &str) -> ! {
 /// static busybox) into DIR, for a run where no compiler is.
 fn stage_helpers(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    let musl_or_cc = |src: &[u8], name: &str| {
-        build_c("musl-gcc", &["-static"], src, &dir.join(name))
-            .or_else(|| build_c("cc", &["-static"], src, &dir.join(name)))
-            .unwrap_or_else(|| panic!("a C compiler (musl-gcc or cc) for {name}"))
+    let static_c = |src: &[u8], name: &str| {
+        build_c("cc", &["-static"], src, &dir.join(name))
+            .unwrap_or_else(|| panic!("a C compiler (cc -static) for {name}"))
     };
-    musl_or_cc(b"int main(void) { return 0; }\n", "true-musl");
-    musl_or_cc(STAND_IN, "stand-in");
-    musl_or_cc(PEAK_RSS, "peak-rss");
-    build_true("cc", &["-static"], &dir.join("true-glibc")).expect("cc -static for true-glibc");
+    static_c(STAND_IN, "stand-in");
+    static_c(PEAK_RSS, "peak-rss");
+    static_c(TRUE, "true-glibc");
+    let _ = build_c("musl-gcc", &["-static"], TRUE, &dir.join("true-musl"));
     std::fs::copy("/bin/busybox", dir.join("busybox")).expect("needs busybox-static");
     println!("staged the bench's helpers in {}", dir.display());
+}
+
+/// `count` holds on pid 1 (alive), spread over both GPUs, with 64-character
+/// ids as engines make them.
+fn hold(state_dir: &Path, from: usize, count: usize) {
+    let mut l = Ledger::open(state_dir).unwrap();
+    let mut tx = l.begin().unwrap();
+    let init = gpushare::sys::Process::find(1).expect("pid 1");
+    let gpus = gpushare::simulate::simulated_gpus(2, "Tesla T4");
+    for i in from..from + count {
+        tx.insert(&Hold {
+            container: Container {
+                root: "/run/containerd/runc/k8s.io".into(),
+                id: format!("{i:064x}"),
+            },
+            gpus: vec![gpus[i % 2].uuid.clone()],
+            thread_percentage: Some(5.0),
+            pinned_mem_limit: Some("0=1G".into()),
+            pid: Some(1),
+            pid_start: Some(init.start),
+            names: [("pod".to_owned(), format!("module-{i}"))].into(),
+            env: vec![format!("NVIDIA_VISIBLE_DEVICES={}", gpus[i % 2].uuid)],
+            created: gpushare::sys::now(),
+            source: Source::Runtime,
+            bundle: format!("/run/containerd/io.containerd.runtime.v2.task/k8s.io/{i:064x}"),
+            reservation: i as i64,
+        })
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+fn held(state_dir: &Path) -> usize {
+    Ledger::open(state_dir).unwrap().holds().unwrap().len()
+}
+
+fn drop_holds(state_dir: &Path, from: usize, count: usize) {
+    let mut l = Ledger::open(state_dir).unwrap();
+    let mut tx = l.begin().unwrap();
+    for i in from..from + count {
+        tx.remove(
+            &Container {
+                root: "/run/containerd/runc/k8s.io".into(),
+                id: format!("{i:064x}"),
+            },
+            None,
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+/// The machine the bench runs on, and what it runs with.
+struct Bench {
+    w: PathBuf,
+    rootfs: PathBuf,
+    stand_in: PathBuf,
+    n: usize,
+    rounds: usize,
+}
+
+/// A runtime to run lives with: `gpushare-runtime` under a config, or a
+/// low-level runtime itself.
+#[derive(Clone)]
+struct Runtime {
+    bin: PathBuf,
+    config: Option<PathBuf>,
+    root: PathBuf,
+}
+
+impl Runtime {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        if let Some(cfg) = &self.config {
+            c.env("GPUSHARE_CONFIG", cfg);
+        }
+        c.arg("--root").arg(&self.root).args(args);
+        c
+    }
+
+    /// create (with a pid file, as engines give one), start, then, for a
+    /// short-lived container, its exit waited for, then delete (--force
+    /// for one still running). The container's process is reaped here,
+    /// its CPU counted with the life.
+    fn life(&self, b: &Path, id: &str, short: bool, pid_dir: &Path) -> Life {
+        let pid_file = pid_dir.join(format!("{id}.pid"));
+        let b = b.to_str().unwrap();
+        let p = pid_file.to_str().unwrap();
+        let create = measure(
+            &mut self.command(&["create", "--pid-file", p, "--bundle", b, id]),
+            None,
+        );
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let start = measure(&mut self.command(&["start", id]), None);
+        let real = pid != 1;
+        let mut container_cpu = 0.0;
+        if real && short {
+            let (_, ru) = wait4(pid);
+            container_cpu = tv(ru.ru_utime) + tv(ru.ru_stime);
+        }
+        let delete = if short {
+            measure(&mut self.command(&["delete", id]), None)
+        } else if real {
+            let (delete, cpu) = measure_reaping(&mut self.command(&["delete", "--force", id]), pid);
+            container_cpu = cpu;
+            delete
+        } else {
+            measure(&mut self.command(&["delete", "--force", id]), None)
+        };
+        let _ = std::fs::remove_file(&pid_file);
+        Life {
+            calls: [create, start, delete],
+            container_cpu,
+        }
+    }
+}
+
+fn row(label: &str, lives: &[Life]) {
+    let per_call = |c: usize| median(lives.iter().map(|l| l.calls[c].wall).collect());
+    println!(
+        "{label:<40} create {:>7.0}  start {:>6.0}  delete {:>7.0}  life: wall {:>7.0} µs  cpu {:>7.0} µs",
+        per_call(0),
+        per_call(1),
+        per_call(2),
+        median(lives.iter().map(Life::wall).collect()),
+        median(lives.iter().map(Life::cpu).collect()),
+    );
+}
+
+/// "+1234 µs (0.9 %)": a difference and its share of `base`.
+fn share(d: f64, base: f64) -> String {
+    format!("{:>+6.0} µs ({:>4.1} %)", d, 100.0 * d / base)
+}
+
+impl Bench {
+    /// Lives of each runtime in turn, round by round.
+    fn lives(
+        &self,
+        kinds: &[(&Runtime, &Path)],
+        short: bool,
+        rounds: usize,
+        tag: &str,
+    ) -> Vec<Vec<Life>> {
+        let pid_dir = self.w.join("pids");
+        std::fs::create_dir_all(&pid_dir).unwrap();
+        let mut all = vec![Vec::new(); kinds.len()];
+        for r in 0..rounds {
+            for (k, (rt, b)) in kinds.iter().enumerate() {
+                all[k].push(rt.life(b, &format!("{tag}-{k}-{r}"), short, &pid_dir));
+            }
+        }
+        all
+    }
 }
 
 fn main() {
@@ -267,6 +471,9 @@ fn main() {
         nix::unistd::geteuid().is_root(),
         "the bench makes device nodes and runs runc: run it as root"
     );
+    // The containers' processes are ours to reap, as they are an engine
+    // shim's: their CPU is counted with their lives.
+    nix::sys::prctl::set_child_subreaper(true).unwrap();
     let (runtime, hook_bin, cli) = (bins::runtime(), bins::hook(), bins::cli());
     println!("binaries: {runtime}, {hook_bin}");
     let base = if Path::new("/dev/shm").is_dir() {
@@ -278,52 +485,54 @@ fn main() {
         .prefix("gpushare-bench-")
         .tempdir_in(base)
         .unwrap();
-    let w = work.path();
+    let w = work.path().to_owned();
+    let env_n = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env_n("BENCH_N", 200);
+    let rounds = env_n("BENCH_ROUNDS", 30);
+    let n_held = env_n("BENCH_HELD", 100);
     let config = simulate(cli, &w.join("node"));
-    let n: usize = std::env::var("BENCH_N")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
-    let cycles = n.min(30);
     let cfg = gpushare::config::Config::load_path(&config).unwrap();
+    let state = cfg.runtime.state_dir.clone();
     let driver_files = gpushare::driver::Driver::load(&cfg, false).files.len();
+    hold(&state, 0, n_held);
 
-    // 1000 containers held, on pid 1 (alive), both GPUs.
-    let held = 1000;
-    let l = Ledger::new(&cfg.runtime.state_dir);
-    let mut locked = l.lock().unwrap();
-    for i in 0..held {
-        locked.reserve(Entry {
-            id: format!("{:064x}", i),
-            gpus: vec![gpushare::simulate::simulated_gpus(2, "Tesla T4")[i % 2]
-                .uuid
-                .clone()],
-            thread_percentage: Some(5.0),
-            pinned_mem_limit: Some("0=1G".into()),
-            pid: Some(1),
-            pid_start: gpushare::sys::process_start_time(1),
-            names: [("pod".to_owned(), format!("module-{i}"))].into(),
-            env: vec![format!("NVIDIA_VISIBLE_DEVICES=GPU-{i}")],
-            created: gpushare::sys::now(),
-        });
+    let rootfs = w.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let busybox = std::env::var_os(PREBUILT).map_or_else(
+        || PathBuf::from("/bin/busybox"),
+        |d| Path::new(&d).join("busybox"),
+    );
+    std::fs::copy(&busybox, rootfs.join("bin/busybox")).expect("needs busybox-static");
+    for applet in ["sleep", "true"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
-    locked.commit().unwrap();
+    let static_c = |src: &[u8], name: &str| build_c("cc", &["-static"], src, &w.join(name));
+    let bench = Bench {
+        stand_in: static_c(STAND_IN, "stand-in")
+            .expect("a C compiler (cc -static) for the stand-in runtime"),
+        w: w.clone(),
+        rootfs: rootfs.clone(),
+        n,
+        rounds,
+    };
     println!(
-        "gpushare bench: medians of {n} runs ({cycles} for runc lives); state on {base}; \
+        "gpushare bench: medians of {n} runs ({rounds} rounds of real runc lives); state on {base}; \
          {} containers held; the host's driver user-space: {driver_files} files",
-        l.snapshot().unwrap().len()
+        held(&state)
     );
 
     // 1. The floor.
     println!();
-    let floors: Vec<(String, PathBuf)> = [
+    let floors: Vec<(&str, PathBuf)> = [
+        ("static glibc true", static_c(TRUE, "true-glibc")),
         (
             "static musl true",
-            build_true("musl-gcc", &["-static"], &w.join("true-musl")),
-        ),
-        (
-            "static glibc true",
-            build_true("cc", &["-static"], &w.join("true-glibc")),
+            build_c("musl-gcc", &["-static"], TRUE, &w.join("true-musl")),
         ),
         (
             "/bin/true (dynamic glibc)",
@@ -331,7 +540,7 @@ fn main() {
         ),
     ]
     .into_iter()
-    .filter_map(|(l, p)| Some((l.to_owned(), p?)))
+    .filter_map(|(l, p)| Some((l, p?)))
     .collect();
     let mut floor_samples: Vec<Vec<Sample>> = vec![Vec::new(); floors.len()];
     for _ in 0..n {
@@ -340,306 +549,264 @@ fn main() {
         }
     }
     for (k, (label, _)) in floors.iter().enumerate() {
-        let s = summarise(&floor_samples[k]);
         println!(
-            "{:<52} wall {:>7.0} µs   cpu {:>7.0} µs",
+            "{:<40} wall {:>7.0} µs   cpu {:>7.0} µs",
             format!("start: {label}"),
-            s.wall,
-            s.cpu
+            median(floor_samples[k].iter().map(|s| s.wall).collect()),
+            median(floor_samples[k].iter().map(|s| s.cpu).collect()),
         );
     }
 
-    // 2. The shim alone, running /bin/true as the runtime.
-    let true_cfg = config_with(&config, w, "true.toml", "runtime", "path = \"/bin/true\"");
-    let true_nolib = config_with(
-        &true_cfg,
-        w,
-        "true-nolib.toml",
-        "driver",
-        "inject = \"none\"",
-    );
-    let rootfs = w.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    let busybox = std::env::var_os(PREBUILT).map_or_else(
-        || PathBuf::from("/bin/busybox"),
-        |d| Path::new(&d).join("busybox"),
-    );
-    std::fs::copy(&busybox, rootfs.join("bin/busybox")).expect("needs busybox-static");
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
-    let gpu_all = bundle(&w.join("gpu-all"), &rootfs, "NVIDIA_VISIBLE_DEVICES=all");
-    let plain = bundle(&w.join("plain"), &rootfs, "X=1");
-    let shim = |b: &Path, cfg: &Path, args: &[&str]| {
-        let mut c = Command::new(runtime);
-        c.env("GPUSHARE_CONFIG", cfg)
-            .arg("--root")
-            .arg(w.join("runc"));
-        if args.first() == Some(&"create") {
-            c.args(["create", "--bundle"]).arg(b).args(&args[1..]);
-        } else {
-            c.args(args);
-        }
-        c
-    };
-    let (mut direct, mut gpu, mut gpu_nolib, mut non_gpu) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..n {
-        direct.push(measure(
-            Command::new("/bin/true").args(["create", "--bundle", "x", "id"]),
-            None,
-        ));
-        gpu.push(measure(
-            &mut shim(&gpu_all, &true_cfg, &["create", "bench-gpu"]),
-            None,
-        ));
-        gpu_nolib.push(measure(
-            &mut shim(&gpu_all, &true_nolib, &["create", "bench-gpu-nolib"]),
-            None,
-        ));
-        non_gpu.push(measure(
-            &mut shim(&plain, &true_cfg, &["create", "bench-plain"]),
-            None,
-        ));
-    }
-    let (d, g, gn, p) = (
-        summarise(&direct),
-        summarise(&gpu),
-        summarise(&gpu_nolib),
-        summarise(&non_gpu),
-    );
-    // Peak RSS of a GPU create, as its own process tree had it.
-    let peak_rss = build_c("musl-gcc", &["-static"], PEAK_RSS, &w.join("peak-rss"))
-        .or_else(|| build_c("cc", &["-static"], PEAK_RSS, &w.join("peak-rss")))
-        .map(|helper| {
-            (0..20)
-                .map(|_| {
-                    let out = Command::new(&helper)
-                        .arg(runtime)
-                        .args([
-                            "--root",
-                            w.join("runc").to_str().unwrap(),
-                            "create",
-                            "--bundle",
-                        ])
-                        .arg(&gpu_all)
-                        .arg("bench-rss")
-                        .env("GPUSHARE_CONFIG", &true_cfg)
-                        .stderr(Stdio::null())
-                        .output()
-                        .unwrap();
-                    String::from_utf8_lossy(&out.stdout)
-                        .trim()
-                        .parse::<i64>()
-                        .unwrap_or(0)
-                })
-                .max()
-                .unwrap_or(0)
-        });
-    println!();
-    let timed = |label: &str, s: &Summary| {
-        println!(
-            "{label:<52} wall {:>7.0} µs   cpu {:>7.0} µs",
-            s.wall, s.cpu
-        )
-    };
-    timed("/bin/true alone", &d);
-    timed("shim + /bin/true, GPU create (all)", &g);
-    timed("shim + /bin/true, GPU create (all), no libraries", &gn);
-    timed("shim + /bin/true, non-GPU create", &p);
-    println!(
-        "=> the shim adds per GPU create: wall {:.0} µs, cpu {:.0} µs (the driver's libraries: wall {:.0} µs, cpu {:.0} µs); per non-GPU create: wall {:.0} µs, cpu {:.0} µs; peak RSS of a GPU create {}",
-        g.wall - d.wall,
-        g.cpu - d.cpu,
-        g.wall - gn.wall,
-        g.cpu - gn.cpu,
-        p.wall - d.wall,
-        p.cpu - d.cpu,
-        peak_rss.map_or("not measured (no C compiler)".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
-    );
-
-    // 3. gpushare's own cost per life, with the stand-in runtime.
-    let stand_in = build_c("musl-gcc", &["-static"], STAND_IN, &w.join("stand-in"))
-        .or_else(|| build_c("cc", &["-static"], STAND_IN, &w.join("stand-in")))
-        .expect("a C compiler (musl-gcc or cc) for the stand-in runtime");
+    // 2. gpushare's own cost, with the stand-in runtime.
     let stand_cfg = config_with(
         &config,
-        w,
+        &w,
         "stand-in.toml",
         "runtime",
-        &format!("path = {:?}", stand_in.display().to_string()),
+        &format!("path = {:?}", bench.stand_in.display().to_string()),
     );
-    let gpu_life = bundle(&w.join("gpu-life"), &rootfs, "NVIDIA_VISIBLE_DEVICES=0");
-    let calls = |direct: bool, b: &Path, id: &str| -> [Sample; 3] {
-        let mk = |args: &[&str]| {
-            let mut c = if direct {
-                let mut c = Command::new(&stand_in);
-                c.arg("--root").arg(w.join("runc"));
-                c
-            } else {
-                let mut c = Command::new(runtime);
-                c.env("GPUSHARE_CONFIG", &stand_cfg)
-                    .arg("--root")
-                    .arg(w.join("runc"));
-                c
-            };
-            if args[0] == "create" {
-                c.args(["create", "--pid-file"])
-                    .arg(w.join(format!("{id}.pid")))
-                    .arg("--bundle")
-                    .arg(b)
-                    .arg(id);
-            } else {
-                c.args(args);
-            }
-            c
-        };
-        [
-            measure(&mut mk(&["create"]), None),
-            measure(&mut mk(&["start", id]), None),
-            measure(&mut mk(&["delete", "--force", id]), None),
-        ]
+    let runc_root = w.join("runc");
+    let stand = Runtime {
+        bin: bench.stand_in.clone(),
+        config: None,
+        root: runc_root.clone(),
     };
-    let held_now = l.snapshot().unwrap().len();
-    let mut own: [Vec<[Sample; 3]>; 3] = Default::default();
-    for i in 0..n {
-        own[0].push(calls(true, &gpu_life, &format!("stand-{i}")));
-        own[1].push(calls(false, &gpu_life, &format!("own-gpu-{i}")));
-        own[2].push(calls(false, &plain, &format!("own-plain-{i}")));
-    }
-    assert_eq!(
-        l.snapshot().unwrap().len(),
-        held_now,
-        "every life released its GPU"
+    let shim_stand = Runtime {
+        bin: runtime.into(),
+        config: Some(stand_cfg.clone()),
+        root: runc_root.clone(),
+    };
+    let gpu_sleep = bundle(
+        &w.join("gpu-sleep"),
+        &rootfs,
+        "NVIDIA_VISIBLE_DEVICES=0",
+        &["sleep", "1000"],
     );
+    let plain_sleep = bundle(&w.join("plain-sleep"), &rootfs, "X=1", &["sleep", "1000"]);
+    let gpu_true = bundle(
+        &w.join("gpu-true"),
+        &rootfs,
+        "NVIDIA_VISIBLE_DEVICES=0",
+        &["true"],
+    );
+    let plain_true = bundle(&w.join("plain-true"), &rootfs, "X=1", &["true"]);
+    let own = bench.lives(
+        &[
+            (&stand, &gpu_sleep),
+            (&shim_stand, &gpu_sleep),
+            (&shim_stand, &plain_sleep),
+        ],
+        false,
+        n,
+        "own",
+    );
+    assert_eq!(held(&state), n_held, "every life released its GPU");
     println!();
-    for (k, label) in [
-        "stand-in runtime alone",
-        "gpushare-runtime, GPU container",
-        "gpushare-runtime, non-GPU container",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let per_call: Vec<Summary> = (0..3)
-            .map(|c| summarise(&own[k].iter().map(|l| l[c]).collect::<Vec<_>>()))
-            .collect();
-        let total =
-            |f: fn(&Sample) -> f64| median(own[k].iter().map(|l| l.iter().map(f).sum()).collect());
-        let (tw, tc) = (total(|s| s.wall), total(|s| s.cpu));
-        println!(
-            "{label:<36} create {:>5.0}  start {:>4.0}  delete {:>4.0}  life: wall {:>5.0} µs  cpu {:>5.0} µs",
-            per_call[0].wall, per_call[1].wall, per_call[2].wall, tw, tc
-        );
-    }
-    let paired = |k: usize, f: fn(&Sample) -> f64| paired_median(&own[k], &own[0], f);
+    row("stand-in runtime alone", &own[0]);
+    row("gpushare-runtime, GPU container", &own[1]);
+    row("gpushare-runtime, non-GPU container", &own[2]);
     println!(
-        "=> gpushare's own cost per container life (create + start + delete, {} held; median of the rounds' differences): GPU wall {:.0} µs, cpu {:.0} µs; non-GPU wall {:.0} µs, cpu {:.0} µs",
-        held_now,
-        paired(1, |s| s.wall),
-        paired(1, |s| s.cpu),
-        paired(2, |s| s.wall),
-        paired(2, |s| s.cpu)
+        "=> gpushare's own cost per container life (create + start + delete, {n_held} held; median of the rounds' differences): GPU wall {:.0} µs, cpu {:.0} µs; non-GPU wall {:.0} µs, cpu {:.0} µs",
+        paired(&own[1], &own[0], Life::wall),
+        paired(&own[1], &own[0], Life::cpu),
+        paired(&own[2], &own[0], Life::wall),
+        paired(&own[2], &own[0], Life::cpu),
+    );
+    // A GPU create as the ledger grows: each decision looks at every
+    // hold's process.
+    let mut per_held = Vec::new();
+    for extra in [0usize, 900] {
+        hold(&state, 1_000_000, extra);
+        let count = held(&state);
+        let mut creates = Vec::new();
+        let mut base_creates = Vec::new();
+        for i in 0..n {
+            let id = format!("grow-{count}-{i}");
+            let p = w.join("grow.pid");
+            let p = p.to_str().unwrap();
+            let b = gpu_sleep.to_str().unwrap();
+            base_creates.push(measure(
+                &mut stand.command(&["create", "--pid-file", p, "--bundle", b, &id]),
+                None,
+            ));
+            creates.push(measure(
+                &mut shim_stand.command(&["create", "--pid-file", p, "--bundle", b, &id]),
+                None,
+            ));
+            measure(&mut shim_stand.command(&["delete", &id]), None);
+        }
+        let d = |f: fn(&Sample) -> f64| {
+            median(
+                creates
+                    .iter()
+                    .zip(&base_creates)
+                    .map(|(a, b)| f(a) - f(b))
+                    .collect(),
+            )
+        };
+        per_held.push((count, d(|s| s.wall), d(|s| s.cpu)));
+        drop_holds(&state, 1_000_000, extra);
+    }
+    let peak_rss = static_c(PEAK_RSS, "peak-rss").map(|helper| {
+        (0..20)
+            .map(|i| {
+                let id = format!("rss-{i}");
+                let out = Command::new(&helper)
+                    .arg(runtime)
+                    .args(["--root", runc_root.to_str().unwrap(), "create", "--bundle"])
+                    .arg(&gpu_sleep)
+                    .arg(&id)
+                    .env("GPUSHARE_CONFIG", &stand_cfg)
+                    .stderr(Stdio::null())
+                    .output()
+                    .unwrap();
+                measure(&mut shim_stand.command(&["delete", &id]), None);
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<i64>()
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0)
+    });
+    println!(
+        "=> a GPU create (shim over the stand-in's own create): {}; peak RSS of a GPU create {}",
+        per_held
+            .iter()
+            .map(|(c, wall, cpu)| format!("{c} held: wall {wall:.0} µs, cpu {cpu:.0} µs"))
+            .collect::<Vec<_>>()
+            .join("; "),
+        peak_rss.map_or("not measured (no C compiler)".into(), |k| format!(
+            "{:.1} MiB",
+            k as f64 / 1024.0
+        ))
     );
 
-    // The same lives with the real runc, for scale. The GPU life is
-    // compared with runc running the very spec gpushare writes (its devices
-    // and driver mounts are what any GPU runtime gives a container).
-    let runc_root = w.join("runc");
-    let gpu0 = bundle(&w.join("gpu0"), &rootfs, "NVIDIA_VISIBLE_DEVICES=0");
-    let pristine = bundle(&w.join("pristine"), &rootfs, "NVIDIA_VISIBLE_DEVICES=0");
-    let runc = |args: &[&str], b: &Path| {
-        let mut c = Command::new("runc");
-        c.arg("--root").arg(&runc_root);
-        if args[0] == "create" {
-            c.args(["create", "--bundle"]).arg(b).args(&args[1..]);
-        } else {
-            c.args(args);
-        }
-        c
+    // 3. Real runc: a long-running and a short-lived container.
+    let runc = Runtime {
+        bin: "runc".into(),
+        config: None,
+        root: runc_root.clone(),
     };
-    let via_shim = |args: &[&str], b: &Path| shim(b, &config, args);
-    let gpu_spec = w.join("gpu-spec");
-    {
-        let made = bundle(&w.join("spec-maker"), &rootfs, "NVIDIA_VISIBLE_DEVICES=0");
-        assert!(measure(&mut via_shim(&["create", "spec-maker"], &made), None).wall > 0.0);
-        assert!(
-            measure(
-                &mut via_shim(&["delete", "--force", "spec-maker"], &made),
-                None
-            )
-            .wall
-                > 0.0
+    let shim = Runtime {
+        bin: runtime.into(),
+        config: Some(config.clone()),
+        root: runc_root.clone(),
+    };
+    // The spec gpushare writes, for runc to run as it is: made by a
+    // create through the shim (over the stand-in), then released.
+    let written = |b: &Path, name: &str| -> PathBuf {
+        let made = w.join(format!("made-{name}"));
+        std::fs::create_dir_all(&made).unwrap();
+        std::fs::copy(b.join("config.json"), made.join("config.json")).unwrap();
+        let p = w.join("made.pid");
+        measure(
+            &mut shim_stand.command(&[
+                "create",
+                "--pid-file",
+                p.to_str().unwrap(),
+                "--bundle",
+                made.to_str().unwrap(),
+                name,
+            ]),
+            None,
         );
-        std::fs::create_dir_all(&gpu_spec).unwrap();
-        std::fs::copy(made.join("config.json"), gpu_spec.join("config.json")).unwrap();
-    }
-    // One life: create, start, delete --force; each call measured.
-    type Maker<'a> = &'a dyn Fn(&[&str], &Path) -> Command;
-    let life = |make: Maker, b: &Path, id: &str| -> [Sample; 3] {
-        [
-            measure(&mut make(&["create", id], b), None),
-            measure(&mut make(&["start", id], b), None),
-            measure(&mut make(&["delete", "--force", id], b), None),
-        ]
+        measure(&mut shim_stand.command(&["delete", name]), None);
+        made
     };
-    let before = l.snapshot().unwrap().len();
-    let mut lives: [Vec<[Sample; 3]>; 4] = Default::default();
-    for i in 0..cycles {
-        lives[0].push(life(&runc, &pristine, &format!("runc-{i}")));
-        lives[1].push(life(&runc, &gpu_spec, &format!("runc-gpu-{i}")));
-        lives[2].push(life(&via_shim, &gpu0, &format!("gs-gpu-{i}")));
-        lives[3].push(life(&via_shim, &plain, &format!("gs-plain-{i}")));
-    }
-    assert_eq!(
-        l.snapshot().unwrap().len(),
-        before,
-        "every life released its GPU"
-    );
+    let gpu_sleep_spec = written(&gpu_sleep, "spec-sleep");
+    let gpu_true_spec = written(&gpu_true, "spec-true");
     println!();
-    let labels = [
-        "runc, plain spec",
-        "runc, the GPU spec gpushare writes",
-        "gpushare-runtime, GPU container",
-        "gpushare-runtime, non-GPU container",
-    ];
-    for (k, label) in labels.iter().enumerate() {
-        let per_call: Vec<Summary> = (0..3)
-            .map(|c| summarise(&lives[k].iter().map(|l| l[c]).collect::<Vec<_>>()))
-            .collect();
-        let total = |f: fn(&Sample) -> f64| {
-            median(lives[k].iter().map(|l| l.iter().map(f).sum()).collect())
-        };
-        let (tw, tc) = (total(|s| s.wall), total(|s| s.cpu));
-        println!(
-            "{label:<36} create {:>6.0}  start {:>5.0}  delete {:>6.0}  life: wall {:>6.0} µs  cpu {:>6.0} µs",
-            per_call[0].wall, per_call[1].wall, per_call[2].wall, tw, tc
+    let mut shares = Vec::new();
+    for (short, label, gpu_b, gpu_spec, plain_b) in [
+        (
+            false,
+            "long-running (create, start, delete --force of a running sleep)",
+            &gpu_sleep,
+            &gpu_sleep_spec,
+            &plain_sleep,
+        ),
+        (
+            true,
+            "short-lived (create, start, delete of an exited true)",
+            &gpu_true,
+            &gpu_true_spec,
+            &plain_true,
+        ),
+    ] {
+        let lives = bench.lives(
+            &[
+                (&runc, plain_b),
+                (&runc, gpu_spec),
+                (&shim, gpu_b),
+                (&shim, plain_b),
+            ],
+            short,
+            bench.rounds,
+            if short { "short" } else { "long" },
         );
+        assert_eq!(held(&state), n_held, "every life released its GPU");
+        println!("{label}:");
+        row("  runc, plain spec", &lives[0]);
+        row("  runc, the GPU spec gpushare writes", &lives[1]);
+        row("  gpushare-runtime, GPU container", &lives[2]);
+        row("  gpushare-runtime, non-GPU container", &lives[3]);
+        let base_wall = median(lives[0].iter().map(Life::wall).collect());
+        let base_cpu = median(lives[0].iter().map(Life::cpu).collect());
+        let d = |a: usize, b: usize| {
+            (
+                paired(&lives[a], &lives[b], Life::wall),
+                paired(&lives[a], &lives[b], Life::cpu),
+            )
+        };
+        shares.push((
+            label,
+            base_wall,
+            base_cpu,
+            d(2, 0),
+            d(1, 0),
+            d(2, 1),
+            d(3, 0),
+        ));
     }
-    let paired =
-        |k: usize, base: usize, f: fn(&Sample) -> f64| paired_median(&lives[k], &lives[base], f);
-    println!(
-        "=> gpushare adds per container life (create + start + delete; median of the rounds' differences): GPU wall {:.0} µs, cpu {:.0} µs; non-GPU wall {:.0} µs, cpu {:.0} µs",
-        paired(2, 1, |s| s.wall),
-        paired(2, 1, |s| s.cpu),
-        paired(3, 0, |s| s.wall),
-        paired(3, 0, |s| s.cpu)
-    );
+    println!();
+    println!("=> what gpushare adds beside plain runc, per life (median of the rounds' differences), as a share of runc's own life:");
+    for (label, base_wall, base_cpu, gpu, runc_work, own_gpu, non_gpu) in &shares {
+        println!(
+            "  {label}: runc's life {:.1} ms wall, {:.1} ms cpu",
+            base_wall / 1000.0,
+            base_cpu / 1000.0
+        );
+        for (what, (dw, dc)) in [
+            ("GPU container, in all", gpu),
+            ("  of which runc's work for gpushare's edits", runc_work),
+            ("  of which gpushare's own", own_gpu),
+            ("non-GPU container", non_gpu),
+        ] {
+            println!(
+                "    {what:<46} wall {}   cpu {}",
+                share(*dw, *base_wall),
+                share(*dc, *base_cpu)
+            );
+        }
+    }
 
     // 4. 200 creates at once.
     let many = 200;
-    let bundles: Vec<PathBuf> = (0..many)
+    let many_b = bundle(
+        &w.join("many"),
+        &rootfs,
+        "NVIDIA_VISIBLE_DEVICES=all",
+        &["true"],
+    );
+    let started: Vec<(u32, Instant)> = (0..many)
         .map(|i| {
-            bundle(
-                &w.join(format!("many-{i}")),
-                &rootfs,
-                "NVIDIA_VISIBLE_DEVICES=all",
-            )
-        })
-        .collect();
-    let started: Vec<(u32, Instant)> = bundles
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let mut c = shim(b, &true_cfg, &["create", &format!("many-{i}")]);
+            let mut c = shim_stand.command(&[
+                "create",
+                "--bundle",
+                many_b.to_str().unwrap(),
+                &format!("many-{i}"),
+            ]);
             c.stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .stdin(Stdio::null());
@@ -652,28 +819,33 @@ fn main() {
         let mut status = 0;
         // SAFETY: reaps any of our children; a valid pointer to a local.
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        let t = started.iter().find(|(p, _)| *p as i32 == pid).unwrap().1;
+        let Some(t) = started.iter().find(|(p, _)| *p as i32 == pid).map(|s| s.1) else {
+            continue;
+        };
         walls.push(t.elapsed().as_secs_f64() * 1e6);
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
     let (p50, p99) = (median(walls.clone()), percentile(walls, 0.99));
     println!();
     println!(
-        "200 GPU creates at once (shim + /bin/true, {} held): p50 {p50:.0} µs, p99 {p99:.0} µs, p99/p50 {:.1}",
-        held,
+        "200 GPU creates at once (shim + stand-in, {} held before): p50 {p50:.0} µs, p99 {p99:.0} µs, p99/p50 {:.1}",
+        n_held,
         p99 / p50
     );
+    for i in 0..many {
+        measure(
+            &mut shim_stand.command(&["delete", &format!("many-{i}")]),
+            None,
+        );
+    }
 
-    // 5. The hook used alone, as runc runs it from a hooks.d-style spec:
-    // decide, ledger, namespace entry, mounts, cgroup. This program wraps
-    // the hook to time it inside runc.
+    // 5. The hook used alone, as runc runs it from a hooks.d-style spec.
     let samples = w.join("hook-alone.txt");
     let me = std::env::current_exe().unwrap();
     let alone = |name: &str, env: &str| -> PathBuf {
-        let b = bundle(&w.join(name), &rootfs, env);
+        let b = bundle(&w.join(name), &rootfs, env, &["true"]);
         let mut spec: serde_json::Value =
             serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
-        spec["process"]["args"] = json!(["sleep", "0"]);
         let hook = |stage: &str| {
             json!([{"path": me, "args": ["gpushare-hook", stage], "env": [
                 format!("GPUSHARE_CONFIG={}", config.display()),
@@ -687,15 +859,11 @@ fn main() {
     };
     let gpu_alone = alone("gpu-alone", "NVIDIA_VISIBLE_DEVICES=all");
     let plain_alone = alone("plain-alone", "X=1");
-    for i in 0..cycles {
+    for i in 0..bench.rounds {
         for (b, kind) in [(&gpu_alone, "gpu"), (&plain_alone, "plain")] {
             let id = format!("bench-alone-{kind}-{i}");
-            let status = Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["run", "--bundle"])
-                .arg(b)
-                .arg(&id)
+            let status = runc
+                .command(&["run", "--bundle", b.to_str().unwrap(), &id])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .status()
@@ -718,7 +886,7 @@ fn main() {
             )
         })
         .collect();
-    // The file's rows alternate GPU and plain runs, each prestart then poststop.
+    // The rows alternate GPU and plain runs, each prestart then poststop.
     let pick = |stage: &str, gpu: bool| -> Vec<Sample> {
         rows.iter()
             .filter(|(s, _)| *s == stage)
@@ -728,16 +896,135 @@ fn main() {
             .collect()
     };
     println!();
-    line(
-        "hook alone, prestart, GPU container",
-        &summarise(&pick("prestart", true)),
+    for (label, stage, gpu) in [
+        ("hook alone, prestart, GPU container", "prestart", true),
+        ("hook alone, prestart, non-GPU container", "prestart", false),
+        ("hook alone, poststop, GPU container", "poststop", true),
+    ] {
+        let s = pick(stage, gpu);
+        println!(
+            "{label:<40} wall {:>7.0} µs   cpu {:>7.0} µs   peak rss {:>5.1} MiB",
+            median(s.iter().map(|x| x.wall).collect()),
+            median(s.iter().map(|x| x.cpu).collect()),
+            s.iter().map(|x| x.rss_kib).max().unwrap_or(0) as f64 / 1024.0
+        );
+    }
+
+    // 6. Another build beside this one.
+    if let Some(dir) = std::env::var_os("GPUSHARE_BENCH_BASELINE").filter(|d| !d.is_empty()) {
+        baseline(&bench, Path::new(&dir), runtime, cli);
+    }
+}
+
+/// This build and the one in `dir`, each on a node of its own with
+/// nothing held: lives with the stand-in, and short lives with runc.
+fn baseline(bench: &Bench, dir: &Path, runtime: &str, cli: &str) {
+    let w = &bench.w;
+    let old_runtime = dir.join("gpushare-runtime");
+    assert!(
+        old_runtime.is_file(),
+        "{} has no gpushare-runtime",
+        dir.display()
     );
-    line(
-        "hook alone, prestart, non-GPU container",
-        &summarise(&pick("prestart", false)),
+    let mut rows: Vec<(String, Runtime, Runtime)> = Vec::new();
+    for (name, bin, cli) in [
+        ("this build", PathBuf::from(runtime), PathBuf::from(cli)),
+        ("baseline", old_runtime, dir.join("gpushare")),
+    ] {
+        let node = w.join(format!("node-{}", name.replace(' ', "-")));
+        let config = simulate(cli.to_str().unwrap(), &node);
+        let stand_cfg = config_with(
+            &config,
+            w,
+            &format!("stand-in-{}.toml", name.replace(' ', "-")),
+            "runtime",
+            &format!("path = {:?}", bench.stand_in.display().to_string()),
+        );
+        let root = w.join(format!("runc-{}", name.replace(' ', "-")));
+        rows.push((
+            name.to_owned(),
+            Runtime {
+                bin: bin.clone(),
+                config: Some(stand_cfg),
+                root: root.clone(),
+            },
+            Runtime {
+                bin,
+                config: Some(config),
+                root,
+            },
+        ));
+    }
+    let stand = Runtime {
+        bin: bench.stand_in.clone(),
+        config: None,
+        root: w.join("runc-stand"),
+    };
+    let runc = Runtime {
+        bin: "runc".into(),
+        config: None,
+        root: w.join("runc-base"),
+    };
+    let gpu = bundle(
+        &w.join("base-gpu"),
+        &bench.rootfs,
+        "NVIDIA_VISIBLE_DEVICES=0",
+        &["true"],
     );
-    line(
-        "hook alone, poststop, GPU container",
-        &summarise(&pick("poststop", true)),
+    let plain = bundle(&w.join("base-plain"), &bench.rootfs, "X=1", &["true"]);
+    println!();
+    println!(
+        "this build beside {} (each on a node of its own, nothing held):",
+        dir.display()
     );
+    let own = bench.lives(
+        &[
+            (&stand, &gpu),
+            (&rows[0].1, &gpu),
+            (&rows[0].1, &plain),
+            (&rows[1].1, &gpu),
+            (&rows[1].1, &plain),
+        ],
+        true,
+        bench.n,
+        "base-own",
+    );
+    row("  stand-in runtime alone", &own[0]);
+    for (k, (name, _, _)) in rows.iter().enumerate() {
+        row(&format!("  {name}, GPU container"), &own[1 + 2 * k]);
+        row(&format!("  {name}, non-GPU container"), &own[2 + 2 * k]);
+        println!(
+            "  => {name}'s own cost per life: GPU wall {:.0} µs, cpu {:.0} µs; non-GPU wall {:.0} µs, cpu {:.0} µs",
+            paired(&own[1 + 2 * k], &own[0], Life::wall),
+            paired(&own[1 + 2 * k], &own[0], Life::cpu),
+            paired(&own[2 + 2 * k], &own[0], Life::wall),
+            paired(&own[2 + 2 * k], &own[0], Life::cpu),
+        );
+    }
+    let lives = bench.lives(
+        &[
+            (&runc, &plain),
+            (&rows[0].2, &gpu),
+            (&rows[0].2, &plain),
+            (&rows[1].2, &gpu),
+            (&rows[1].2, &plain),
+        ],
+        true,
+        bench.rounds,
+        "base-short",
+    );
+    row("  runc, plain spec (short-lived)", &lives[0]);
+    let base_wall = median(lives[0].iter().map(Life::wall).collect());
+    let base_cpu = median(lives[0].iter().map(Life::cpu).collect());
+    for (k, (name, _, _)) in rows.iter().enumerate() {
+        row(&format!("  {name}, GPU container"), &lives[1 + 2 * k]);
+        row(&format!("  {name}, non-GPU container"), &lives[2 + 2 * k]);
+        println!(
+            "  => {name} beside plain runc, short-lived: GPU wall {} cpu {}; non-GPU wall {} cpu {}",
+            share(paired(&lives[1 + 2 * k], &lives[0], Life::wall), base_wall),
+            share(paired(&lives[1 + 2 * k], &lives[0], Life::cpu), base_cpu),
+            share(paired(&lives[2 + 2 * k], &lives[0], Life::wall), base_wall),
+            share(paired(&lives[2 + 2 * k], &lives[0], Life::cpu), base_cpu),
+        );
+    }
 }

@@ -86,6 +86,11 @@ fn copy_with_libraries(binary: &str, rootfs: &Path) {
     }
 }
 
+/// Whether the process `pid` that started at `start` still runs.
+fn alive(pid: i32, start: u64) -> bool {
+    gpushare::sys::Process { pid, start }.is_alive()
+}
+
 /// The daemons' pids (with start times) as status reports them.
 fn daemons(m: &MpsNode) -> Vec<(i32, u64)> {
     m.status()
@@ -94,7 +99,7 @@ fn daemons(m: &MpsNode) -> Vec<(i32, u64)> {
         .map(|pid| {
             (
                 pid as i32,
-                gpushare::sys::process_start_time(pid as i32).unwrap_or(0),
+                gpushare::sys::Process::find(pid as i32).map_or(0, |p| p.start),
             )
         })
         .collect()
@@ -137,9 +142,7 @@ fn a_container_on_gpu_1_is_a_client_of_gpu_1s_daemon_only() {
         );
     }
     assert_eq!(pids.len(), 2);
-    assert!(pids
-        .iter()
-        .all(|(p, s)| gpushare::sys::process_matches(*p, Some(*s))));
+    assert!(pids.iter().all(|(p, s)| alive(*p, *s)));
     // Start again: nothing changes.
     let again = m.mps(&["start", "--gpu", "1"]);
     assert!(text(&again).contains("already running"), "{}", text(&again));
@@ -200,11 +203,7 @@ fn a_container_on_gpu_1_is_a_client_of_gpu_1s_daemon_only() {
 
     let out = m.mps(&["stop"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        pids.iter()
-            .all(|(p, s)| !gpushare::sys::process_matches(*p, Some(*s))),
-        "no daemon left"
-    );
+    assert!(pids.iter().all(|(p, s)| !alive(*p, *s)), "no daemon left");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(m.mps_root().to_str().unwrap()),
@@ -628,8 +627,8 @@ fn mps_run_restarts_a_killed_daemon_puts_back_drifted_defaults_and_stops_all_on_
         st[0]["state"] == "running" && st[0]["pid"].as_i64() != Some(first[0])
     });
     let second = st[0]["pid"].as_i64().unwrap();
-    let second_start = gpushare::sys::process_start_time(second as i32);
-    let first_start = gpushare::sys::process_start_time(first[1] as i32);
+    let second_start = gpushare::sys::Process::find(second as i32).map_or(0, |p| p.start);
+    let first_start = gpushare::sys::Process::find(first[1] as i32).map_or(0, |p| p.start);
     assert_eq!(st[1]["pid"].as_i64(), Some(first[1]), "GPU 1's untouched");
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -664,7 +663,7 @@ fn mps_run_restarts_a_killed_daemon_puts_back_drifted_defaults_and_stops_all_on_
     assert!(status.success(), "{status:?}");
     for (pid, start) in [(second, second_start), (first[1], first_start)] {
         assert!(
-            !gpushare::sys::process_matches(pid as i32, start),
+            !alive(pid as i32, start),
             "daemon {pid} is gone: {}",
             std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()
         );

@@ -343,8 +343,12 @@ fn status_metrics_and_gc_follow_real_containers() {
     let metrics = String::from_utf8(cli(&["metrics"]).stdout).unwrap();
     for id in &ids {
         assert!(
-            metrics.contains("gpushare_container_info{gpu=")
-                && metrics.contains(&format!("container=\"{id}\",state=\"running\"")),
+            metrics
+                .lines()
+                .any(|l| l.starts_with("gpushare_container_info{gpu=")
+                    && l.contains(&format!("container=\"{id}\","))
+                    && l.contains(&format!("root=\"{}\"", node.runc_root.display()))
+                    && l.contains("state=\"running\"")),
             "{metrics}"
         );
     }
@@ -401,10 +405,7 @@ fn status_metrics_and_gc_follow_real_containers() {
     )
     .unwrap();
     for _ in 0..100 {
-        if !gpushare::sys::process_matches(
-            pid as i32,
-            gpushare::sys::process_start_time(pid as i32),
-        ) {
+        if gpushare::sys::Process::find(pid as i32).is_none() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -422,4 +423,120 @@ fn status_metrics_and_gc_follow_real_containers() {
         .map(|c| c["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(left, [ids[1].clone()]);
+}
+
+/// Runs `runtime` for `args` under the runc root `root`, its output
+/// through a file (a created container keeps the stdio it was given).
+fn under_root(
+    node: &Node,
+    root: &std::path::Path,
+    args: &[&str],
+    log: &str,
+) -> std::process::Output {
+    let log = node.dir.path().join(log);
+    let file = std::fs::File::create(&log).unwrap();
+    let status = Command::new(runtime())
+        .env("GPUSHARE_CONFIG", &node.config)
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr: std::fs::read(&log).unwrap(),
+    }
+}
+
+/// (root, id, pid) of every hold, sorted.
+fn holds(node: &Node) -> Vec<(String, String, i64)> {
+    let mut v: Vec<_> = node
+        .ledger()
+        .iter()
+        .map(|c| {
+            (
+                c["root"].as_str().unwrap().to_owned(),
+                c["id"].as_str().unwrap().to_owned(),
+                c["pid"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_second_create_of_a_running_containers_id_is_refused_and_its_hold_stays() {
+    let node = Node::new("dup-same");
+    let id = node.id(0);
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=1"], "sleep 1000");
+    let out = node.create(&b, &id);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(node.runc().args(["start", &id]).status().unwrap().success());
+    let before = holds(&node);
+    assert_eq!(before.len(), 1);
+    assert!(before[0].2 > 0, "bound: {before:?}");
+    let spec = std::fs::read(b.join("config.json")).unwrap();
+
+    // The same id again, as a new user might: refused before runc runs.
+    let b2 = node.bundle("b2", &["NVIDIA_VISIBLE_DEVICES=1"], "sleep 1000");
+    let out = node.create(&b2, &id);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("already holds GPU"), "{}", text(&out));
+    assert_eq!(
+        holds(&node),
+        before,
+        "the running container is held as it was"
+    );
+    assert_eq!(std::fs::read(b.join("config.json")).unwrap(), spec);
+    let status: Value =
+        serde_json::from_slice(&node.runc().args(["state", &id]).output().unwrap().stdout).unwrap();
+    assert_eq!(status["status"], "running");
+    assert_eq!(status["pid"].as_i64().unwrap(), before[0].2);
+    node.delete(&id);
+    assert!(holds(&node).is_empty());
+}
+
+#[test]
+fn the_same_id_under_another_runc_root_is_another_container() {
+    let node = Node::new("dup-root");
+    let id = node.id(0);
+    let other_root = node.dir.path().join("other-root");
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"], "sleep 1000");
+    let out = node.create(&b, &id);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(node.runc().args(["start", &id]).status().unwrap().success());
+    let first = holds(&node);
+    assert_eq!(first.len(), 1);
+
+    // A delete of that id under another root, where runc has no such
+    // container (runc's --force calls that a success): the first
+    // container keeps its hold.
+    let out = under_root(&node, &other_root, &["delete", "--force", &id], "del0.log");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(holds(&node), first);
+    assert!(node.runc_knows(&id));
+
+    // The same id created under the other root: its own hold, beside.
+    let b2 = node.bundle("b2", &["NVIDIA_VISIBLE_DEVICES=1"], "sleep 1000");
+    let out = under_root(
+        &node,
+        &other_root,
+        &["create", "--bundle", b2.to_str().unwrap(), &id],
+        "create2.log",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let both = holds(&node);
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(both.contains(&first[0]));
+    // Its delete releases only its own.
+    let out = under_root(&node, &other_root, &["delete", "--force", &id], "del1.log");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(holds(&node), first, "only the other root's hold went");
+    node.delete(&id);
+    assert!(holds(&node).is_empty());
 }

@@ -48,6 +48,110 @@ pub enum BundleError {
 /// path of every container start.
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
+impl BundleError {
+    /// What the engine or the image's author must fix (exit 2): a spec that
+    /// is not a regular file, or too large to read.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            BundleError::TooLarge { .. } | BundleError::NotRegular { .. }
+        )
+    }
+}
+
+/// A bundle's config.json as read, not yet parsed: enough to tell whether
+/// the container asks for a GPU (`env`) without building the whole
+/// document.
+pub struct Raw {
+    pub dir: PathBuf,
+    bytes: Vec<u8>,
+    mode: u32,
+}
+
+/// Of a spec, only what tells whether a container asks for a GPU: its
+/// process's environment, borrowed from the bytes read.
+#[derive(serde::Deserialize)]
+struct PartialSpec<'a> {
+    #[serde(borrow, default)]
+    process: Option<PartialProcess<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PartialProcess<'a> {
+    #[serde(borrow, default)]
+    env: Option<Vec<std::borrow::Cow<'a, str>>>,
+}
+
+impl Raw {
+    /// Reads `<dir>/config.json` (`read_capped`).
+    pub fn read(dir: &Path) -> Result<Raw, BundleError> {
+        let path = Bundle::config_path(dir);
+        match read_capped(&path) {
+            Ok((bytes, mode)) => Ok(Raw {
+                dir: dir.to_owned(),
+                bytes,
+                mode,
+            }),
+            Err(Fault::Io(source)) => Err(BundleError::Read { path, source }),
+            Err(Fault::NotRegular(kind)) => Err(BundleError::NotRegular { path, kind }),
+            Err(Fault::TooLarge(bytes)) => Err(BundleError::TooLarge { path, bytes }),
+        }
+    }
+
+    /// `process.env`, read through a partial spec (the rest of the document
+    /// is checked to be JSON, not built). A document that reading does not
+    /// take, a key given twice say (which Go's reader, runc's, takes the
+    /// last of), is read whole instead, so both readings agree.
+    ///
+    /// Only a filter: a spec this reading finds asking for a GPU is read
+    /// whole before anything is done with it (`parse`), and the whole
+    /// reading's request is the one placed.
+    pub fn env(&self) -> Result<Vec<std::borrow::Cow<'_, str>>, BundleError> {
+        // serde's derived reader also takes a struct written as an array;
+        // a spec is an object.
+        let object = self.bytes.trim_ascii_start().first() == Some(&b'{');
+        match serde_json::from_slice::<PartialSpec>(&self.bytes) {
+            Ok(spec) if object => Ok(spec.process.and_then(|p| p.env).unwrap_or_default()),
+            _ => {
+                let spec = self.value()?;
+                let env = env_of(&spec).map_err(|what| BundleError::Shape {
+                    path: Bundle::config_path(&self.dir),
+                    what,
+                })?;
+                Ok(env.into_iter().map(|e| e.to_owned().into()).collect())
+            }
+        }
+    }
+
+    fn value(&self) -> Result<Value, BundleError> {
+        let path = Bundle::config_path(&self.dir);
+        let spec: Value = serde_json::from_slice(&self.bytes).map_err(|e| BundleError::Json {
+            path: path.clone(),
+            line: e.line(),
+            column: e.column(),
+            message: crate::text::json_message(&e),
+        })?;
+        if !spec.is_object() {
+            return Err(BundleError::Shape {
+                path,
+                what: "the top level is not an object".into(),
+            });
+        }
+        Ok(spec)
+    }
+
+    /// The whole document, to read or rewrite.
+    pub fn parse(self) -> Result<Bundle, BundleError> {
+        let spec = self.value()?;
+        Ok(Bundle {
+            dir: self.dir,
+            spec,
+            original: self.bytes,
+            mode: self.mode,
+        })
+    }
+}
+
 pub struct Bundle {
     pub dir: PathBuf,
     pub spec: Value,
@@ -62,31 +166,7 @@ impl Bundle {
 
     /// Reads and parses `<dir>/config.json` (`read_capped`).
     pub fn open(dir: &Path) -> Result<Bundle, BundleError> {
-        let path = Self::config_path(dir);
-        let (original, mode) = match read_capped(&path) {
-            Ok(read) => read,
-            Err(Fault::Io(source)) => return Err(BundleError::Read { path, source }),
-            Err(Fault::NotRegular(kind)) => return Err(BundleError::NotRegular { path, kind }),
-            Err(Fault::TooLarge(bytes)) => return Err(BundleError::TooLarge { path, bytes }),
-        };
-        let spec: Value = serde_json::from_slice(&original).map_err(|e| BundleError::Json {
-            path: path.clone(),
-            line: e.line(),
-            column: e.column(),
-            message: crate::error::json_message(&e),
-        })?;
-        if !spec.is_object() {
-            return Err(BundleError::Shape {
-                path,
-                what: "the top level is not an object".into(),
-            });
-        }
-        Ok(Bundle {
-            dir: dir.to_owned(),
-            spec,
-            original,
-            mode,
-        })
+        Raw::read(dir)?.parse()
     }
 
     /// `process.env`, the entries that are strings.
@@ -115,8 +195,7 @@ impl Bundle {
     /// temp file is made in the bundle directory and renamed over the name,
     /// so a symlinked config.json is replaced, never written through. It is
     /// not forced to disk: a bundle does not outlive a crash of the node
-    /// (the engine makes it anew), and on a disk an fsync would cost every
-    /// GPU create milliseconds.
+    /// (the engine makes it anew).
     pub fn write(&self, spec: &Value) -> Result<(), BundleError> {
         let bytes = serde_json::to_vec(spec).expect("a JSON value serialises");
         self.write_bytes(&bytes)
@@ -242,9 +321,8 @@ mod tests {
 
     fn refusal(dir: &Path) -> String {
         let e = Bundle::open(dir).err().expect("refused");
-        let line = crate::Error::from(e);
-        assert_eq!(line.exit_code(), crate::error::EXIT_REFUSED, "{line}");
-        line.one_line()
+        assert!(e.is_refusal(), "{e}");
+        crate::text::one_line(&e)
     }
 
     #[test]
@@ -279,6 +357,52 @@ mod tests {
         std::os::unix::fs::symlink("real.json", Bundle::config_path(dir.path())).unwrap();
         let b = Bundle::open(dir.path()).unwrap();
         assert_eq!(b.env().unwrap(), ["A=1"]);
+    }
+
+    #[test]
+    fn the_partial_reading_agrees_with_the_whole_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| {
+            std::fs::write(Bundle::config_path(dir.path()), text).unwrap();
+            Raw::read(dir.path()).unwrap()
+        };
+        for (doc, want) in [
+            (
+                r#"{"process": {"env": ["A=1", "B=\u0032"]}, "x": [1e3, null]}"#,
+                Some(vec!["A=1", "B=2"]),
+            ),
+            (r#"{"process": {"env": null}}"#, Some(vec![])),
+            (r#"{"process": null}"#, Some(vec![])),
+            (r#"{}"#, Some(vec![])),
+            // Go's reader takes the last of a key given twice; so does this.
+            (
+                r#"{"process": {"env": ["A=1"]}, "process": {"env": ["A=2"]}}"#,
+                Some(vec!["A=2"]),
+            ),
+            (r#"{"process": {"env": ["A=1", 3]}}"#, None),
+            (r#"{"process": {"env": "A=1"}}"#, None),
+            (r#"{"process": {"env": []}} trailing"#, None),
+            (r#"[]"#, None),
+        ] {
+            let raw = write(doc);
+            let got = raw
+                .env()
+                .ok()
+                .map(|e| e.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            let whole = raw
+                .parse()
+                .and_then(|b| {
+                    b.env()
+                        .map(|e| e.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                })
+                .ok();
+            assert_eq!(got, whole, "{doc}");
+            assert_eq!(
+                got,
+                want.map(|w| w.iter().map(|s| s.to_string()).collect()),
+                "{doc}"
+            );
+        }
     }
 
     #[test]

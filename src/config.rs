@@ -8,10 +8,38 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 use toml::{Table, Value};
 
-use crate::front::config::SECTIONS;
-
 pub const DEFAULT_PATH: &str = "/etc/gpushare/config.toml";
 pub const ENV_VAR: &str = "GPUSHARE_CONFIG";
+
+/// Every table and key the node config knows.
+pub const SECTIONS: &[(&str, &[&str])] = &[
+    (
+        "runtime",
+        &["path", "state_dir", "reservation_timeout_seconds"],
+    ),
+    ("devices", &["root", "inventory"]),
+    (
+        "policy",
+        &[
+            "max_gpus_per_container",
+            "all",
+            "max_thread_percentage_per_gpu",
+            "default_thread_percentage",
+            "percentage_without_mps",
+        ],
+    ),
+    ("driver", &["inject", "root"]),
+    (
+        "mps",
+        &[
+            "root",
+            "container_pipe_dir",
+            "control",
+            "compute_mode",
+            "shm_size",
+        ],
+    ),
+];
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -42,6 +70,13 @@ pub enum ConfigError {
         value: String,
         expected: String,
     },
+}
+
+impl ConfigError {
+    /// Every config error is the operator's input to fix.
+    pub fn is_refusal(&self) -> bool {
+        true
+    }
 }
 
 /// Where GPU identities come from on the create path (never NVML there).

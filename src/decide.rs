@@ -3,16 +3,15 @@
 //! touches nothing, so the shim, the hook and `explain` agree by
 //! construction.
 
-use std::collections::{HashMap, HashSet};
-
 use thiserror::Error;
 
 use crate::config::{AllPolicy, Policy, Strictness};
-use crate::error::shown;
 use crate::inventory::{Gpu, Inventory};
+use crate::ledger::Load;
 use crate::request::{
     DeviceId, Devices, Percentage, Request, PINNED_MEM_LIMIT, THREAD_PERCENTAGE, VISIBLE_DEVICES,
 };
+use crate::text::shown;
 
 /// The share of an MPS client that asks for none where no default is set.
 pub const FULL_SHARE: f64 = 100.0;
@@ -22,39 +21,10 @@ pub const FULL_SHARE: f64 = 100.0;
 #[error("{0}")]
 pub struct Refusal(pub String);
 
-/// How busy a GPU is, from the ledger.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct GpuLoad {
-    pub holders: usize,
-    /// Sum of the thread percentages of holders that set one.
-    pub committed_percentage: f64,
-}
-
-/// Load per GPU UUID (upper-cased), and which GPUs have an MPS daemon
-/// running (upper-cased UUIDs).
-#[derive(Debug, Clone, Default)]
-pub struct Load(pub HashMap<String, GpuLoad>, pub HashSet<String>);
-
-impl Load {
-    pub fn mps_on(&self, gpu: &Gpu) -> bool {
-        self.1.contains(&gpu.uuid.to_ascii_uppercase())
-    }
-
-    pub fn set_mps(&mut self, uuid: &str) {
-        self.1.insert(uuid.to_ascii_uppercase());
-    }
-
-    pub fn of(&self, gpu: &Gpu) -> GpuLoad {
-        self.0
-            .get(&gpu.uuid.to_ascii_uppercase())
-            .copied()
-            .unwrap_or_default()
-    }
-
-    pub fn add(&mut self, uuid: &str, percentage: Option<f64>) {
-        let l = self.0.entry(uuid.to_ascii_uppercase()).or_default();
-        l.holders += 1;
-        l.committed_percentage += percentage.unwrap_or(0.0);
+impl Refusal {
+    /// A policy refusal is always the request's to change.
+    pub fn is_refusal(&self) -> bool {
+        true
     }
 }
 
@@ -91,14 +61,14 @@ pub fn decide(
     // (their own, else the policy's default, else the whole GPU), and only
     // their shares count against the budget.
     let share_on = |g: &Gpu| {
-        load.mps_on(g).then(|| {
+        load.mps_on(&g.uuid).then(|| {
             asked
                 .or(policy.default_thread_percentage)
                 .unwrap_or(FULL_SHARE)
         })
     };
     let fits = |g: &Gpu| match (policy.max_thread_percentage_per_gpu, share_on(g)) {
-        (Some(budget), Some(p)) => load.of(g).committed_percentage + p <= budget + 1e-9,
+        (Some(budget), Some(p)) => load.of(&g.uuid).committed_percentage + p <= budget + 1e-9,
         _ => true,
     };
     let gpus: Vec<Gpu> = match &req.devices {
@@ -120,8 +90,8 @@ pub fn decide(
             }
             let mut candidates: Vec<&Gpu> = inv.gpus.iter().filter(|g| fits(g)).collect();
             // A container asking for a share goes where MPS can give it.
-            if asked.is_some() && candidates.iter().any(|g| load.mps_on(g)) {
-                candidates.retain(|g| load.mps_on(g));
+            if asked.is_some() && candidates.iter().any(|g| load.mps_on(&g.uuid)) {
+                candidates.retain(|g| load.mps_on(&g.uuid));
             }
             if candidates.len() < inv.gpus.len().min(max) {
                 return Err(Refusal(budget_message(
@@ -135,7 +105,7 @@ pub fn decide(
             // Fewest holders first, then the least committed share, then
             // the lowest index, so placement is balanced and predictable.
             candidates.sort_by(|a, b| {
-                let (la, lb) = (load.of(a), load.of(b));
+                let (la, lb) = (load.of(&a.uuid), load.of(&b.uuid));
                 la.holders
                     .cmp(&lb.holders)
                     .then(la.committed_percentage.total_cmp(&lb.committed_percentage))
@@ -208,10 +178,10 @@ pub fn decide(
             Some(parts.join(","))
         }
     };
-    let mps = !gpus.is_empty() && gpus.iter().all(|g| load.mps_on(g));
+    let mps = !gpus.is_empty() && gpus.iter().all(|g| load.mps_on(&g.uuid));
     let mut warnings = Vec::new();
     if let (Some(p), false) = (&req.thread_percentage, mps) {
-        if let Some(g) = gpus.iter().find(|g| !load.mps_on(g)) {
+        if let Some(g) = gpus.iter().find(|g| !load.mps_on(&g.uuid)) {
             let what = format!(
                 "{THREAD_PERCENTAGE}={} needs MPS on GPU {}, whose daemon is not running",
                 p.text, g.index
@@ -260,7 +230,7 @@ fn budget_message(
     let committed: Vec<String> = inv
         .gpus
         .iter()
-        .map(|g| format!("GPU {} {}%", g.index, load.of(g).committed_percentage))
+        .map(|g| format!("GPU {} {}%", g.index, load.of(&g.uuid).committed_percentage))
         .collect();
     let share = match (asked, policy.default_thread_percentage) {
         (Some(p), _) => format!("{THREAD_PERCENTAGE}={p}"),

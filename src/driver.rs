@@ -20,11 +20,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
-use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::sys::stat::{fstat, SFlag};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::edits::MountEdit;
 use crate::request::{Capabilities, Capability};
 
 /// The cache of the discovery, in the state directory.
@@ -112,6 +111,18 @@ pub struct DriverFile {
     pub name: String,
     /// The real file on the host, symlinks followed.
     pub path: PathBuf,
+}
+
+impl DriverFile {
+    /// Where the file goes in a container whose loader searches
+    /// `library_dir` (see `library_dir`).
+    pub fn destination(&self, library_dir: &str) -> String {
+        match self.kind {
+            FileKind::Library => format!("{library_dir}/{}", self.name),
+            FileKind::Binary => format!("{CONTAINER_BIN_DIR}/{}", self.name),
+            FileKind::Firmware => self.name.clone(),
+        }
+    }
 }
 
 /// What discovery found on the host.
@@ -275,21 +286,14 @@ pub fn key(root: &Path) -> String {
 
 /// Opens the driver root for in-root lookups.
 fn open_root(root: &Path) -> Result<OwnedFd, String> {
-    let fd = nix::fcntl::open(
-        root,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| format!("cannot open {}: {e}", root.display()))?;
-    // SAFETY: open returned a fresh descriptor that nothing else owns.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    crate::sys::open_root(root).map_err(|e| format!("cannot open {}: {e}", root.display()))
 }
 
 /// The real host file behind `path` (absolute, as the host sees it),
 /// following symlinks inside the driver root; `None` unless it is a
 /// regular file.
 fn resolve(root: &OwnedFd, path: &str) -> Option<PathBuf> {
-    let fd = crate::live::open_in_root(root.as_fd(), Path::new(path), OFlag::O_PATH).ok()?;
+    let fd = crate::sys::open_in_root(root.as_fd(), Path::new(path), OFlag::O_PATH).ok()?;
     let st = fstat(fd.as_raw_fd()).ok()?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
         return None;
@@ -430,8 +434,8 @@ pub fn discover(root: &Path, key: String) -> Driver {
 
 impl Driver {
     /// The driver as the config names it: the cached discovery while its
-    /// key holds, else a fresh one, written back when `store` (callers that
-    /// hold the ledger lock, so writers never race).
+    /// key holds, else a fresh one, written back when `store` (each writer
+    /// under a temp name of its own, so concurrent ones never tear it).
     pub fn load(cfg: &Config, store: bool) -> Driver {
         let root = cfg.driver_root();
         let key = key(root);
@@ -451,15 +455,12 @@ impl Driver {
     }
 
     /// Discovers again whatever the cache holds, and stores the result
-    /// under the ledger lock (`gpushare inventory --refresh`).
-    pub fn refresh(cfg: &Config) -> Result<Driver, crate::ledger::LedgerError> {
-        let _lock = crate::ledger::Ledger::new(&cfg.runtime.state_dir).lock()?;
+    /// (`gpushare inventory --refresh`).
+    pub fn refresh(cfg: &Config) -> Result<Driver, crate::sys::IoError> {
         let root = cfg.driver_root();
         let d = discover(root, key(root));
         let path = cfg.runtime.state_dir.join(CACHE_FILE);
-        d.store(cfg).map_err(|source| {
-            crate::ledger::LedgerError::Io(crate::sys::io("write", &path)(source))
-        })?;
+        d.store(cfg).map_err(crate::sys::io("write", &path))?;
         Ok(d)
     }
 
@@ -481,23 +482,9 @@ impl Driver {
         }
     }
 
-    /// The read-only mounts that give a container `caps`, libraries in
-    /// `library_dir` (see `library_dir`).
-    pub fn mounts(&self, caps: &Capabilities, library_dir: &str) -> Vec<MountEdit> {
-        self.files
-            .iter()
-            .filter(|f| Self::wanted(f, caps))
-            .map(|f| MountEdit {
-                destination: match f.kind {
-                    FileKind::Library => format!("{library_dir}/{}", f.name),
-                    FileKind::Binary => format!("{CONTAINER_BIN_DIR}/{}", f.name),
-                    FileKind::Firmware => f.name.clone(),
-                },
-                source: f.path.clone(),
-                typ: "bind".into(),
-                options: MOUNT_OPTIONS.map(String::from).to_vec(),
-            })
-            .collect()
+    /// The files a container asking for `caps` gets.
+    pub fn files_for<'a>(&'a self, caps: &'a Capabilities) -> impl Iterator<Item = &'a DriverFile> {
+        self.files.iter().filter(move |f| Self::wanted(f, caps))
     }
 
     /// What a container asking for `caps` should be told: nothing found at
@@ -543,7 +530,7 @@ pub fn library_dir(rootfs: Option<&Path>) -> String {
         return multiarch;
     };
     let is_dir = |p: &str| {
-        crate::live::open_in_root(
+        crate::sys::open_in_root(
             root.as_fd(),
             Path::new(p),
             OFlag::O_PATH | OFlag::O_DIRECTORY,
@@ -825,12 +812,8 @@ mod tests {
         let dests = |caps: &str| -> Vec<String> {
             let caps = crate::request::parse_capabilities(caps).unwrap();
             let mut v: Vec<String> = d
-                .mounts(&caps, "/usr/lib64")
-                .into_iter()
-                .map(|m| {
-                    assert_eq!(m.options, ["bind", "ro", "nosuid", "nodev"]);
-                    m.destination
-                })
+                .files_for(&caps)
+                .map(|f| f.destination("/usr/lib64"))
                 .filter(|m| !m.starts_with("/lib/firmware"))
                 .collect();
             v.sort();
@@ -855,9 +838,10 @@ mod tests {
         // Firmware goes with every capability set.
         let caps = crate::request::parse_capabilities("video").unwrap();
         assert_eq!(
-            d.mounts(&caps, "/usr/lib")
-                .iter()
-                .filter(|m| m.destination.starts_with("/lib/firmware/nvidia/550.54.14/"))
+            d.files_for(&caps)
+                .filter(|f| f
+                    .destination("/usr/lib")
+                    .starts_with("/lib/firmware/nvidia/550.54.14/"))
                 .count(),
             2
         );
@@ -876,7 +860,7 @@ mod tests {
             w[0].contains("no NVIDIA driver libraries found") && w[0].contains("ld.so.cache"),
             "{w:?}"
         );
-        assert!(d.mounts(&caps, "/usr/lib").is_empty());
+        assert_eq!(d.files_for(&caps).count(), 0);
         // Files for one capability but not another: that one is named.
         let root = t.path().canonicalize().unwrap();
         build("debian.tree", "debian-new.cache", &root);

@@ -10,9 +10,11 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use thiserror::Error;
 
-use crate::config::Config;
 use crate::decide::Assignment;
-use crate::request::{PINNED_MEM_LIMIT, PIPE_DIRECTORY, THREAD_PERCENTAGE, VISIBLE_DEVICES};
+use crate::driver::{Driver, MOUNT_OPTIONS};
+use crate::request::{
+    Capabilities, PINNED_MEM_LIMIT, PIPE_DIRECTORY, THREAD_PERCENTAGE, VISIBLE_DEVICES,
+};
 
 /// The annotation the shim leaves on specs it rewrote: the assigned UUIDs,
 /// for people and engines to see (`ctr c info`, `podman inspect`). Nothing
@@ -34,6 +36,18 @@ pub enum EditsError {
     NotCharDevice { path: PathBuf },
     #[error("config.json: {0} has an unexpected type; the bundle's config.json must be an OCI runtime spec")]
     Shape(&'static str),
+}
+
+/// What makes a container a client of its GPU's MPS daemon, as data: the
+/// host's side (the daemon's pipe directory, the GPU's shared memory) and
+/// where CUDA looks for the pipes inside the container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MpsClient {
+    pub pipe_dir: PathBuf,
+    pub shm_dir: PathBuf,
+    /// The daemon's root-only socket's name in its pipe directory.
+    pub privileged_socket: &'static str,
+    pub container_pipe_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -71,13 +85,19 @@ const CONTROL_NODES: &[&str] = &["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"];
 
 impl ContainerEdits {
     /// What an assignment gives: its GPUs' nodes and the control nodes
-    /// (with the host's real numbers), and the environment that names them.
-    pub fn for_assignment(a: &Assignment, cfg: &Config) -> Result<ContainerEdits, EditsError> {
+    /// (found under `dev_root`, with the host's real numbers), the
+    /// environment that names them, and, when its GPU's daemon runs, what
+    /// makes it an MPS client.
+    pub fn for_assignment(
+        a: &Assignment,
+        dev_root: &Path,
+        mps: Option<&MpsClient>,
+    ) -> Result<ContainerEdits, EditsError> {
         let mut edits = ContainerEdits::default();
         if a.gpus.is_empty() {
             return Ok(edits);
         }
-        let dev = cfg.devices.root.join("dev");
+        let dev = dev_root.join("dev");
         let names = a
             .gpus
             .iter()
@@ -98,13 +118,26 @@ impl ContainerEdits {
         if let Some(l) = &a.pinned_mem_limit {
             edits.env.push(format!("{PINNED_MEM_LIMIT}={l}"));
         }
-        if a.mps {
-            edits.mps_client(cfg, &a.gpus[0].uuid);
+        if let (true, Some(client)) = (a.mps, mps) {
+            edits.mps_client(client);
         }
         edits
             .annotations
             .push((ANNOTATION_GPUS.to_owned(), uuids.join(",")));
         Ok(edits)
+    }
+
+    /// The driver's files a container asking for `caps` gets, each
+    /// bind-mounted read-only where the image's loader (whose directory is
+    /// `library_dir`) or its PATH finds it.
+    pub fn add_driver(&mut self, driver: &Driver, caps: &Capabilities, library_dir: &str) {
+        self.mounts
+            .extend(driver.files_for(caps).map(|f| MountEdit {
+                destination: f.destination(library_dir),
+                source: f.path.clone(),
+                typ: "bind".into(),
+                options: MOUNT_OPTIONS.map(String::from).to_vec(),
+            }));
     }
 
     /// Makes the container a client of its GPU's MPS daemon, one that
@@ -114,25 +147,24 @@ impl ContainerEdits {
     /// host's /run); the root-only `control_privileged` socket masked with
     /// /dev/null, so no client can `quit` the daemon; and the GPU's own
     /// shared-memory tmpfs as /dev/shm.
-    fn mps_client(&mut self, cfg: &Config, uuid: &str) {
-        let pipe_dir = cfg.mps.container_pipe_dir.display().to_string();
-        let p = crate::mps::paths(cfg, uuid);
+    fn mps_client(&mut self, client: &MpsClient) {
+        let pipe_dir = client.container_pipe_dir.display().to_string();
         let opts = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         self.mounts.push(MountEdit {
             destination: pipe_dir.clone(),
-            source: p.pipe,
+            source: client.pipe_dir.clone(),
             typ: "bind".into(),
             options: opts(&["bind", "ro", "nosuid", "nodev", "noexec"]),
         });
         self.mounts.push(MountEdit {
-            destination: format!("{pipe_dir}/{}", crate::mps::PRIVILEGED_SOCKET),
+            destination: format!("{pipe_dir}/{}", client.privileged_socket),
             source: "/dev/null".into(),
             typ: "bind".into(),
             options: opts(&["bind", "ro", "nosuid", "nodev", "noexec"]),
         });
         self.mounts.push(MountEdit {
             destination: "/dev/shm".into(),
-            source: p.shm,
+            source: client.shm_dir.clone(),
             typ: "bind".into(),
             options: opts(&["bind", "nosuid", "nodev", "noexec"]),
         });

@@ -13,18 +13,18 @@
 //! pivot_root; poststop runs after the container is deleted.
 
 use std::io::Read;
-
 use std::path::PathBuf;
 
 use oci_spec::runtime::{ContainerState, State};
 use thiserror::Error;
 
-use crate::bundle::Bundle;
-use crate::config::Config;
-use crate::ledger::{Entry, Ledger, Record};
-use crate::live;
-use crate::placement::{self, Placement};
+use crate::bundle::{Bundle, BundleError, Raw};
+use crate::config::{Config, ConfigError};
+use crate::ledger::{Container, Ledger, LedgerError, Source, Standing};
+use crate::live::{self, LiveError};
+use crate::placement::{self, Placement, PlacementError};
 use crate::request::Request;
+use crate::sys::Process;
 
 /// The state runc writes is a few hundred bytes; anything near this is not
 /// an OCI state.
@@ -44,6 +44,29 @@ pub enum HookError {
     Caps(String),
     #[error("{0}: root.path is missing; the bundle's config.json must be an OCI runtime spec")]
     NoRoot(PathBuf),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Live(#[from] LiveError),
+}
+
+impl HookError {
+    /// What the engine, the node's config or the request must change
+    /// (exit 2) rather than what failed (exit 1).
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            HookError::Config(e) => e.is_refusal(),
+            HookError::Bundle(e) => e.is_refusal(),
+            HookError::Placement(e) => e.is_refusal(),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,33 +119,47 @@ pub fn read_state(input: impl Read) -> Result<State, HookError> {
 pub enum Outcome {
     /// Not a GPU container: nothing to do.
     NotOurs,
-    /// Under the shim: the pid is bound to the shim's entry.
+    /// Under the runtime: the process is bound to the runtime's reservation.
     Bound,
-    /// Alone: devices given to the live container and the entry recorded.
+    /// Alone: devices given to the live container and the hold recorded.
     Placed,
     Released,
 }
 
-pub fn run(stage: Stage, state: &State) -> crate::Result<Outcome> {
-    let bundle = Bundle::open(state.bundle()).map_err(crate::Error::from);
+/// The container a hook used alone holds a GPU as: it is not told the
+/// runtime's root, but the bundle directory is the container's own.
+fn alone(state: &State) -> Container {
+    Container {
+        root: format!("hook:{}", state.bundle().display()),
+        id: state.id().clone(),
+    }
+}
+
+pub fn run(stage: Stage, state: &State) -> Result<Outcome, HookError> {
+    let raw = Raw::read(state.bundle());
     // The common case, a container with no GPU, reads no config at all.
-    if !asks_for_gpu(&bundle) {
+    if !asks_for_gpu(&raw) {
         return Ok(Outcome::NotOurs);
     }
     let cfg = Config::load()?;
-    let ledger = Ledger::new(&cfg.runtime.state_dir);
-    let id = state.id();
     match stage {
         Stage::Release => {
-            ledger.append(&Record::Release { id: id.clone() })?;
+            // The container is stopped: its holds go, whoever made them
+            // (the bundle directory is this container's own).
+            if let Some(mut ledger) = Ledger::open_if_exists(&cfg.runtime.state_dir)? {
+                let mut tx = ledger.begin()?;
+                tx.remove_in_bundle(state.id(), &state.bundle().display().to_string())?;
+                tx.commit()?;
+            }
             Ok(Outcome::Released)
         }
         Stage::Bind => {
             let pid = pid_of(state, stage)?;
-            if bind_reserved(&ledger, id, pid, cfg.runtime.reservation_timeout_seconds)? {
+            let mut ledger = Ledger::open(&cfg.runtime.state_dir)?;
+            if bind_reserved(&mut ledger, state, pid, &cfg)? {
                 return Ok(Outcome::Bound);
             }
-            place_alone(&bundle?, id, pid, &cfg)
+            place_alone(raw?.parse()?, state, pid, &cfg, &mut ledger)
         }
     }
 }
@@ -137,74 +174,80 @@ fn pid_of(state: &State, stage: Stage) -> Result<i32, HookError> {
         })
 }
 
-/// Under the shim: the shim reserved the container at its create and binds
-/// its pid once the runtime's create returns; a hook that runs too (a
-/// node-wide hook) binds it now, to the ledger's own entry. Only an entry
-/// the shim wrote counts: one with no pid yet, within the reservation
-/// timeout (the hook alone and every bind write a pid). Nothing the
-/// container's spec says (no annotation) is taken on trust: without such an
-/// entry the hook decides in full. Whether it bound.
-fn bind_reserved(ledger: &Ledger, id: &str, pid: i32, timeout: u64) -> crate::Result<bool> {
-    let mut locked = ledger.lock()?;
-    let Some(entry) = locked.get(id) else {
+/// Under the runtime: it reserved the container at its create and binds
+/// its process once the runtime's create returns; a hook that runs too (a
+/// node-wide hook) binds it now. Only a reservation the runtime made for
+/// this id and this very bundle, not yet bound and within the reservation
+/// timeout, counts: nothing the container's spec says (no annotation) is
+/// taken on trust. Whether it bound.
+fn bind_reserved(
+    ledger: &mut Ledger,
+    state: &State,
+    pid: i32,
+    cfg: &Config,
+) -> Result<bool, HookError> {
+    let mut tx = ledger.begin()?;
+    let bundle = state.bundle().display().to_string();
+    let timeout = cfg.runtime.reservation_timeout_seconds;
+    let Some(hold) = tx
+        .unbound_in(state.id(), &bundle)?
+        .into_iter()
+        .find(|h| h.source == Source::Runtime && h.standing(timeout) == Standing::Reserved)
+    else {
         return Ok(false);
     };
-    if entry.pid.is_some() || !entry.is_live(timeout, false) {
-        return Ok(false);
-    }
-    locked.reserve(Entry {
-        pid: Some(pid),
-        pid_start: crate::sys::process_start_time(pid),
-        ..entry
-    });
-    locked.commit()?;
+    tx.bind(&hold.container, hold.reservation, pid)?;
+    tx.commit()?;
     Ok(true)
 }
 
 /// Whether the bundle's spec asks for a GPU; a spec that cannot be read or
 /// parsed counts as asking (the caller then decides or releases for real).
-fn asks_for_gpu(bundle: &crate::Result<Bundle>) -> bool {
-    match bundle {
-        Ok(b) => match b.env() {
-            Ok(env) => Request::from_env(env).map_or(true, |r| r.is_gpu()),
-            Err(_) => true,
-        },
+fn asks_for_gpu(raw: &Result<Raw, BundleError>) -> bool {
+    let Ok(raw) = raw else {
+        return true;
+    };
+    match raw.env() {
+        Ok(env) => Request::from_env(env.iter().map(|e| e.as_ref())).map_or(true, |r| r.is_gpu()),
         Err(_) => true,
     }
 }
 
-/// The hook alone: decides as the shim would, gives the live container its
-/// devices, and records the entry with its pid.
-fn place_alone(bundle: &Bundle, id: &str, pid: i32, cfg: &Config) -> crate::Result<Outcome> {
+/// The hook alone: decides as the runtime would, gives the live container
+/// its devices, and records the hold with its process.
+fn place_alone(
+    bundle: Bundle,
+    state: &State,
+    pid: i32,
+    cfg: &Config,
+    ledger: &mut Ledger,
+) -> Result<Outcome, HookError> {
+    let request = Request::from_env(bundle.env()?).map_err(PlacementError::from)?;
     let Some(Placement {
-        mut locked,
+        mut tx,
         edits,
-        mut entry,
+        mut hold,
         warnings,
-    }) = placement::place(bundle, id, cfg)?
+    }) = placement::place(&bundle, &request, alone(state), Source::Hook, cfg, ledger)?
     else {
         return Ok(Outcome::NotOurs);
     };
     for w in &warnings {
         eprintln!("gpushare-hook: warning: {w}");
     }
-    let rootfs = rootfs_of(bundle)?;
-    drop_capabilities()?;
-    // Under the ledger lock: the entry is written only once the
-    // container really has its devices.
-    live::apply(&mut live::System, &edits, pid, &rootfs)?;
-    entry.pid = Some(pid);
-    entry.pid_start = crate::sys::process_start_time(pid);
-    locked.reserve(entry);
-    locked.commit()?;
-    Ok(Outcome::Placed)
-}
-
-/// The rootfs as the spec names it: absolute, or relative to the bundle.
-fn rootfs_of(bundle: &Bundle) -> Result<PathBuf, HookError> {
-    bundle
+    let rootfs = bundle
         .rootfs()
-        .ok_or_else(|| HookError::NoRoot(Bundle::config_path(&bundle.dir)))
+        .ok_or_else(|| HookError::NoRoot(Bundle::config_path(&bundle.dir)))?;
+    drop_capabilities()?;
+    // Inside the transaction: the hold is written only once the container
+    // really has its devices.
+    live::apply(&mut live::System, &edits, pid, &rootfs)?;
+    hold.pid = Some(pid);
+    hold.pid_start = Process::find(pid).map(|p| p.start);
+    hold.bundle = state.bundle().display().to_string();
+    tx.insert(&hold)?;
+    tx.commit()?;
+    Ok(Outcome::Placed)
 }
 
 /// Keeps only what the live edits need: entering the container's mount

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{Config, InventorySource};
+use crate::ids::PciAddress;
 
 #[derive(Debug, Error)]
 pub enum InventoryError {
@@ -158,7 +159,7 @@ impl Inventory {
                     g.index, g.uuid
                 ));
             }
-            if parse_pci_bus_id(&g.pci_bus_id).is_none() {
+            if PciAddress::parse(&g.pci_bus_id).is_none() {
                 return Err(format!(
                     "gpu {} has pci_bus_id {:?}, expected DDDDDDDD:BB:DD.F",
                     g.index, g.pci_bus_id
@@ -221,45 +222,13 @@ impl Inventory {
     }
 }
 
-/// `gpushare inventory`: the GPUs and the driver's files GPU containers
-/// get (`None` when a chained runtime brings them). With `refresh`, NVML's
-/// list is written to the inventory cache and the driver found again
-/// first; the third value then says what was written.
-pub fn with_driver(
-    cfg: &Config,
-    refresh: bool,
-) -> crate::Result<(Inventory, Option<crate::driver::Driver>, Option<String>)> {
-    let mut wrote = None;
-    if refresh {
-        let nvml = crate::telemetry::open().map_err(InventoryError::Nvml)?;
-        let inv = crate::telemetry::nvml_inventory(&nvml).map_err(InventoryError::Nvml)?;
-        let path = nvml_cache(cfg);
-        inv.write_cache(&path)?;
-        wrote = Some(format!(
-            "wrote {} ({} GPUs from NVML)",
-            path.display(),
-            inv.gpus.len()
-        ));
-    }
-    let inv = Inventory::load(cfg)?;
-    let driver = match (cfg.driver.inject, refresh) {
-        (crate::config::Inject::None, _) => None,
-        (_, true) => Some(crate::driver::Driver::refresh(cfg)?),
-        (_, false) => Some(crate::driver::Driver::load(cfg, false)),
-    };
-    Ok((inv, driver, wrote))
-}
-
 /// Where `inventory --refresh` keeps NVML's list for the `nvml` source.
 pub fn nvml_cache(cfg: &Config) -> PathBuf {
     cfg.runtime.state_dir.join("inventory.toml")
 }
 
-/// A PCI address as numbers (domain, bus, device, function): sorts in PCI order.
-pub type PciKey = (u32, u8, u8, u8);
-
 /// Parses one procfs `information` file into (bus sort key, GPU).
-fn parse_information(text: &str) -> Result<(PciKey, Gpu), String> {
+fn parse_information(text: &str) -> Result<(PciAddress, Gpu), String> {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.trim_start().strip_prefix(':'))
@@ -276,7 +245,7 @@ fn parse_information(text: &str) -> Result<(PciKey, Gpu), String> {
             "GPU at {bus} shows no UUID yet ({uuid:?}): enable persistence mode (nvidia-smi -pm 1) or use devices.inventory = \"file:<path>\""
         ));
     }
-    let key = parse_pci_bus_id(&bus).ok_or_else(|| format!("bad Bus Location {bus:?}"))?;
+    let key = PciAddress::parse(&bus).ok_or_else(|| format!("bad Bus Location {bus:?}"))?;
     let minor: u32 = minor
         .parse()
         .map_err(|_| format!("bad Device Minor {minor:?}"))?;
@@ -286,39 +255,12 @@ fn parse_information(text: &str) -> Result<(PciKey, Gpu), String> {
             index: 0,
             uuid,
             name: model,
-            pci_bus_id: format_pci_bus_id(key),
+            pci_bus_id: key.to_string(),
             minor,
             memory_mib: None,
             compute_capability: None,
         },
     ))
-}
-
-/// Parses `[domain:]bus:device.function` in any case, with a 4- or 8-digit
-/// domain, into numbers that sort in PCI order.
-pub fn parse_pci_bus_id(s: &str) -> Option<PciKey> {
-    let (rest, function) = s.rsplit_once('.')?;
-    let parts: Vec<&str> = rest.split(':').collect();
-    let (domain, bus, device) = match parts.as_slice() {
-        [d, b, v] => (*d, *b, *v),
-        [b, v] => ("0", *b, *v),
-        _ => return None,
-    };
-    let hex = |s: &str, max: usize| {
-        (!s.is_empty() && s.len() <= max && s.bytes().all(|c| c.is_ascii_hexdigit()))
-            .then(|| u32::from_str_radix(s, 16).ok())
-            .flatten()
-    };
-    let domain = hex(domain, 8)?;
-    let bus = hex(bus, 2)? as u8;
-    let device = hex(device, 2)?;
-    let function = hex(function, 1)?;
-    (device < 32 && function < 8).then_some((domain, bus, device as u8, function as u8))
-}
-
-/// NVML's spelling: `00000000:00:1E.0`.
-pub fn format_pci_bus_id((domain, bus, device, function): PciKey) -> String {
-    format!("{domain:08X}:{bus:02X}:{device:02X}.{function:X}")
 }
 
 #[cfg(test)]
@@ -330,7 +272,7 @@ mod tests {
     #[test]
     fn procfs_information_is_parsed() {
         let (key, g) = parse_information(T4_INFO).unwrap();
-        assert_eq!(key, (0, 0, 0x1e, 0));
+        assert_eq!(key.to_string(), "00000000:00:1E.0");
         assert_eq!(g.name, "Tesla T4");
         assert_eq!(g.uuid, "GPU-8f6f2e7a-1b2c-3d4e-5f60-718293a4b5c6");
         assert_eq!(g.pci_bus_id, "00000000:00:1E.0");
@@ -366,23 +308,6 @@ mod tests {
         );
         let err = parse_information(&text).unwrap_err();
         assert!(err.contains("persistence mode"), "{err}");
-    }
-
-    #[test]
-    fn pci_ids_in_every_spelling() {
-        for s in ["00000000:00:1E.0", "0000:00:1e.0", "00:1e.0", "0:0:1E.0"] {
-            assert_eq!(parse_pci_bus_id(s), Some((0, 0, 0x1e, 0)), "{s}");
-        }
-        for s in [
-            "",
-            "00:1e",
-            "00:00:1e.8",
-            "zz:00:1e.0",
-            "00:00:20.0",
-            "1:2:3:4.0",
-        ] {
-            assert_eq!(parse_pci_bus_id(s), None, "{s}");
-        }
     }
 
     #[test]

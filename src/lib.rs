@@ -1,6 +1,7 @@
 //! gpushare: an OCI runtime shim and hook that let many containers share a
 //! node's NVIDIA GPUs. Data flows one way: request → decision → edits →
-//! apply (to the spec in the shim, live in the hook).
+//! apply (to the spec by the runtime, live by the hook). The rooms, from
+//! the ground up, are described in the README's library map.
 
 pub mod bpf;
 pub mod bundle;
@@ -9,8 +10,8 @@ pub mod decide;
 pub mod driver;
 pub mod edits;
 pub mod error;
-pub mod front;
 pub mod hook;
+pub mod ids;
 pub mod install;
 pub mod inventory;
 pub mod ledger;
@@ -25,5 +26,4 @@ pub mod shim;
 pub mod simulate;
 pub mod sys;
 pub mod telemetry;
-
-pub use error::{Error, Result};
+pub mod text;

@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use thiserror::Error;
@@ -76,12 +76,6 @@ pub enum LiveError {
     },
 }
 
-/// The flags every in-root lookup uses: stay inside the root, and refuse
-/// /proc-style magic links, which could point anywhere.
-fn in_root() -> ResolveFlag {
-    ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS
-}
-
 /// A relative path with only normal components (a leading `/` is dropped:
 /// container paths are relative to the rootfs).
 fn relative(path: &Path) -> Result<PathBuf, LiveError> {
@@ -108,20 +102,12 @@ fn relative(path: &Path) -> Result<PathBuf, LiveError> {
 }
 
 /// Opens `rel` inside `root` (symlinks resolve within it).
-pub fn open_in_root(root: BorrowedFd, rel: &Path, flags: OFlag) -> Result<OwnedFd, LiveError> {
-    let how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(in_root());
-    openat2(root.as_raw_fd(), rel, how)
-        .map(|fd| {
-            // SAFETY: openat2 returned a fresh descriptor that nothing else owns.
-            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
-        })
-        .map_err(|source| LiveError::InRoot {
-            what: "open",
-            path: rel.to_owned(),
-            source,
-        })
+fn open_in_root(root: BorrowedFd, rel: &Path, flags: OFlag) -> Result<OwnedFd, LiveError> {
+    crate::sys::open_in_root(root, rel, flags).map_err(|source| LiveError::InRoot {
+        what: "open",
+        path: rel.to_owned(),
+        source,
+    })
 }
 
 /// The directory `rel` inside `root`, made (0755) where it is missing.
@@ -417,13 +403,7 @@ impl Host for System {
     }
 
     fn open_root(&mut self, rootfs: &Path) -> Result<OwnedFd, Errno> {
-        let fd = nix::fcntl::open(
-            rootfs,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
-        // SAFETY: open returned a fresh descriptor that nothing else owns.
-        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        crate::sys::open_root(rootfs)
     }
 
     fn mount_target(

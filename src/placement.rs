@@ -1,22 +1,66 @@
-//! Placement: the one pipeline from a bundle to what a GPU container gets.
+//! Placement: the one pipeline from a container's request to what it gets.
 //! request (the spec's environment) → inventory → the load every GPU
-//! carries (the ledger under its lock, liveness, which MPS daemons run) →
-//! decision → edits (devices, MPS, the driver's files). The runtime, the
-//! hook used alone and `explain` all go through `prepare`, so what explain
-//! prints is what create does.
+//! carries (the ledger's holds that still count, which MPS daemons run) →
+//! decision → edits (devices, MPS, the driver's files) → the hold to
+//! record. The runtime, the hook used alone and `explain` all go through
+//! `plan`, so what explain prints is what create does.
 
 use std::path::Path;
 
 use serde::Serialize;
+use thiserror::Error;
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, BundleError};
 use crate::config::{Config, Inject};
-use crate::decide::{decide, Decision, Load};
+use crate::decide::{decide, Decision, Refusal};
 use crate::driver::{self, Driver};
-use crate::edits::ContainerEdits;
-use crate::inventory::Inventory;
-use crate::ledger::{self, Entry, Ledger, Locked};
+use crate::edits::{ContainerEdits, EditsError, MpsClient};
+use crate::ids::IdError;
+use crate::inventory::{Inventory, InventoryError};
+use crate::ledger::{self, Container, Hold, Ledger, LedgerError, Load, Source, Transaction};
 use crate::request::{Capabilities, Request, RequestError, DRIVER_CAPABILITIES};
+use crate::text::shown;
+
+#[derive(Debug, Error)]
+pub enum PlacementError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Edits(#[from] EditsError),
+    #[error("container {id} {root} already holds GPU {gpus}; delete it first, or give the new container another id")]
+    AlreadyHeld {
+        id: String,
+        /// "under runtime root <root>", or "under the runtime's default root".
+        root: String,
+        gpus: String,
+    },
+}
+
+impl PlacementError {
+    /// Whether the request, the node's config or the engine's input is
+    /// what must change (exit 2), rather than something that failed.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            PlacementError::Bundle(e) => e.is_refusal(),
+            PlacementError::Inventory(e) => e.is_refusal(),
+            PlacementError::Request(_)
+            | PlacementError::Id(_)
+            | PlacementError::Refused(_)
+            | PlacementError::AlreadyHeld { .. } => true,
+            PlacementError::Ledger(_) | PlacementError::Edits(_) => false,
+        }
+    }
+}
 
 /// What create would do with a request: the decision and its edits.
 pub struct Plan {
@@ -24,7 +68,7 @@ pub struct Plan {
     pub edits: ContainerEdits,
     /// What the container gets of the driver's user-space (GPU containers).
     pub driver: Option<DriverInjection>,
-    /// For the user: shown on stderr (and in runc's log by the shim).
+    /// For the user: shown on stderr (and in runc's log by the runtime).
     pub warnings: Vec<String>,
 }
 
@@ -41,10 +85,8 @@ pub struct DriverInjection {
 
 /// Decides for a GPU request and works out the edits: its devices, MPS,
 /// and the driver's user-space for its capabilities, in the library
-/// directory of the image at `rootfs`. The same function serves the shim,
-/// the hook and `explain`, so what explain prints is what happens.
-/// `store_driver`: write a fresh driver discovery back to its cache (only
-/// under the ledger lock).
+/// directory of the image at `rootfs`. `store_driver`: write a fresh
+/// driver discovery back to its cache (create does; explain only reads).
 pub fn plan(
     req: &Request,
     cfg: &Config,
@@ -52,7 +94,7 @@ pub fn plan(
     load: &Load,
     rootfs: Option<&Path>,
     store_driver: bool,
-) -> crate::Result<Plan> {
+) -> Result<Plan, PlacementError> {
     if cfg.driver.inject == Inject::Gpushare && req.is_gpu() {
         refuse_uninjected(&req.capabilities, cfg)?;
     }
@@ -66,7 +108,8 @@ pub fn plan(
     let Decision::Assign(a) = &plan.decision else {
         return Ok(plan);
     };
-    plan.edits = ContainerEdits::for_assignment(a, cfg)?;
+    let client = a.gpus.first().map(|g| mps_client(cfg, &g.uuid));
+    plan.edits = ContainerEdits::for_assignment(a, &cfg.devices.root, client.as_ref())?;
     plan.warnings = a.warnings.clone();
     if a.gpus.is_empty() {
         return Ok(plan);
@@ -82,7 +125,7 @@ pub fn plan(
         Inject::Gpushare => {
             let driver = Driver::load(cfg, store_driver);
             let dir = driver::library_dir(rootfs);
-            plan.edits.mounts.extend(driver.mounts(caps, &dir));
+            plan.edits.add_driver(&driver, caps, &dir);
             plan.warnings.extend(driver.warnings(caps));
             DriverInjection {
                 inject: "gpushare",
@@ -93,6 +136,17 @@ pub fn plan(
         }
     });
     Ok(plan)
+}
+
+/// What makes a container a client of GPU `uuid`'s MPS daemon.
+fn mps_client(cfg: &Config, uuid: &str) -> MpsClient {
+    let p = crate::mps::paths::paths(cfg, uuid);
+    MpsClient {
+        pipe_dir: p.pipe,
+        shm_dir: p.shm,
+        privileged_socket: crate::mps::paths::PRIVILEGED_SOCKET,
+        container_pipe_dir: cfg.mps.container_pipe_dir.clone(),
+    }
 }
 
 /// Refuses the capabilities gpushare does not inject (graphics, display,
@@ -112,7 +166,7 @@ fn refuse_uninjected(caps: &Capabilities, cfg: &Config) -> Result<(), RequestErr
     }
     Err(RequestError {
         var: DRIVER_CAPABILITIES,
-        value: crate::error::shown(&caps.to_string()),
+        value: shown(&caps.to_string()),
         why: format!(
             "gpushare does not inject the driver's {} files; ask for compute, utility, video or all, or have NVIDIA's runtime bring them (driver.inject = \"none\" in {})",
             other.join(", "),
@@ -122,91 +176,77 @@ fn refuse_uninjected(caps: &Capabilities, cfg: &Config) -> Result<(), RequestErr
     })
 }
 
-/// A request worked through the pipeline, with the ledger still locked:
-/// dropping it changes nothing; `place` turns it into a reservation.
-pub struct Prepared {
-    pub request: Request,
-    pub inventory: Inventory,
-    pub plan: Plan,
-    pub locked: Locked,
-}
-
-/// Runs the pipeline for a bundle: `Ok(None)` when the spec asks for no
-/// GPU. `id`, when given, is the container's (checked against runc's rule
-/// before anything else, and left out of the load it is counted in).
-/// `store_driver`: write a fresh driver discovery back to its cache
-/// (create does; explain only reads).
-pub fn prepare(
-    bundle: &Bundle,
-    id: Option<&str>,
-    cfg: &Config,
-    store_driver: bool,
-) -> crate::Result<Option<Prepared>> {
-    let request = Request::from_env(bundle.env()?)?;
-    if !request.is_gpu() {
-        return Ok(None);
-    }
-    // The id names files (the marker, the runtime's state) and shows in
-    // status: refused before anything is held for it.
-    if let Some(id) = id {
-        crate::request::check_id(id)?;
-    }
-    let inventory = Inventory::load(cfg)?;
-    let mut locked = Ledger::new(&cfg.runtime.state_dir).lock()?;
-    let mut load = locked.load(id, cfg.runtime.reservation_timeout_seconds);
-    mps_load(cfg, &inventory, &mut load);
-    let rootfs = bundle.rootfs();
-    let plan = plan(
-        &request,
-        cfg,
-        &inventory,
-        &load,
-        rootfs.as_deref(),
-        store_driver,
-    )?;
-    Ok(Some(Prepared {
-        request,
-        inventory,
-        plan,
-        locked,
-    }))
-}
-
-/// A GPU container placed under the ledger lock: what it gets and its
-/// ledger entry, not yet reserved. Dropping it leaves the ledger as it was.
-pub struct Placement {
-    pub locked: Locked,
-    pub edits: ContainerEdits,
-    pub entry: Entry,
-    /// For the user: shown on stderr (and in runc's log by the shim).
-    pub warnings: Vec<String>,
-}
-
-/// Marks the GPUs whose MPS daemon runs (two small reads per GPU).
-pub fn mps_load(cfg: &Config, inv: &Inventory, load: &mut Load) {
+/// The load of `holds` (those that count) with the GPUs whose MPS daemon
+/// runs marked.
+pub fn load_of(cfg: &Config, inv: &Inventory, holds: &[Hold]) -> Load {
+    let mut load = Load::of_holds(holds);
     for g in &inv.gpus {
-        if crate::mps::running(cfg, &g.uuid) {
+        if crate::mps::paths::running(cfg, &g.uuid) {
             load.set_mps(&g.uuid);
         }
     }
+    load
 }
 
-/// Decides for a bundle as create does and makes the container's ledger
-/// entry, under the ledger lock. `Ok(None)`: not a GPU container, or
-/// `none`: nothing to do. Shared by the runtime and the hook used alone, so
-/// both place containers the same way.
-pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Placement>> {
-    let Some(Prepared { plan, locked, .. }) = prepare(bundle, Some(id), cfg, true)? else {
+/// A GPU container placed inside a ledger transaction: what it gets and
+/// its hold, not yet written. Dropping it leaves the ledger as it was.
+pub struct Placement<'a> {
+    pub tx: Transaction<'a>,
+    pub edits: ContainerEdits,
+    pub hold: Hold,
+    /// For the user: shown on stderr (and in runc's log by the runtime).
+    pub warnings: Vec<String>,
+}
+
+/// Places `container` as its spec asks, inside one transaction of
+/// `ledger`: the id checked against runc's rule, the holds that no longer
+/// count dropped, a container that already holds a GPU refused, the
+/// decision made and the hold to record worked out. `Ok(None)`: the spec
+/// asks for no GPU (or for `none`): nothing to hold.
+pub fn place<'a>(
+    bundle: &Bundle,
+    request: &Request,
+    container: Container,
+    source: Source,
+    cfg: &Config,
+    ledger: &'a mut Ledger,
+) -> Result<Option<Placement<'a>>, PlacementError> {
+    if !request.is_gpu() {
         return Ok(None);
-    };
+    }
+    // The id names the runtime's state and shows in status: refused before
+    // anything is held for it.
+    crate::ids::check_id(&container.id, shown)?;
+    let inventory = Inventory::load(cfg)?;
+    let mut tx = ledger.begin()?;
+    let holds = tx.standing_holds(cfg.runtime.reservation_timeout_seconds)?;
+    if let Some(h) = holds.iter().find(|h| h.container == container) {
+        return Err(PlacementError::AlreadyHeld {
+            id: shown(&container.id),
+            root: match container.root.as_str() {
+                "" => "under the runtime's default root".into(),
+                r => format!("under runtime root {}", shown(r)),
+            },
+            gpus: h.gpus.join(","),
+        });
+    }
+    let load = load_of(cfg, &inventory, &holds);
+    let plan = plan(
+        request,
+        cfg,
+        &inventory,
+        &load,
+        bundle.rootfs().as_deref(),
+        true,
+    )?;
     let Decision::Assign(a) = &plan.decision else {
         return Ok(None);
     };
     if a.gpus.is_empty() {
         return Ok(None);
     }
-    let entry = Entry {
-        id: id.to_owned(),
+    let hold = Hold {
+        container,
         gpus: a.gpus.iter().map(|g| g.uuid.clone()).collect(),
         // Only MPS clients hold a share (and count against the budget).
         thread_percentage: a
@@ -220,11 +260,49 @@ pub fn place(bundle: &Bundle, id: &str, cfg: &Config) -> crate::Result<Option<Pl
         names: ledger::names_from_annotations(bundle.annotations()),
         env: plan.edits.env.clone(),
         created: crate::sys::now(),
+        source,
+        // As runc records it (its working directory in the bundle), so a
+        // hook that runs under the runtime finds this reservation by it.
+        bundle: std::fs::canonicalize(&bundle.dir)
+            .unwrap_or_else(|_| bundle.dir.clone())
+            .display()
+            .to_string(),
+        reservation: ledger::new_reservation(),
     };
     Ok(Some(Placement {
-        locked,
+        tx,
         edits: plan.edits,
-        entry,
+        hold,
         warnings: plan.warnings,
     }))
+}
+
+/// What create would do with `bundle` now, for `explain`: the same
+/// pipeline, from the holds that count, with nothing written. `Ok(None)`:
+/// not a GPU container.
+pub fn preview(bundle: &Bundle, cfg: &Config) -> Result<Option<Plan>, PlacementError> {
+    let request = Request::from_env(bundle.env()?)?;
+    if !request.is_gpu() {
+        return Ok(None);
+    }
+    let inventory = Inventory::load(cfg)?;
+    let timeout = cfg.runtime.reservation_timeout_seconds;
+    let holds: Vec<Hold> = match Ledger::open_if_exists(&cfg.runtime.state_dir)? {
+        Some(l) => l
+            .holds()?
+            .into_iter()
+            .filter(|h| h.standing(timeout) != ledger::Standing::Gone)
+            .collect(),
+        None => Vec::new(),
+    };
+    let load = load_of(cfg, &inventory, &holds);
+    plan(
+        &request,
+        cfg,
+        &inventory,
+        &load,
+        bundle.rootfs().as_deref(),
+        false,
+    )
+    .map(Some)
 }

@@ -7,7 +7,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::error::shown;
+use crate::ids::{is_mig, is_uuid_or_prefix, PciAddress};
+use crate::text::shown;
 
 pub const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
 pub const THREAD_PERCENTAGE: &str = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE";
@@ -24,24 +25,10 @@ pub struct RequestError {
     pub accepted: &'static str,
 }
 
-/// A container id gpushare will not hold: it would name files (the
-/// runtime's state directory, gpushare's marker) and show in `status`.
-#[derive(Debug, Error, PartialEq)]
-#[error("container id {shown} is refused: {why}; use letters, digits and _ + - . only (runc's rule), at most 255 bytes")]
-pub struct IdError {
-    pub shown: String,
-    pub why: &'static str,
-}
-
-/// Checks a container id against runc's rule before anything is reserved
-/// for it.
-pub fn check_id(id: &str) -> Result<(), IdError> {
-    match crate::front::ids::id_fault(id.as_bytes()) {
-        None => Ok(()),
-        Some(why) => Err(IdError {
-            shown: crate::error::shown(id),
-            why,
-        }),
+impl RequestError {
+    /// A malformed request is the workload author's to fix.
+    pub fn is_refusal(&self) -> bool {
+        true
     }
 }
 
@@ -264,18 +251,17 @@ pub fn parse_devices(value: &str) -> Result<Devices, RequestError> {
                 }
             }
         } else if t.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("GPU-")) {
-            let rest = &t[4..];
-            if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            if !is_uuid_or_prefix(t) {
                 return Err(devices_err(
                     value,
                     format!("{} is not a GPU UUID or a prefix of one", shown(t)),
                 ));
             }
             DeviceId::Uuid(t.to_owned())
-        } else if t.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("MIG-")) {
+        } else if is_mig(t) {
             return Err(devices_err(value, "MIG devices are not supported".into()));
-        } else if let Some(key) = crate::inventory::parse_pci_bus_id(t) {
-            DeviceId::PciBusId(crate::inventory::format_pci_bus_id(key))
+        } else if let Some(address) = PciAddress::parse(t) {
+            DeviceId::PciBusId(address.to_string())
         } else {
             return Err(devices_err(
                 value,

@@ -3,11 +3,13 @@
 //! connection is bounded: its request head must arrive whole within
 //! `HEAD_TIMEOUT` and fit in `MAX_HEAD` bytes (hyper answers 431 and closes
 //! past that), the whole exchange ends within `CONNECTION_TIMEOUT`, no
-//! request body is ever read, and at most `MAX_CONNECTIONS` are served at
-//! once (the next wait in the kernel's backlog, costing the server
-//! nothing). Connections are served concurrently, so a slow or idle client
-//! delays no scrape; one exposition is computed at a time, off the thread
-//! that accepts and reads.
+//! request body is ever read, and at most `MAX_CONNECTIONS` are open at
+//! once. Every connection is accepted at once; when one more would pass
+//! the cap, the oldest open connection is closed to make room, so clients
+//! that connect and say nothing (however many, however often they come
+//! back) can never keep a scrape waiting: a scrape is always among the
+//! newest. Connections are served concurrently; one exposition is
+//! computed at a time, off the thread that accepts and reads.
 //!
 //! This is the operators' binary only: nothing here is on a container's
 //! create path.
@@ -28,8 +30,9 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
 /// The most bytes of request head read (hyper's buffer cap).
 pub const MAX_HEAD: usize = 16 << 10;
-/// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Connections open at once (each an idle task and a descriptor: a few
+/// KiB); past it the oldest is closed.
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// Prometheus' classic text format, which the exposition keeps to.
 const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -49,15 +52,13 @@ pub fn serve(listener: std::net::TcpListener, render: Arc<Render>) -> std::io::R
 
 async fn accept_loop(listener: std::net::TcpListener, render: Arc<Render>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     // One exposition at a time: a flood of scrapes costs one computation
     // after another, not all at once.
     let one_render = Arc::new(tokio::sync::Mutex::new(()));
+    // The open connections, oldest first.
+    let mut open: std::collections::VecDeque<tokio::task::JoinHandle<()>> =
+        std::collections::VecDeque::new();
     loop {
-        let slot = Arc::clone(&slots)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(_) => {
@@ -67,9 +68,15 @@ async fn accept_loop(listener: std::net::TcpListener, render: Arc<Render>) -> st
                 continue;
             }
         };
+        open.retain(|c| !c.is_finished());
+        while open.len() >= MAX_CONNECTIONS {
+            if let Some(oldest) = open.pop_front() {
+                oldest.abort();
+            }
+        }
         let render = Arc::clone(&render);
         let one_render = Arc::clone(&one_render);
-        tokio::spawn(async move {
+        open.push_back(tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 respond(req, Arc::clone(&render), Arc::clone(&one_render))
             });
@@ -80,8 +87,7 @@ async fn accept_loop(listener: std::net::TcpListener, render: Arc<Render>) -> st
                 .keep_alive(false);
             let connection = http.serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
-            drop(slot);
-        });
+        }));
     }
 }
 
@@ -125,14 +131,25 @@ fn page(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}; give a free host:port")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the metrics server stopped: {0}")]
+    Stopped(#[source] std::io::Error),
+}
+
 /// `gpushare metrics --listen ADDR`: binds (port 0 takes a free port),
 /// says where it serves on stderr, and serves the status's exposition,
 /// computed afresh at each scrape, until the process ends.
-pub fn metrics(addr: &str) -> crate::Result<()> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
-        crate::Error::Io(format!(
-            "cannot listen on {addr}: {e}; give a free host:port"
-        ))
+pub fn metrics(addr: &str) -> Result<(), ServeError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
+        addr: addr.to_owned(),
+        source,
     })?;
     let bound = listener
         .local_addr()
@@ -141,8 +158,7 @@ pub fn metrics(addr: &str) -> crate::Result<()> {
     let render = || {
         crate::report::status_now()
             .map(|s| crate::report::metrics(&s))
-            .map_err(|e| e.one_line())
+            .map_err(|e| crate::text::one_line(&e))
     };
-    serve(listener, Arc::new(render))
-        .map_err(|e| crate::Error::Io(format!("the metrics server stopped: {e}")))
+    serve(listener, Arc::new(render)).map_err(ServeError::Stopped)
 }

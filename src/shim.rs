@@ -2,29 +2,36 @@
 //! GPU container it decides, rewrites the bundle's config.json and reserves
 //! the GPU in the ledger, then runs the low-level runtime as its child with
 //! the arguments it was given (signals forwarded, stdio and exit status
-//! passed through), binds the container's pid from the runtime's pid file
-//! once it exists, and releases the reservation at once if the runtime
-//! fails. `delete` of a container in the ledger runs the runtime's delete
-//! and releases after it succeeds. Everything else, non-GPU creates
-//! included, is a bare exec of the runtime: no hook is involved.
+//! passed through), binds the container's process from the runtime's pid
+//! file once it exists, and takes back only its own reservation if the
+//! runtime fails. `delete` of a container the ledger holds runs the
+//! runtime's delete and releases after it succeeds; an engine's `exec`
+//! into one gets the variables gpushare set. Everything else, non-GPU
+//! creates included, is a bare exec of the runtime: no hook is involved.
 //! A refusal leaves nothing behind: the config.json is as it was and the
-//! ledger holds no entry.
+//! ledger holds nothing new.
+//!
+//! A container is its runtime root (runc's `--root`) and its id, so a
+//! delete or an exec under another root never touches another's hold.
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, BundleError, Raw};
 use crate::config::Config;
-use crate::ledger::{self, Entry, Ledger, Record};
-use crate::placement::{place, Placement};
+use crate::edits::EditsError;
+use crate::ledger::{self, Container, Hold, Ledger, LedgerError, Source};
+use crate::placement::{place, Placement, PlacementError};
+use crate::request::{Request, RequestError};
 use crate::runtime_args::{CreateArgs, Invocation};
+use crate::sys::Process;
 
 #[derive(Debug, Error)]
 pub enum ShimError {
@@ -42,15 +49,35 @@ pub enum ShimError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot wait for the low-level runtime: {0}")]
+    Wait(#[source] std::io::Error),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Spec(#[from] EditsError),
+}
+
+impl ShimError {
+    /// What the caller must fix (exit 2) rather than what failed (exit 1).
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            ShimError::NoRuntime { .. } | ShimError::Request(_) => true,
+            ShimError::Bundle(e) => e.is_refusal(),
+            ShimError::Placement(e) => e.is_refusal(),
+            _ => false,
+        }
+    }
 }
 
 /// Finds the low-level runtime: a path as given, or a name on PATH.
 pub fn resolve_runtime(cfg: &Config) -> Result<PathBuf, ShimError> {
     let name = &cfg.runtime.path;
-    let missing = || ShimError::NoRuntime {
-        name: name.clone(),
-        config: cfg.name(),
-    };
     let candidates: Vec<PathBuf> = if name.contains('/') {
         vec![PathBuf::from(name)]
     } else {
@@ -61,65 +88,216 @@ pub fn resolve_runtime(cfg: &Config) -> Result<PathBuf, ShimError> {
     candidates
         .into_iter()
         .find(|p| is_executable(p))
-        .ok_or_else(missing)
+        .ok_or_else(|| ShimError::NoRuntime {
+            name: name.clone(),
+            config: cfg.name(),
+        })
 }
 
 fn is_executable(p: &Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file()
 }
 
-/// What `intercept` left in place: the rewritten bundle and the reserved
-/// entry, to bind to the container's pid or to undo.
-pub struct Placed {
+/// The container a call names: its runtime root, made absolute as runc
+/// makes it, and its id.
+pub fn container(root: Option<&Path>, id: &str) -> Container {
+    let root = match root {
+        None => String::new(),
+        Some(r) => std::path::absolute(r)
+            .unwrap_or_else(|_| r.to_owned())
+            .display()
+            .to_string(),
+    };
+    Container {
+        root,
+        id: id.to_owned(),
+    }
+}
+
+/// One `gpushare-runtime` call. Returns the wait status of a runtime run
+/// as a child (a GPU container's create or run, a held container's
+/// delete); every other call execs the runtime and returns only on failure.
+pub fn handle(inv: &Invocation, args: &[OsString], cfg: &Config) -> Result<ExitStatus, ShimError> {
+    let runtime = resolve_runtime(cfg)?;
+    if inv.version {
+        // gpushare's version first, then the runtime's own.
+        println!("gpushare-runtime version {}\n", env!("CARGO_PKG_VERSION"));
+    }
+    if let Some(create) = &inv.create {
+        return self::create(create, inv, args, cfg, &runtime);
+    }
+    if let Some(id) = &inv.delete {
+        let c = container(inv.root.as_deref(), id);
+        if let Some(ledger) = Ledger::open_if_exists(&cfg.runtime.state_dir)? {
+            let holds = ledger.holds_of(&c)?;
+            if !holds.is_empty() {
+                return delete(ledger, &c, &holds, &runtime, args);
+            }
+        }
+    } else if let Some((id, process)) = &inv.exec_process {
+        // The engine's exec brings its own copy of the container's process
+        // (containerd and Docker keep the spec as they made it): it gets
+        // the variables gpushare set, so `kubectl exec` of a CUDA program
+        // runs on the container's GPU with the container's MPS share.
+        let c = container(inv.root.as_deref(), id);
+        if let Some(ledger) = Ledger::open_if_exists(&cfg.runtime.state_dir)? {
+            if let Some(hold) = ledger.holds_of(&c)?.into_iter().next() {
+                if !hold.env.is_empty() {
+                    give_env(process, &hold.env).map_err(|why| ShimError::ExecProcess {
+                        id: id.clone(),
+                        path: process.clone(),
+                        why,
+                    })?;
+                }
+            }
+        }
+    }
+    Err(exec_runtime(&runtime, args))
+}
+
+/// The delete of a held container: the runtime's delete as a child, then,
+/// once it succeeded, the release of the holds seen before it ran (a
+/// create of the same id that came meanwhile keeps its own).
+fn delete(
+    mut ledger: Ledger,
+    c: &Container,
+    holds: &[Hold],
+    runtime: &Path,
+    args: &[OsString],
+) -> Result<ExitStatus, ShimError> {
+    let status = Runtime::spawn(runtime, args)?.wait()?;
+    if status.success() {
+        // The container is gone whatever the ledger says: a failed write is
+        // the liveness check's to mend, not the engine's.
+        let released = ledger.begin().and_then(|mut tx| {
+            for h in holds {
+                tx.remove(c, Some(h.reservation))?;
+            }
+            tx.commit()
+        });
+        if let Err(e) = released {
+            eprintln!(
+                "gpushare: warning: the container is deleted but its release could not be recorded ({}); its hold stops counting now that its process is gone",
+                crate::text::one_line(&e)
+            );
+        }
+    }
+    Ok(status)
+}
+
+/// The create path: a non-GPU container's spec is not even parsed whole
+/// (its create is a bare exec); a GPU container is placed, its spec
+/// rewritten and its hold reserved, and the runtime run as a child.
+fn create(
+    args_of: &CreateArgs,
+    inv: &Invocation,
+    args: &[OsString],
+    cfg: &Config,
+    runtime: &Path,
+) -> Result<ExitStatus, ShimError> {
+    let dir = if args_of.bundle.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        args_of.bundle.clone()
+    };
+    let raw = Raw::read(&dir)?;
+    let request = Request::from_env(raw.env()?.iter().map(|e| e.as_ref()))?;
+    if !request.is_gpu() {
+        return Err(exec_runtime(runtime, args));
+    }
+    let mut bundle = raw.parse()?;
+    // The whole document's request is the one placed.
+    let request = Request::from_env(bundle.env()?)?;
+    let c = container(inv.root.as_deref(), &args_of.id);
+    let mut ledger = Ledger::open(&cfg.runtime.state_dir)?;
+    let Some(Placement {
+        mut tx,
+        edits,
+        hold,
+        warnings,
+    }) = place(&bundle, &request, c, Source::Runtime, cfg, &mut ledger)?
+    else {
+        return Err(exec_runtime(runtime, args));
+    };
+    for w in &warnings {
+        eprintln!("gpushare: warning: {w}");
+    }
+    // The parsed spec is edited in place: from here on the bundle only
+    // keeps the bytes it read, to put back if a later step fails.
+    let mut spec = std::mem::take(&mut bundle.spec);
+    edits.apply_to_spec(&mut spec)?;
+    bundle.write(&spec)?;
+    let reserved = tx.insert(&hold).and_then(|()| tx.commit());
+    if let Err(e) = reserved {
+        let _ = bundle.restore();
+        return Err(e.into());
+    }
+    let placed = Placed {
+        bundle,
+        ledger,
+        hold,
+    };
+    placed.run(runtime, args, args_of, &cfg.runtime.state_dir)
+}
+
+/// What `create` left in place: the rewritten bundle and the reserved
+/// hold, to bind to the container's process or to undo.
+struct Placed {
     bundle: Bundle,
     ledger: Ledger,
-    entry: Entry,
+    hold: Hold,
 }
 
 impl Placed {
-    /// Puts the config.json back and drops the reservation.
-    pub fn undo(self) {
+    /// Puts the config.json back and removes this call's reservation (and
+    /// nothing else of the container's).
+    fn undo(mut self) {
         let _ = self.bundle.restore();
-        let _ = self.ledger.append(&Record::Release {
-            id: self.entry.id.clone(),
-        });
+        self.release();
     }
 
-    /// Records the container's init pid with its entry.
-    fn bind(&self, pid: i32) -> Result<(), ledger::LedgerError> {
-        self.ledger.append(&Record::Bind(Entry {
-            pid: Some(pid),
-            pid_start: crate::sys::process_start_time(pid),
-            ..self.entry.clone()
-        }))
+    fn release(&mut self) {
+        let (c, r) = (&self.hold.container, self.hold.reservation);
+        let _ = self
+            .ledger
+            .begin()
+            .and_then(|mut tx| tx.remove(c, Some(r)).and_then(|_| tx.commit()));
+    }
+
+    /// Records the container's init process with this call's reservation
+    /// (written anew if something dropped it meanwhile: the container
+    /// really holds the GPU).
+    fn bind(&mut self, pid: i32) -> Result<(), LedgerError> {
+        let mut tx = self.ledger.begin()?;
+        let (c, r) = (&self.hold.container, self.hold.reservation);
+        if !tx.bind(c, r, pid)? {
+            tx.insert(&Hold {
+                pid: Some(pid),
+                pid_start: Process::find(pid).map(|p| p.start),
+                ..self.hold.clone()
+            })?;
+        }
+        tx.commit()
     }
 
     /// Runs the low-level runtime's `create` or `run` as a child and keeps
-    /// the ledger true to what it did: the pid bound from the runtime's own
-    /// pid file once it is written (as soon as it appears, for a `run` in
-    /// the foreground), the reservation released if the runtime fails (and
-    /// the config.json put back) or once a foreground `run` has ended.
-    pub fn run(
-        self,
+    /// the ledger true to what it did: the process bound from the runtime's
+    /// own pid file once it is written (as soon as it appears, for a `run`
+    /// in the foreground), the reservation released if the runtime fails
+    /// (and the config.json put back) or once a foreground `run` has ended.
+    fn run(
+        mut self,
         runtime: &Path,
         args: &[OsString],
         create: &CreateArgs,
         state_dir: &Path,
-    ) -> crate::Result<ExitStatus> {
+    ) -> Result<ExitStatus, ShimError> {
         // The caller's pid file when it asked for one (containerd and
         // Docker always do), else one of ours, inserted as the
         // subcommand's flag and removed afterwards.
         let own = create.pid_file.is_none().then(|| own_pid_file(state_dir));
         let mut args = args.to_vec();
         if let Some(p) = &own {
-            if let Some(dir) = p.parent() {
-                use std::os::unix::fs::DirBuilderExt;
-                let _ = std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir);
-            }
-            let _ = std::fs::remove_file(p);
             let at = create.subcommand_at + 1;
             args.splice(at..at, [OsString::from("--pid-file"), p.clone().into()]);
         }
@@ -127,19 +305,19 @@ impl Placed {
             .clone()
             .or_else(|| create.pid_file.clone())
             .expect("one is set");
-        let mut child = match ForwardingChild::spawn(runtime, &args) {
+        let mut child = match Runtime::spawn(runtime, &args) {
             Ok(c) => c,
             Err(e) => {
                 self.undo();
-                return Err(e.into());
+                return Err(e);
             }
         };
         let foreground = create.run && !create.detach;
-        let mut bound = false;
         let status = if foreground {
             // The container runs until `run` returns: bind as soon as the
             // runtime writes the pid file, polling with a backoff.
             let mut wait = Duration::from_millis(1);
+            let mut bound = false;
             loop {
                 if let Some(st) = child.try_wait()? {
                     break st;
@@ -159,7 +337,14 @@ impl Placed {
             let st = child.wait()?;
             if st.success() {
                 match read_pid(&pid_file) {
-                    Some(pid) => bound = self.bind(pid).is_ok(),
+                    Some(pid) => {
+                        if let Err(e) = self.bind(pid) {
+                            eprintln!(
+                                "gpushare: warning: the container's pid could not be recorded ({}): its GPU stays reserved until runtime.reservation_timeout_seconds",
+                                crate::text::one_line(&e)
+                            );
+                        }
+                    }
                     None => eprintln!(
                         "gpushare: warning: {} gave no pid in {}: the GPU stays reserved until runtime.reservation_timeout_seconds",
                         runtime.display(),
@@ -178,21 +363,27 @@ impl Placed {
             self.undo();
         } else if foreground {
             // `run` returned: the container has ended.
-            let _ = self.ledger.append(&Record::Release {
-                id: self.entry.id.clone(),
-            });
+            self.release();
         }
-        let _ = bound;
         Ok(status)
     }
 }
 
-/// Where a shim asks the runtime to write the container's pid when its
-/// caller gave no `--pid-file`: `<state_dir>/pid/<shim pid>`.
+/// Where the runtime is asked for a container's pid when its caller gave
+/// no `--pid-file`: `<state_dir>/pid/<our pid>.<our start time>` (so `gc`
+/// tells a live call's file from one a killed call left).
 fn own_pid_file(state_dir: &Path) -> PathBuf {
-    state_dir
-        .join(ledger::PID_DIR)
-        .join(std::process::id().to_string())
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = state_dir.join(ledger::PID_DIR);
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir);
+    let me = std::process::id();
+    let start = Process::find(me as i32).map_or(0, |p| p.start);
+    let p = dir.join(format!("{me}.{start}"));
+    let _ = std::fs::remove_file(&p);
+    p
 }
 
 /// The pid a runtime wrote to its pid file, once it is whole.
@@ -201,14 +392,14 @@ fn read_pid(path: &Path) -> Option<i32> {
     text.trim().parse().ok().filter(|p: &i32| *p > 0)
 }
 
-/// The child runtime the signal handler forwards to (0: none yet).
+/// The child runtime the signal handlers forward to (0: none yet).
 static CHILD: AtomicI32 = AtomicI32::new(0);
 /// Signals that came before the child's pid was known, one bit each.
 static PENDING: AtomicU64 = AtomicU64::new(0);
 
 /// The signals a runtime's parent passes on to it, as runc itself passes
-/// them to a container's process: all but the uncatchable ones, SIGCHLD
-/// and the synchronous faults.
+/// them to a container's process: all but the uncatchable ones, SIGCHLD,
+/// SIGPIPE and the synchronous faults.
 const FORWARDED: &[libc::c_int] = &[
     libc::SIGHUP,
     libc::SIGINT,
@@ -247,7 +438,7 @@ fn send_pending(pid: i32) {
 /// and the bit sends it: the spawner stores the pid then takes the bits,
 /// the handler sets its bit then looks at the pid again, so none is lost
 /// and none goes twice.
-extern "C" fn forward_signal(sig: libc::c_int) {
+fn forward(sig: libc::c_int) {
     let pid = CHILD.load(Ordering::SeqCst);
     if pid > 0 {
         // SAFETY: kill is async-signal-safe; pid is our child's.
@@ -261,172 +452,58 @@ extern "C" fn forward_signal(sig: libc::c_int) {
     }
 }
 
+/// Whether `sig` is ignored in this process (as its caller left it).
+fn ignored(sig: libc::c_int) -> bool {
+    // SAFETY: a zeroed sigaction is a valid value; sigaction with a null
+    // new action only reads the current one into ours.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 /// The low-level runtime running as our child, every forwarded signal we
 /// receive passed on to it.
-struct ForwardingChild {
-    pid: i32,
-    status: Option<ExitStatus>,
+struct Runtime {
+    child: Child,
 }
 
-/// What the spawned child needs, prepared by the parent before the clone
-/// (the child shares the parent's memory and must not allocate).
-struct SpawnPlan {
-    path: std::ffi::CString,
-    argv: Vec<*const libc::c_char>,
-    /// The dispositions the forwarded signals had before our handlers: the
-    /// child puts them back, so the runtime starts with what it would have
-    /// had, exec'd directly.
-    old: Vec<(libc::c_int, libc::sigaction)>,
-    /// The signal mask we were started with, the child's too.
-    mask: libc::sigset_t,
-    /// The child's exec error (errno), written before it exits.
-    error: AtomicI32,
-}
-
-/// The child's side of the spawn: on its own stack, in the parent's memory,
-/// every signal blocked. Only system calls: no allocation, no lock.
-extern "C" fn spawned(plan: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: the parent passes its plan, alive and unchanged until this
-    // child has exec'd or exited (CLONE_VFORK).
-    let plan = unsafe { &*(plan as *const SpawnPlan) };
-    // SAFETY: sigaction, sigprocmask and execv with the plan's valid
-    // pointers; _exit ends the child without running anything of ours.
-    unsafe {
-        for (sig, act) in &plan.old {
-            libc::sigaction(*sig, act, std::ptr::null_mut());
-        }
-        libc::sigprocmask(libc::SIG_SETMASK, &plan.mask, std::ptr::null_mut());
-        libc::execv(plan.path.as_ptr(), plan.argv.as_ptr());
-        plan.error
-            .store(*libc::__errno_location(), Ordering::SeqCst);
-        libc::_exit(127)
-    }
-}
-
-impl ForwardingChild {
-    /// Starts the runtime as our child. One clone that shares our memory
-    /// and stops us until the child has exec'd (as posix_spawn does), but
-    /// the child resets only the handlers we installed, where posix_spawn
-    /// visits all 64 signals: over a hundred fewer system calls on every
-    /// GPU create.
-    fn spawn(runtime: &Path, args: &[OsString]) -> Result<ForwardingChild, ShimError> {
-        use std::os::unix::ffi::OsStrExt;
-        let exec_error = |source| ShimError::Exec {
-            path: runtime.to_owned(),
-            source,
-        };
-        let c = |s: &std::ffi::OsStr| {
-            std::ffi::CString::new(s.as_bytes()).map_err(|_| {
-                exec_error(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "an argument holds a NUL byte",
-                ))
-            })
-        };
-        let path = c(runtime.as_os_str())?;
-        let mut owned = vec![c(runtime.file_name().unwrap_or(runtime.as_os_str()))?];
-        for a in args {
-            owned.push(c(a)?);
-        }
-        let mut argv: Vec<*const libc::c_char> = owned.iter().map(|a| a.as_ptr()).collect();
-        argv.push(std::ptr::null());
-        // SAFETY: zeroed sigaction/sigset_t are valid values; the calls get
-        // pointers to locals. The handler only uses atomics and kill(2).
-        let (old, mask) = unsafe {
-            let mut handler: libc::sigaction = std::mem::zeroed();
-            handler.sa_sigaction = forward_signal as extern "C" fn(libc::c_int) as usize;
-            handler.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut handler.sa_mask);
-            let mut old = Vec::with_capacity(FORWARDED.len());
-            for &sig in FORWARDED {
-                let mut was: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(sig, &handler, &mut was) == 0 {
-                    old.push((sig, was));
-                }
+impl Runtime {
+    /// Starts the runtime (argv[0] its file name, as runc's own) with our
+    /// stdio. The forwarding handlers go in first; a signal our caller had
+    /// ignored keeps no handler, so the runtime starts with it ignored, as
+    /// it would have exec'd directly (a caught signal is reset by exec).
+    fn spawn(runtime: &Path, args: &[OsString]) -> Result<Runtime, ShimError> {
+        for &sig in FORWARDED {
+            if ignored(sig) {
+                continue;
             }
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut mask: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::sigprocmask(libc::SIG_SETMASK, &all, &mut mask);
-            (old, mask)
-        };
-        let plan = SpawnPlan {
-            path,
-            argv,
-            old,
-            mask,
-            error: AtomicI32::new(0),
-        };
-        // The child's stack: allocated, not written (only the pages it
-        // uses are ever touched; zeroing it would cost a page fault each).
-        const STACK: usize = 64 << 10;
-        let mut stack: Vec<u128> = Vec::with_capacity(STACK / 16);
-        // SAFETY: the child runs `spawned` on its own stack (the top of a
-        // live, 16-byte aligned allocation) with a pointer to `plan`;
-        // CLONE_VFORK keeps us stopped, and both alive, until it has exec'd
-        // or exited.
-        let pid = unsafe {
-            libc::clone(
-                spawned,
-                stack.as_mut_ptr().add(stack.capacity()) as *mut libc::c_void,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                &plan as *const SpawnPlan as *mut libc::c_void,
-            )
-        };
-        let clone_error = std::io::Error::last_os_error();
-        if pid > 0 {
-            CHILD.store(pid, Ordering::SeqCst);
+            // SAFETY: the action only touches atomics and calls kill(2),
+            // both async-signal-safe.
+            let _ = unsafe { signal_hook::low_level::register(sig, move || forward(sig)) };
         }
-        // SAFETY: puts back the mask we were started with.
-        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &plan.mask, std::ptr::null_mut()) };
-        drop(stack);
-        if pid <= 0 {
-            return Err(exec_error(clone_error));
-        }
-        let errno = plan.error.load(Ordering::SeqCst);
-        if errno != 0 {
-            CHILD.store(0, Ordering::SeqCst);
-            let mut status = 0;
-            // SAFETY: reaps our own child, which exited after the failed exec.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            return Err(exec_error(std::io::Error::from_raw_os_error(errno)));
-        }
+        let child = Command::new(runtime)
+            .arg0(runtime.file_name().unwrap_or(runtime.as_os_str()))
+            .args(args)
+            .spawn()
+            .map_err(|source| ShimError::Exec {
+                path: runtime.to_owned(),
+                source,
+            })?;
+        let pid = child.id() as i32;
+        CHILD.store(pid, Ordering::SeqCst);
         send_pending(pid);
-        Ok(ForwardingChild { pid, status: None })
+        Ok(Runtime { child })
     }
 
-    fn reap(&mut self, flags: libc::c_int) -> crate::Result<Option<ExitStatus>> {
-        if let Some(st) = self.status {
-            return Ok(Some(st));
-        }
-        let mut status = 0;
-        loop {
-            // SAFETY: waits for our own child, into a local.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, flags) };
-            if r == self.pid {
-                CHILD.store(0, Ordering::SeqCst);
-                let st = ExitStatus::from_raw(status);
-                self.status = Some(st);
-                return Ok(Some(st));
-            }
-            if r == 0 {
-                return Ok(None);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(crate::Error::Io(format!(
-                    "cannot wait for the runtime: {e}"
-                )));
-            }
-        }
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, ShimError> {
+        self.child.try_wait().map_err(ShimError::Wait)
     }
 
-    fn try_wait(&mut self) -> crate::Result<Option<ExitStatus>> {
-        self.reap(libc::WNOHANG)
-    }
-
-    fn wait(&mut self) -> crate::Result<ExitStatus> {
-        Ok(self.reap(0)?.expect("a blocking wait returns a status"))
+    fn wait(&mut self) -> Result<ExitStatus, ShimError> {
+        let status = self.child.wait().map_err(ShimError::Wait)?;
+        CHILD.store(0, Ordering::SeqCst);
+        Ok(status)
     }
 }
 
@@ -437,8 +514,8 @@ pub fn exit_like(status: ExitStatus) -> ! {
         std::process::exit(code);
     }
     let sig = status.signal().unwrap_or(libc::SIGKILL);
-    // SAFETY: restores the default action and raises the signal at
-    // ourselves; plain syscalls.
+    // SAFETY: restores the default action, unblocks the signal and raises
+    // it at ourselves; plain system calls.
     unsafe {
         libc::signal(sig, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -450,78 +527,17 @@ pub fn exit_like(status: ExitStatus) -> ! {
     std::process::exit(128 + sig)
 }
 
-/// The full runtime: what `gpushare-runtime`'s front hands over to (by
-/// starting `gpushare-hook` under the name `gpushare-runtime`). Ends the
-/// process: as the child runtime ended, by exec'ing the runtime, or with a
-/// refusal's one line (also in runc's `--log`) and exit code.
-pub fn runtime_main() -> ! {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let inv = crate::runtime_args::parse(&args);
-    // Every call but a `run` in the foreground (which lasts as long as its
-    // container) ends as soon as the runtime's call has.
-    if !inv.create.as_ref().is_some_and(|c| c.run && !c.detach) {
-        ledger::leave_mappings_to_exit();
+/// Replaces this process with the low-level runtime, argv[0] as runc's own.
+/// Returns only on failure.
+pub fn exec_runtime(runtime: &Path, args: &[OsString]) -> ShimError {
+    let source = Command::new(runtime)
+        .arg0(runtime.file_name().unwrap_or(runtime.as_os_str()))
+        .args(args)
+        .exec();
+    ShimError::Exec {
+        path: runtime.to_owned(),
+        source,
     }
-    match handle(&inv, &args) {
-        Ok(status) => exit_like(status),
-        Err(e) => {
-            let msg = format!("gpushare: {}", e.one_line());
-            eprintln!("{msg}");
-            if let Some(log) = &inv.log {
-                // Best effort: stderr already carries the message.
-                let _ = write_runtime_log(log, inv.log_format_json, &msg);
-            }
-            std::process::exit(e.exit_code());
-        }
-    }
-}
-
-/// One `gpushare-runtime` invocation. Returns the wait status of a runtime
-/// run as a child (a GPU container's create or run, a placed container's
-/// delete); every other call execs the runtime and returns only on failure.
-pub fn handle(inv: &Invocation, args: &[OsString]) -> crate::Result<ExitStatus> {
-    let cfg = Config::load()?;
-    let runtime = resolve_runtime(&cfg)?;
-    if inv.version {
-        // gpushare's version first, then the runtime's own.
-        println!("gpushare-runtime version {}\n", env!("CARGO_PKG_VERSION"));
-    }
-    if let Some(create) = &inv.create {
-        if let Some(placed) = intercept(create, &cfg)? {
-            return placed.run(&runtime, args, create, &cfg.runtime.state_dir);
-        }
-    } else if let Some(id) = &inv.delete {
-        let ledger = Ledger::new(&cfg.runtime.state_dir);
-        if ledger.mentions(id) {
-            let status = ForwardingChild::spawn(&runtime, args)?.wait()?;
-            if status.success() {
-                // The container is gone whatever the ledger says: a failed
-                // write is the liveness check's to mend, not the engine's.
-                if let Err(e) = ledger.append(&Record::Release { id: id.clone() }) {
-                    eprintln!(
-                        "gpushare: warning: the container is deleted but its release could not be recorded ({}); the ledger drops it once it sees its process gone",
-                        e
-                    );
-                }
-            }
-            return Ok(status);
-        }
-    } else if let Some((id, process)) = &inv.exec_process {
-        // The engine's exec brings its own copy of the container's process
-        // (containerd and Docker keep the spec as they made it): it gets
-        // the variables gpushare set, so `kubectl exec` of a CUDA program
-        // runs on the container's GPU with the container's MPS share.
-        if let Some(entry) = Ledger::new(&cfg.runtime.state_dir).entry(id)? {
-            if !entry.env.is_empty() {
-                give_env(process, &entry.env).map_err(|why| ShimError::ExecProcess {
-                    id: id.clone(),
-                    path: process.clone(),
-                    why,
-                })?;
-            }
-        }
-    }
-    Err(exec_runtime(&runtime, args).into())
 }
 
 /// Sets `env` in the process file of an exec, in place: the very file the
@@ -555,7 +571,7 @@ fn give_env(process: &Path, env: &[String]) -> Result<(), String> {
         .read_to_end(&mut bytes)
         .map_err(|e| e.to_string())?;
     let mut doc: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("not JSON: {}", crate::error::json_message(&e)))?;
+        .map_err(|e| format!("not JSON: {}", crate::text::json_message(&e)))?;
     let obj = doc.as_object_mut().ok_or("not a JSON object")?;
     let list = obj
         .entry("env")
@@ -570,57 +586,6 @@ fn give_env(process: &Path, env: &[String]) -> Result<(), String> {
         .and_then(|()| file.write_all(&out))
         .and_then(|()| file.set_len(out.len() as u64))
         .map_err(|e| e.to_string())
-}
-
-/// The create path. `Ok(None)`: not a GPU container (or no GPU), the spec
-/// is untouched. `Ok(Some(_))`: spec rewritten and GPU reserved.
-pub fn intercept(args: &CreateArgs, cfg: &Config) -> crate::Result<Option<Placed>> {
-    let dir = if args.bundle.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        args.bundle.clone()
-    };
-    let mut bundle = Bundle::open(&dir)?;
-    let Some(Placement {
-        mut locked,
-        edits,
-        entry,
-        warnings,
-    }) = place(&bundle, &args.id, cfg)?
-    else {
-        return Ok(None);
-    };
-    for w in &warnings {
-        eprintln!("gpushare: warning: {w}");
-    }
-    // The parsed spec is edited in place: from here on the bundle only
-    // keeps the bytes it read, to put back if a later step fails.
-    let mut spec = std::mem::take(&mut bundle.spec);
-    edits.apply_to_spec(&mut spec)?;
-    bundle.write(&spec)?;
-    locked.reserve(entry.clone());
-    if let Err(e) = locked.commit() {
-        let _ = bundle.restore();
-        return Err(e.into());
-    }
-    Ok(Some(Placed {
-        bundle,
-        ledger: Ledger::new(&cfg.runtime.state_dir),
-        entry,
-    }))
-}
-
-/// Replaces this process with the low-level runtime, argv[0] as runc's own.
-/// Returns only on failure.
-pub fn exec_runtime(runtime: &Path, args: &[OsString]) -> ShimError {
-    let source = std::process::Command::new(runtime)
-        .arg0(runtime.file_name().unwrap_or(runtime.as_os_str()))
-        .args(args)
-        .exec();
-    ShimError::Exec {
-        path: runtime.to_owned(),
-        source,
-    }
 }
 
 /// Appends a refusal to runc's `--log` file in runc's own format, so
@@ -683,5 +648,13 @@ mod tests {
         );
         cfg.runtime.path = "definitely-not-a-runtime".into();
         assert!(resolve_runtime(&cfg).is_err());
+    }
+
+    #[test]
+    fn a_container_is_its_absolute_root_and_its_id() {
+        assert_eq!(container(None, "c1").root, "");
+        assert_eq!(container(Some(Path::new("/run/x")), "c1").root, "/run/x");
+        let rel = container(Some(Path::new("state")), "c1").root;
+        assert!(rel.starts_with('/') && rel.ends_with("/state"), "{rel}");
     }
 }

@@ -35,6 +35,13 @@ pub enum SimulateError {
     InTheWay(PathBuf),
 }
 
+impl SimulateError {
+    /// A count out of range is the operator's to fix.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, SimulateError::Count(_))
+    }
+}
+
 /// Memory (MiB) and compute capability of the models the simulation knows;
 /// another name is simulated without them.
 const MODELS: &[(&str, u64, &str)] = &[

@@ -1,13 +1,20 @@
-//! Host utilities every room uses: a file replaced atomically, whether a
-//! process is still the one we saw, the clock, and the one shape of an I/O
-//! error ("cannot <action> <path>: <why>").
+//! Host utilities every room uses: a file replaced atomically under a
+//! temporary name of its own, whether a process is still the one that was
+//! seen (its pid and start time), the clock, paths resolved inside a root
+//! (`openat2` with `RESOLVE_IN_ROOT`), and the one shape of an I/O error
+//! ("cannot <action> <path>: <why>"). A leaf: it imports nothing of the
+//! crate.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use thiserror::Error;
 
 /// An I/O step that failed on a path: what was being done, where, and why.
@@ -50,6 +57,59 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     write_via_temp(path, bytes, mode, false)
 }
 
+/// Tells apart the temp files one process makes.
+static TEMP_SERIAL: AtomicU64 = AtomicU64::new(0);
+
+/// Makes a temp file beside `path` under a name no other writer uses
+/// (`.<name>.<pid>.<serial>.tmp`, created exclusively, never through a
+/// link): two writers of one path never write into each other's temp.
+fn create_temp(dir: &Path, name: &str, mode: u32) -> std::io::Result<(PathBuf, File)> {
+    loop {
+        let serial = TEMP_SERIAL.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{serial}.tmp", std::process::id()));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            // A temp a killed process of the same pid left behind: another name.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            other => return other.map(|f| (tmp, f)),
+        }
+    }
+}
+
+/// Removes from `dir` the temp files (`create_temp`'s) of writers that
+/// were killed before they renamed them: those whose process is gone. Says
+/// how many went.
+pub fn remove_stale_temps(dir: &Path) -> usize {
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    list.flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_suffix(".tmp")) else {
+                return false;
+            };
+            // .<name>.<pid>.<serial>.tmp
+            let mut parts = rest.rsplitn(3, '.');
+            let (Some(serial), Some(pid), Some(_)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return false;
+            };
+            let (Ok(_), Ok(pid)) = (serial.parse::<u64>(), pid.parse::<i32>()) else {
+                return false;
+            };
+            // SAFETY: kill with signal 0 sends nothing; it only asks.
+            pid > 0 && unsafe { libc::kill(pid, 0) } == -1 && Errno::last() == Errno::ESRCH
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
     // A bare file name's parent is "": the current directory.
     let dir = match path.parent() {
@@ -57,15 +117,10 @@ fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::i
         _ => Path::new("."),
     };
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.gpushare-tmp"));
+    let (tmp, mut f) = create_temp(dir, name, mode)?;
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&tmp)?;
+        // The mode asked for, whatever the umask took from it.
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         f.write_all(bytes)?;
         if durable {
             f.sync_all()?;
@@ -82,6 +137,30 @@ fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::i
     result
 }
 
+/// An exclusive lock held while it lives: `flock` on a file of its own
+/// (made 0600 if missing). The kernel queues the waiters and lets the lock
+/// go when its holder dies, however it dies.
+pub struct Lock {
+    _held: nix::fcntl::Flock<File>,
+}
+
+impl Lock {
+    pub fn exclusive(path: &Path) -> std::io::Result<Lock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(path)?;
+        let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| std::io::Error::from(e))?;
+        Ok(Lock { _held: held })
+    }
+}
+
+/// Unix seconds now.
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -89,10 +168,8 @@ pub fn now() -> u64 {
 }
 
 /// UTC time as RFC 3339 with seconds, e.g. `2026-11-25T13:34:40Z`.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86400, secs % 86400);
     // Ref: Howard Hinnant, "chrono-Compatible Low-Level Date Algorithms",
     // civil_from_days.
@@ -113,37 +190,39 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     )
 }
 
-/// Whether `pid` is alive and, when `start` is given, is still the process
-/// that had that start time. A zombie (exited, not yet reaped) is not alive.
-pub fn process_matches(pid: i32, start: Option<u64>) -> bool {
-    if pid <= 0 {
-        return false;
+/// A process as it was seen: its pid and its start time (clock ticks after
+/// boot), which together name it for as long as the node runs; a pid
+/// alone may be given to another process once this one is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Process {
+    pub pid: i32,
+    pub start: u64,
+}
+
+impl Process {
+    /// The process `pid` as it is now, if it exists and is not a zombie.
+    pub fn find(pid: i32) -> Option<Process> {
+        let (state, start) = process_stat(pid)?;
+        (state != 'Z' && state != 'X').then_some(Process { pid, start })
     }
-    match start {
-        None => {
-            // SAFETY: kill with signal 0 sends nothing; it only checks.
-            let r = unsafe { libc::kill(pid, 0) };
-            r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-        }
-        Some(s) => {
-            matches!(process_stat(pid), Some((state, start)) if start == s && state != 'Z' && state != 'X')
-        }
+
+    /// Whether this very process is still alive (not exited, not a zombie,
+    /// its pid not since given to another).
+    pub fn is_alive(&self) -> bool {
+        Process::find(self.pid).is_some_and(|p| p.start == self.start)
     }
 }
 
-/// The start time of `pid` in clock ticks since boot.
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    process_stat(pid).map(|(_, start)| start)
-}
-
-/// State (field 3) and start time (field 22, clock ticks since boot) from
+/// State (field 3) and start time (field 22, clock ticks after boot) from
 /// `/proc/<pid>/stat`.
 fn process_stat(pid: i32) -> Option<(char, u64)> {
-    // One read: the file is a line of a few hundred bytes, and procfs makes
-    // it anew at each read (a growing read_to_end would read it in pieces).
-    use std::io::Read;
-    let mut buf = [0u8; 4096];
-    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    if pid <= 0 {
+        return None;
+    }
+    // One read: the line is a few hundred bytes, and procfs makes it anew
+    // at each read.
+    let mut buf = [0u8; 1024];
+    let mut f = File::open(format!("/proc/{pid}/stat")).ok()?;
     let n = f.read(&mut buf).ok()?;
     let stat = std::str::from_utf8(&buf[..n]).ok()?;
     // The command name (field 2) may hold spaces and parentheses; the
@@ -153,9 +232,41 @@ fn process_stat(pid: i32) -> Option<(char, u64)> {
     Some((state, rest.nth(18)?.parse().ok()?))
 }
 
+/// The flags every in-root lookup uses: stay inside the root, and refuse
+/// /proc-style magic links, which could point anywhere.
+fn in_root() -> ResolveFlag {
+    ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS
+}
+
+/// Opens a directory to resolve paths in (`open_in_root`).
+pub fn open_root(path: &Path) -> Result<OwnedFd, Errno> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: open returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `rel` inside `root` as if `root` were `/`: symlinks and `..`
+/// resolve within it, never out of it.
+///
+/// Ref: openat2(2), RESOLVE_IN_ROOT (Linux 5.6).
+pub fn open_in_root(root: BorrowedFd, rel: &Path, flags: OFlag) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(in_root());
+    openat2(root.as_raw_fd(), rel, how).map(|fd| {
+        // SAFETY: openat2 returned a fresh descriptor that nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
     use std::time::Duration;
 
     #[test]
@@ -169,5 +280,63 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_613_680)),
             "2026-11-25T13:34:40Z"
         );
+    }
+
+    #[test]
+    fn a_process_is_its_pid_and_start_time() {
+        let me = Process::find(std::process::id() as i32).unwrap();
+        assert!(me.is_alive());
+        let reused = Process {
+            start: me.start + 1,
+            ..me
+        };
+        assert!(!reused.is_alive(), "another start time is another process");
+        assert!(Process::find(i32::MAX).is_none());
+        assert!(Process::find(0).is_none() && Process::find(-1).is_none());
+    }
+
+    #[test]
+    fn writers_of_one_path_use_temp_files_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let p = &p;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        let body = vec![b'a' + i as u8; 4096];
+                        write_atomic(p, &body, 0o600).unwrap();
+                    }
+                });
+            }
+        });
+        let got = std::fs::read(&p).unwrap();
+        assert_eq!(got.len(), 4096);
+        assert!(
+            got.iter().all(|b| *b == got[0]),
+            "one writer's bytes, whole"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temp file is left behind");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(p.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn in_root_lookups_stay_in_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "inside").unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("up")).unwrap();
+        let fd = open_root(&root).unwrap();
+        let read = |rel: &str| {
+            let f = open_in_root(fd.as_fd(), Path::new(rel), OFlag::O_RDONLY).unwrap();
+            std::fs::read_to_string(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap()
+        };
+        assert_eq!(read("link/passwd"), "inside");
+        assert_eq!(read("up/etc/passwd"), "inside");
+        assert_eq!(read("/etc/passwd"), "inside");
     }
 }

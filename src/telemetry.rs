@@ -7,7 +7,8 @@
 
 use serde::Serialize;
 
-use crate::inventory::{format_pci_bus_id, parse_pci_bus_id, Gpu, Inventory};
+use crate::ids::PciAddress;
+use crate::inventory::{Gpu, Inventory};
 
 /// One GPU's figures; a field NVML cannot give stays `None`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -91,9 +92,7 @@ impl Telemetry for Nvml {
                     .device_by_index(i)
                     .map_err(|e| format!("NVML GPU {i}: {e}"))?;
                 let pci = d.pci_info().map_err(|e| format!("NVML GPU {i}: {e}"))?;
-                let bus = parse_pci_bus_id(&pci.bus_id)
-                    .map(format_pci_bus_id)
-                    .unwrap_or(pci.bus_id);
+                let bus = PciAddress::parse(&pci.bus_id).map_or(pci.bus_id, |a| a.to_string());
                 Ok(Gpu {
                     index: i,
                     uuid: d.uuid().map_err(|e| format!("NVML GPU {i}: {e}"))?,

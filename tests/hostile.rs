@@ -45,7 +45,7 @@ fn assert_refused(node: &Node, what: &str, out: &std::process::Output, needle: &
     assert_eq!(err.trim_end().lines().count(), 1, "{what}: one line: {err}");
     assert!(err.contains(needle), "{what}: {needle:?} not in {err}");
     assert!(
-        !err.trim_end().chars().any(gpushare::error::hidden),
+        !err.trim_end().chars().any(gpushare::text::hidden),
         "{what}: nothing raw reaches the terminal: {err:?}"
     );
     assert!(node.ledger().is_empty(), "{what}: nothing reserved");
@@ -154,26 +154,34 @@ fn gpushare_annotations_in_a_spec_are_replaced_by_the_shims_own() {
     assert_eq!(node.ledger()[0]["gpus"], json!([uuid(1)]));
 }
 
-/// Appends an entry to the node's ledger as an earlier gpushare (or a
-/// runtime that checks ids less) could have left it.
+/// Writes a hold into the node's ledger as an earlier gpushare (or a
+/// person with `sqlite3`) could have left it.
 fn plant(node: &Node, id: &str, names: &[(&str, &str)]) {
-    let ledger = gpushare::ledger::Ledger::new(&node.path().join("state"));
-    ledger
-        .append(&gpushare::ledger::Record::Bind(gpushare::ledger::Entry {
+    use gpushare::ledger::{Container, Hold, Ledger, Source};
+    let mut ledger = Ledger::open(&node.path().join("state")).unwrap();
+    let mut tx = ledger.begin().unwrap();
+    tx.insert(&Hold {
+        container: Container {
+            root: String::new(),
             id: id.into(),
-            gpus: vec![uuid(0)],
-            thread_percentage: None,
-            pinned_mem_limit: None,
-            pid: Some(std::process::id() as i32),
-            pid_start: gpushare::sys::process_start_time(std::process::id() as i32),
-            names: names
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            env: Vec::new(),
-            created: gpushare::sys::now(),
-        }))
-        .unwrap();
+        },
+        gpus: vec![uuid(0)],
+        thread_percentage: None,
+        pinned_mem_limit: None,
+        pid: Some(std::process::id() as i32),
+        pid_start: gpushare::sys::Process::find(std::process::id() as i32).map(|p| p.start),
+        names: names
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        env: Vec::new(),
+        created: gpushare::sys::now(),
+        source: Source::Imported,
+        bundle: String::new(),
+        reservation: 7,
+    })
+    .unwrap();
+    tx.commit().unwrap();
 }
 
 #[test]
@@ -199,9 +207,7 @@ fn status_shows_control_and_bidi_characters_escaped_never_raw() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
-        !text
-            .chars()
-            .any(|c| c != '\n' && gpushare::error::hidden(c)),
+        !text.chars().any(|c| c != '\n' && gpushare::text::hidden(c)),
         "nothing raw: {text:?}"
     );
     assert!(
@@ -262,19 +268,18 @@ fn the_ledger_is_roots_alone_and_gc_tightens_what_an_earlier_version_left() {
             & 0o777
     };
     assert_eq!(mode(""), 0o700);
-    assert_eq!(mode("held"), 0o700);
-    for f in ["ledger.journal", "ledger.lock", "held/c1"] {
+    for f in ["ledger.db", "ledger.lock"] {
         assert_eq!(mode(f), 0o600, "{f}");
     }
     // An earlier gpushare made them readable to all.
-    for (f, m) in [("", 0o755), ("held", 0o755), ("ledger.journal", 0o644)] {
+    for (f, m) in [("", 0o755), ("ledger.db", 0o644), ("ledger.lock", 0o644)] {
         std::fs::set_permissions(state.join(f), std::fs::Permissions::from_mode(m)).unwrap();
     }
     let out = node.cli(&["gc"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        (mode(""), mode("held"), mode("ledger.journal")),
-        (0o700, 0o700, 0o600)
+        (mode(""), mode("ledger.db"), mode("ledger.lock")),
+        (0o700, 0o600, 0o600)
     );
     assert_eq!(node.ledger().len(), 1, "gc kept the live entry");
 }
@@ -476,5 +481,63 @@ fn the_metrics_server_answers_only_get_metrics() {
     assert!(
         page.is_empty() || page.starts_with("HTTP/1.1 431"),
         "{page}"
+    );
+}
+
+#[test]
+fn a_scrape_is_answered_while_250_idle_clients_keep_reconnecting() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let node = Node::new(2, "");
+    let server = Server::start(&node);
+    let port = server.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each client connects, says nothing until the server cuts it off, and
+    // comes straight back.
+    let clients: Vec<_> = (0..250u64)
+        .map(|i| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut rounds = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+                        rounds += 1;
+                        // Awake now and then, to see whether the test is over.
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(500 + i)));
+                        let mut buf = [0u8; 64];
+                        while !stop.load(Ordering::Relaxed) {
+                            match (&s).read(&mut buf) {
+                                Ok(0) => break,
+                                Err(e)
+                                    if e.kind() == std::io::ErrorKind::WouldBlock
+                                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                                {
+                                    continue
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                }
+                rounds
+            })
+        })
+        .collect();
+    // Past the first round of cut-offs (5 s), while they come back.
+    std::thread::sleep(Duration::from_secs(6));
+    for _ in 0..5 {
+        let (status, body, secs) = server.scrape(Duration::from_secs(5));
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        assert!(
+            secs < 2.0,
+            "a scrape beside 250 reconnecting idle clients took {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rounds: u32 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(
+        rounds > 250,
+        "the clients kept reconnecting ({rounds} connections)"
     );
 }

@@ -89,6 +89,9 @@ proptest! {
     )) {
         let os: Vec<OsString> = args.iter().map(OsString::from).collect();
         let inv = gpushare::runtime_args::parse(&os);
+        if let Some(root) = &inv.root {
+            prop_assert!(args.iter().any(|a| a.ends_with(root.to_str().unwrap_or("\0"))));
+        }
         if let Some(c) = inv.create {
             // The id it found is one of the arguments, never made up.
             prop_assert!(args.contains(&c.id));
@@ -134,32 +137,15 @@ proptest! {
     }
 }
 
-/// What the full runtime makes of a config.json: a GPU container or not
-/// (`None`: it would refuse the document or the request).
-fn full_reading(json: &[u8]) -> Option<bool> {
-    let spec: serde_json::Value = serde_json::from_slice(json).ok()?;
-    if !spec.is_object() {
-        return None;
-    }
-    let env = gpushare::bundle::env_of(&spec).ok()?;
-    // The devices variable alone decides what the front decides.
-    let devices = env
-        .iter()
-        .rev()
-        .filter_map(|e| e.split_once('='))
-        .find(|(k, _)| *k == "NVIDIA_VISIBLE_DEVICES")
-        .map(|(_, v)| v)
-        .unwrap_or("");
-    Some(request::parse_devices(devices).map_or(true, |d| d != Devices::NotGpu))
-}
-
 proptest! {
     #![proptest_config(config())]
 
-    /// The runtime's front never calls a container a non-GPU one (and runs
-    /// it untouched) where the full runtime would place it or refuse it.
+    /// The runtime reads a spec's environment through a partial spec (a
+    /// filter before the whole document is built): wherever both read it,
+    /// they read the same entries, and the partial reading never calls a
+    /// document that is not JSON anything but refused.
     #[test]
-    fn the_fronts_reading_of_a_spec_agrees_with_the_full_runtime(
+    fn the_partial_reading_of_a_spec_agrees_with_the_whole_one(
         env in proptest::collection::vec(
             prop_oneof![
                 value().prop_map(|v| format!("NVIDIA_VISIBLE_DEVICES={v}")),
@@ -174,29 +160,14 @@ proptest! {
         let doc = serde_json::json!({"ociVersion": "1.0.2", "process": {"env": env, "args": ["sh"]}});
         let mut text = doc.to_string();
         text.insert_str(text.len() - 1, &extra);
-        if let Some(ask) = gpushare::front::spec::ask(text.as_bytes()) {
-            let full = full_reading(text.as_bytes());
-            prop_assert!(full.is_some(), "the front read a document the full runtime refuses: {text}");
-            prop_assert_eq!(ask == gpushare::front::spec::Ask::Gpu, full.unwrap(), "{}", text);
-        }
-    }
-
-    /// The front's reading of the node config's runtime table agrees with
-    /// the full parser whenever it answers.
-    #[test]
-    fn the_fronts_reading_of_the_config_agrees_with_the_full_parser(
-        path in prop_oneof!["/[a-z/]{1,20}", "[a-z]{1,8}", "\\PC{0,12}"],
-        quote in prop_oneof![Just('"'), Just('\'')],
-        comment in prop_oneof![Just(String::new()), Just("  # why".to_owned()), "[ -~]{0,10}"],
-        section in prop_oneof![Just("runtime".to_owned()), Just("policy".to_owned()), "[a-z]{1,8}"],
-    ) {
-        let text = format!("[{section}]\npath = {quote}{path}{quote}{comment}\nstate_dir = \"/run/x\"\n");
-        if let Some(front) = gpushare::front::config::runtime(text.as_bytes()) {
-            let full = Config::parse(&text, Path::new("/t.toml"));
-            prop_assert!(full.is_ok(), "the front read a config the full parser refuses: {text:?}");
-            let full = full.unwrap();
-            prop_assert_eq!(front.path, full.runtime.path.as_bytes());
-            prop_assert_eq!(front.state_dir, full.runtime.state_dir.as_os_str().as_encoded_bytes());
-        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), &text).unwrap();
+        let raw = gpushare::bundle::Raw::read(dir.path()).unwrap();
+        let partial: Option<Vec<String>> = raw.env().ok().map(|e| e.iter().map(|s| s.to_string()).collect());
+        let whole: Option<Vec<String>> = raw
+            .parse()
+            .ok()
+            .and_then(|b| b.env().ok().map(|e| e.iter().map(|s| s.to_string()).collect()));
+        prop_assert_eq!(partial, whole, "{}", text);
     }
 }

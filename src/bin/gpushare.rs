@@ -4,10 +4,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use gpushare::config::Config;
-use gpushare::error::visible;
+use gpushare::error::{Error, EXIT_REFUSED};
 use gpushare::install::{self, Engine};
 use gpushare::inventory::Inventory;
-use gpushare::{mps, report, simulate};
+use gpushare::mps::daemon as mps;
+use gpushare::text::visible;
+use gpushare::{report, simulate};
 
 #[derive(Parser)]
 #[command(
@@ -153,7 +155,7 @@ fn print_json(v: &impl serde::Serialize) {
     );
 }
 
-fn run(command: Command) -> gpushare::Result<i32> {
+fn run(command: Command) -> Result<i32, Error> {
     match command {
         Command::Simulate { gpus, model, dir } => {
             let s = simulate::simulate(gpus, &model, &dir)?;
@@ -170,7 +172,7 @@ fn run(command: Command) -> gpushare::Result<i32> {
         }
         Command::Inventory { json, refresh } => {
             let cfg = Config::load()?;
-            let (inv, driver, wrote) = gpushare::inventory::with_driver(&cfg, refresh)?;
+            let (inv, driver, wrote) = report::inventory(&cfg, refresh)?;
             if let Some(w) = wrote {
                 eprintln!("{w}");
             }
@@ -191,7 +193,7 @@ fn run(command: Command) -> gpushare::Result<i32> {
             if e.refused() {
                 let reason = e.reason.as_deref().unwrap_or("refused");
                 eprintln!("gpushare: {}", visible(reason));
-                return Ok(gpushare::error::EXIT_REFUSED);
+                return Ok(EXIT_REFUSED);
             }
         }
         Command::Status { json } => {
@@ -266,12 +268,12 @@ fn run(command: Command) -> gpushare::Result<i32> {
                 &cfg.runtime.state_dir,
                 cfg.runtime.reservation_timeout_seconds,
             )?;
-            for e in &c.dropped {
-                let line = format!("dropped {} ({})", e.id, e.gpus.join(","));
+            for h in &c.dropped {
+                let line = format!("dropped {} ({})", h.container.id, h.gpus.join(","));
                 println!("{}", visible(&line));
             }
             eprintln!(
-                "{} entries dropped, {} pid files of killed runtime calls removed",
+                "{} holds dropped, {} files of killed calls removed",
                 c.dropped.len(),
                 c.pid_files
             );

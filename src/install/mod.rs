@@ -43,6 +43,17 @@ pub enum InstallError {
     Option(&'static str, &'static str),
 }
 
+impl InstallError {
+    /// An engine config gpushare will not touch, or an option that does
+    /// not apply: the operator's to fix.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            InstallError::Malformed { .. } | InstallError::Shape { .. } | InstallError::Option(..)
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     Docker,
@@ -97,7 +108,7 @@ pub(crate) fn malformed_json(path: &Path, e: &serde_json::Error) -> InstallError
         format: "JSON",
         line: e.line(),
         column: e.column(),
-        message: crate::error::json_message(e),
+        message: crate::text::json_message(e),
     }
 }
 

@@ -10,9 +10,8 @@ use crate::bundle::Bundle;
 use crate::config::Config;
 use crate::decide::Decision;
 use crate::edits::ContainerEdits;
-use crate::error::visible;
-use crate::placement::DriverInjection;
-use crate::Error;
+use crate::placement::{DriverInjection, PlacementError};
+use crate::text::visible;
 
 /// The explain document (`--json`, a contract: see the README).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -70,7 +69,7 @@ impl Explain {
     }
 }
 
-pub fn explain(bundle_dir: &Path, cfg: &Config) -> crate::Result<Explain> {
+pub fn explain(bundle_dir: &Path, cfg: &Config) -> Result<Explain, PlacementError> {
     let bundle = Bundle::open(bundle_dir)?;
     let untouched = || {
         Explain::without(
@@ -78,12 +77,14 @@ pub fn explain(bundle_dir: &Path, cfg: &Config) -> crate::Result<Explain> {
             "NVIDIA_VISIBLE_DEVICES is unset, empty or void: not a GPU container".into(),
         )
     };
-    // The very pipeline create runs (the ledger locked, read, let go).
-    let plan = match crate::placement::prepare(&bundle, None, cfg, false) {
-        Ok(Some(prepared)) => prepared.plan,
+    // The very pipeline create runs, from the holds that count now.
+    let plan = match crate::placement::preview(&bundle, cfg) {
+        Ok(Some(plan)) => plan,
         Ok(None) => return Ok(untouched()),
-        Err(Error::Request(e)) => return Ok(Explain::without(Verdict::Reject, e.to_string())),
-        Err(Error::Refused(r)) => return Ok(Explain::without(Verdict::Reject, r.0)),
+        Err(PlacementError::Request(e)) => {
+            return Ok(Explain::without(Verdict::Reject, e.to_string()))
+        }
+        Err(PlacementError::Refused(r)) => return Ok(Explain::without(Verdict::Reject, r.0)),
         Err(e) => return Err(e),
     };
     let Decision::Assign(a) = &plan.decision else {

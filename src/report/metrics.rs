@@ -55,6 +55,8 @@ pub fn metrics(doc: &Status) -> String {
             g.containers.iter().map(move |c| {
                 let mut labels = gl(g);
                 labels.push(("container", c.id.clone()));
+                // One id under two runtime roots is two containers.
+                labels.push(("root", c.root.clone()));
                 labels.push(("state", c.state.to_owned()));
                 // `container` is the engine's id; a Kubernetes container
                 // name goes in `container_name`, so no label appears twice.

@@ -6,6 +6,14 @@
 
 use std::fmt::Write as _;
 
+use thiserror::Error;
+
+use crate::config::{Config, ConfigError, Inject};
+use crate::driver::Driver;
+use crate::inventory::{Inventory, InventoryError};
+use crate::ledger::LedgerError;
+use crate::sys::IoError;
+
 mod explain;
 mod metrics;
 mod status;
@@ -13,6 +21,58 @@ mod status;
 pub use explain::{explain, explain_text, Assigned, Explain, GpuRef, Verdict};
 pub use metrics::metrics;
 pub use status::{status, status_now, status_text, GpuStatus, Holder, Process, Status};
+
+#[derive(Debug, Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("{0}; check that the state directory is writable by root")]
+    Driver(#[from] IoError),
+}
+
+impl ReportError {
+    /// What the operator must fix in the node's config or inventory.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            ReportError::Config(e) => e.is_refusal(),
+            ReportError::Inventory(e) => e.is_refusal(),
+            _ => false,
+        }
+    }
+}
+
+/// `gpushare inventory`: the GPUs and the driver's files GPU containers
+/// get (`None` when a chained runtime brings them). With `refresh`, NVML's
+/// list is written to the inventory cache and the driver found again
+/// first; the third value then says what was written.
+pub fn inventory(
+    cfg: &Config,
+    refresh: bool,
+) -> Result<(Inventory, Option<Driver>, Option<String>), ReportError> {
+    let mut wrote = None;
+    if refresh {
+        let nvml = crate::telemetry::open().map_err(InventoryError::Nvml)?;
+        let inv = crate::telemetry::nvml_inventory(&nvml).map_err(InventoryError::Nvml)?;
+        let path = crate::inventory::nvml_cache(cfg);
+        inv.write_cache(&path)?;
+        wrote = Some(format!(
+            "wrote {} ({} GPUs from NVML)",
+            path.display(),
+            inv.gpus.len()
+        ));
+    }
+    let inv = Inventory::load(cfg)?;
+    let driver = match (cfg.driver.inject, refresh) {
+        (Inject::None, _) => None,
+        (_, true) => Some(Driver::refresh(cfg)?),
+        (_, false) => Some(Driver::load(cfg, false)),
+    };
+    Ok((inv, driver, wrote))
+}
 
 /// 50 → "50%", 12.5 → "12.5%".
 fn percent(p: f64) -> String {
@@ -32,7 +92,7 @@ pub fn inventory_text(
             "{}  {}  {}  {}  /dev/nvidia{}  {mem}",
             g.index, g.name, g.uuid, g.pci_bus_id, g.minor
         );
-        let _ = writeln!(out, "{}", crate::error::visible(&line));
+        let _ = writeln!(out, "{}", crate::text::visible(&line));
     }
     out.push_str(&driver_text(driver));
     out
@@ -84,7 +144,7 @@ mod tests {
     use super::*;
     use crate::config::{Config, InventorySource};
     use crate::inventory::Inventory;
-    use crate::ledger::{Entry, Ledger};
+    use crate::ledger::{Container, Hold, Ledger, Source};
     use crate::telemetry::{GpuTelemetry, Telemetry};
     use serde_json::Value;
 
@@ -124,23 +184,31 @@ mod tests {
         cfg.devices.inventory = InventorySource::File(dir.path().join("inv.toml"));
         cfg.runtime.state_dir = dir.path().join("state");
         cfg.mps.root = dir.path().join("mps");
-        let mut l = Ledger::new(&cfg.runtime.state_dir).lock().unwrap();
+        let mut l = Ledger::open(&cfg.runtime.state_dir).unwrap();
         let mut names = std::collections::BTreeMap::new();
         names.insert("pod".to_owned(), "cam-\"7\"".to_owned());
         names.insert("namespace".to_owned(), "edge".to_owned());
         names.insert("container".to_owned(), "infer".to_owned());
-        l.reserve(Entry {
-            id: "0123456789abcdef0123".into(),
+        let mut tx = l.begin().unwrap();
+        tx.insert(&Hold {
+            container: Container {
+                root: "/run/containerd/runc/k8s.io".into(),
+                id: "0123456789abcdef0123".into(),
+            },
             gpus: vec![inv.gpus[0].uuid.clone()],
             thread_percentage: Some(30.0),
             pinned_mem_limit: Some("0=2G".into()),
             pid: Some(std::process::id() as i32),
-            pid_start: crate::sys::process_start_time(std::process::id() as i32),
+            pid_start: crate::sys::Process::find(std::process::id() as i32).map(|p| p.start),
             names,
             env: Vec::new(),
             created: crate::sys::now() - 300,
-        });
-        l.commit().unwrap();
+            source: Source::Runtime,
+            bundle: "/b".into(),
+            reservation: 1,
+        })
+        .unwrap();
+        tx.commit().unwrap();
         (dir, cfg)
     }
 

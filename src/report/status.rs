@@ -7,10 +7,12 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::error::visible;
 use crate::inventory::Inventory;
-use crate::ledger::{Entry, Ledger};
+use crate::ledger::{Hold, Ledger, Standing};
 use crate::telemetry::{GpuTelemetry, Telemetry};
+use crate::text::visible;
+
+use super::ReportError;
 
 /// The status document (`--json`, a contract: see the README).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -54,6 +56,9 @@ pub struct Process {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Holder {
     pub id: String,
+    /// The runtime root it lives under (runc's `--root`; `""`: the
+    /// runtime's default; `hook:<bundle>` where the hook placed it alone).
+    pub root: String,
     pub pid: Option<i32>,
     pub thread_percentage: Option<f64>,
     pub pinned_mem_limit: Option<String>,
@@ -64,54 +69,63 @@ pub struct Holder {
     pub age_s: u64,
 }
 
-/// The container a GPU process belongs to: the ledger entry whose id is in
-/// the process's cgroup path (runtimes name cgroups after the container).
-fn owner_of(pid: u32, entries: &[Entry]) -> Option<String> {
+/// The container a GPU process belongs to: the hold whose id is in the
+/// process's cgroup path (runtimes name cgroups after the container).
+fn owner_of(pid: u32, holds: &[Hold]) -> Option<String> {
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    entries
+    holds
         .iter()
-        .find(|e| e.id.len() >= 6 && cgroup.contains(&e.id))
-        .map(|e| e.id.clone())
+        .find(|h| h.container.id.len() >= 6 && cgroup.contains(&h.container.id))
+        .map(|h| h.container.id.clone())
 }
 
 /// The status. `telemetry` is NVML (or a script), or why there is none:
 /// then the figures are null and `telemetry_error` says why.
-pub fn status(cfg: &Config, telemetry: Result<&dyn Telemetry, String>) -> crate::Result<Status> {
+pub fn status(
+    cfg: &Config,
+    telemetry: Result<&dyn Telemetry, String>,
+) -> Result<Status, ReportError> {
     let inv = Inventory::load(cfg)?;
     let timeout = cfg.runtime.reservation_timeout_seconds;
-    let entries = Ledger::new(&cfg.runtime.state_dir).snapshot()?;
+    let holds = match Ledger::open_if_exists(&cfg.runtime.state_dir)? {
+        Some(l) => l.holds()?,
+        None => Vec::new(),
+    };
+    let standing: Vec<Standing> = holds.iter().map(|h| h.standing(timeout)).collect();
     let now = crate::sys::now();
     let gpus = inv
         .gpus
         .iter()
         .map(|g| {
-            let holders: Vec<&Entry> = entries
+            let holders: Vec<(&Hold, Standing)> = holds
                 .iter()
-                .filter(|e| e.gpus.iter().any(|u| u.eq_ignore_ascii_case(&g.uuid)))
+                .zip(standing.iter().copied())
+                .filter(|(h, _)| h.gpus.iter().any(|u| u.eq_ignore_ascii_case(&g.uuid)))
                 .collect();
             let containers = holders
                 .iter()
-                .map(|e| Holder {
-                    id: e.id.clone(),
-                    pid: e.pid,
-                    thread_percentage: e.thread_percentage,
-                    pinned_mem_limit: e.pinned_mem_limit.clone(),
-                    names: e.names.clone(),
-                    state: match (e.pid, e.is_live(timeout, true)) {
-                        (_, false) => "gone",
-                        (None, true) => "reserved",
-                        (Some(_), true) => "running",
+                .map(|(h, standing)| Holder {
+                    id: h.container.id.clone(),
+                    root: h.container.root.clone(),
+                    pid: h.pid,
+                    thread_percentage: h.thread_percentage,
+                    pinned_mem_limit: h.pinned_mem_limit.clone(),
+                    names: h.names.clone(),
+                    state: match standing {
+                        Standing::Gone => "gone",
+                        Standing::Reserved => "reserved",
+                        Standing::Running => "running",
                     },
                     since: crate::sys::rfc3339(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.created),
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.created),
                     ),
-                    age_s: now.saturating_sub(e.created),
+                    age_s: now.saturating_sub(h.created),
                 })
                 .collect();
             let committed = holders
                 .iter()
-                .filter(|e| e.is_live(timeout, false))
-                .filter_map(|e| e.thread_percentage)
+                .filter(|(_, standing)| *standing != Standing::Gone)
+                .filter_map(|(h, _)| h.thread_percentage)
                 // Not `sum`: a float sum of nothing is -0.0 ("-0%").
                 .fold(0.0, |a, b| a + b);
             let (t, telemetry_error) = match &telemetry {
@@ -128,19 +142,19 @@ pub fn status(cfg: &Config, telemetry: Result<&dyn Telemetry, String>) -> crate:
                     pid,
                     memory_used_mib: used,
                     mps_client: false,
-                    container: owner_of(pid, &entries),
+                    container: owner_of(pid, &holds),
                 })
                 .collect();
             // Behind MPS, NVML may see only the server; the daemon names the
             // clients (newer drivers list them in NVML too: marked, not doubled).
-            for pid in crate::mps::clients(cfg, &g.uuid) {
+            for pid in crate::mps::daemon::clients(cfg, &g.uuid) {
                 match processes.iter_mut().find(|p| p.pid == pid) {
                     Some(p) => p.mps_client = true,
                     None => processes.push(Process {
                         pid,
                         memory_used_mib: None,
                         mps_client: true,
-                        container: owner_of(pid, &entries),
+                        container: owner_of(pid, &holds),
                     }),
                 }
             }
@@ -148,7 +162,7 @@ pub fn status(cfg: &Config, telemetry: Result<&dyn Telemetry, String>) -> crate:
                 index: g.index,
                 uuid: g.uuid.clone(),
                 name: g.name.clone(),
-                mps: crate::mps::daemon(cfg, &g.uuid).name(),
+                mps: crate::mps::paths::daemon(cfg, &g.uuid).name(),
                 memory_used_mib: t.memory_used_mib,
                 memory_total_mib: t.memory_total_mib.or(g.memory_mib),
                 utilization_pct: t.utilization_pct,
@@ -167,7 +181,7 @@ pub fn status(cfg: &Config, telemetry: Result<&dyn Telemetry, String>) -> crate:
 }
 
 /// The status now: the node config, NVML's figures where NVML answers.
-pub fn status_now() -> crate::Result<Status> {
+pub fn status_now() -> Result<Status, ReportError> {
     let cfg = Config::load()?;
     let nvml = crate::telemetry::open();
     let telemetry = match &nvml {

@@ -95,7 +95,7 @@ impl Node {
         let dir = self.path().join("mps").join(uuid(i));
         std::fs::create_dir_all(dir.join("pipe")).unwrap();
         let pid = std::process::id() as i32;
-        let start = gpushare::sys::process_start_time(pid).unwrap();
+        let start = gpushare::sys::Process::find(pid).unwrap().start;
         std::fs::write(dir.join("daemon.pid"), format!("{pid} {start}\n")).unwrap();
     }
 
@@ -151,15 +151,14 @@ impl Node {
         child.wait_with_output().unwrap()
     }
 
-    /// The ledger as readers see it (the journal applied), as JSON.
+    /// The ledger's holds as JSON (`id`, `root`, `gpus`, `pid`, …), as
+    /// readers see them.
     pub fn ledger(&self) -> Vec<Value> {
-        let entries = gpushare::ledger::Ledger::new(&self.path().join("state"))
-            .snapshot()
-            .unwrap();
-        entries
-            .iter()
-            .map(|e| serde_json::to_value(e).unwrap())
-            .collect()
+        let Some(l) = gpushare::ledger::Ledger::open_if_exists(&self.path().join("state")).unwrap()
+        else {
+            return Vec::new();
+        };
+        l.holds().unwrap().iter().map(hold_json).collect()
     }
 
     /// A bundle named `name` whose process has `env`.
@@ -177,6 +176,24 @@ impl Node {
         .unwrap();
         b
     }
+}
+
+/// A hold as the tests look at it.
+pub fn hold_json(h: &gpushare::ledger::Hold) -> Value {
+    json!({
+        "id": h.container.id,
+        "root": h.container.root,
+        "gpus": h.gpus,
+        "thread_percentage": h.thread_percentage,
+        "pinned_mem_limit": h.pinned_mem_limit,
+        "pid": h.pid,
+        "pid_start": h.pid_start,
+        "names": h.names,
+        "env": h.env,
+        "created": h.created,
+        "source": h.source,
+        "bundle": h.bundle,
+    })
 }
 
 pub fn fixture(name: &str) -> String {

@@ -1,4 +1,5 @@
-//! NVIDIA's Multi-Process Service: one control daemon per GPU.
+//! NVIDIA's Multi-Process Service: one control daemon per GPU, started,
+//! stopped, reported and supervised.
 //!
 //! Each daemon runs with `CUDA_VISIBLE_DEVICES=<uuid>`, its pipe and log
 //! directories under `<mps.root>/<uuid>/`, in a private mount namespace
@@ -29,7 +30,9 @@ use thiserror::Error;
 
 use crate::config::{Config, InventorySource};
 use crate::inventory::{Gpu, Inventory};
-use crate::sys::{process_matches, process_start_time, write_atomic};
+use crate::sys::{write_atomic, Process};
+
+use super::paths::{daemon, paths, Daemon, Paths};
 
 #[derive(Debug, Error)]
 pub enum MpsError {
@@ -61,85 +64,21 @@ pub enum MpsError {
         index: u32,
         why: String,
     },
-}
-
-/// A GPU's daemon as seen from its files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "lowercase")]
-pub enum Daemon {
-    Running {
-        pid: i32,
+    #[error(transparent)]
+    Gpu(#[from] crate::decide::Refusal),
+    #[error("cannot handle {signal}: {source}; run `gpushare mps run` as root")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: nix::Error,
     },
-    Stopped,
-    /// Its process is gone but its control socket is left: it was killed
-    /// or crashed. `gpushare mps start` cleans up and starts it again.
-    Dead,
 }
 
-impl Daemon {
-    pub fn name(self) -> &'static str {
-        match self {
-            Daemon::Running { .. } => "running",
-            Daemon::Stopped => "stopped",
-            Daemon::Dead => "dead",
-        }
+impl MpsError {
+    /// A `--gpu` that names no GPU is the operator's to fix.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, MpsError::Gpu(_))
     }
-}
-
-/// Where one GPU's daemon keeps its files.
-pub struct Paths {
-    pub dir: PathBuf,
-    pub pipe: PathBuf,
-    pub log: PathBuf,
-    /// The GPU's shared-memory tmpfs: its daemon's and its clients' /dev/shm.
-    pub shm: PathBuf,
-    pid: PathBuf,
-    compute_mode: PathBuf,
-}
-
-pub fn paths(cfg: &Config, uuid: &str) -> Paths {
-    let dir = cfg.mps.root.join(uuid);
-    Paths {
-        pipe: dir.join("pipe"),
-        log: dir.join("log"),
-        shm: dir.join("shm"),
-        pid: dir.join("daemon.pid"),
-        compute_mode: dir.join("compute-mode"),
-        dir,
-    }
-}
-
-/// The daemon's socket that only root may use (`quit` and the other
-/// privileged commands): masked in every client.
-pub const PRIVILEGED_SOCKET: &str = "control_privileged";
-
-/// The daemon's state, from its pid file and control socket.
-pub fn daemon(cfg: &Config, uuid: &str) -> Daemon {
-    let p = paths(cfg, uuid);
-    if let Some(pid) = running_pid(&p) {
-        return Daemon::Running { pid };
-    }
-    if p.pipe.join("control").exists() {
-        Daemon::Dead
-    } else {
-        Daemon::Stopped
-    }
-}
-
-/// Whether the GPU's daemon runs: its pid file alone (what a decision
-/// needs; `daemon` also tells a dead one from a stopped one).
-pub fn running(cfg: &Config, uuid: &str) -> bool {
-    running_pid(&paths(cfg, uuid)).is_some()
-}
-
-/// The daemon's pid, when the process its pid file names is still it.
-fn running_pid(p: &Paths) -> Option<i32> {
-    let text = std::fs::read_to_string(&p.pid).ok()?;
-    let mut it = text.split_whitespace().map(str::parse::<u64>);
-    let (Some(Ok(pid)), Some(Ok(start))) = (it.next(), it.next()) else {
-        return None;
-    };
-    process_matches(pid as i32, Some(start)).then_some(pid as i32)
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MpsError + 'a {
@@ -326,7 +265,9 @@ fn try_start(cfg: &Config, gpu: &Gpu) -> Result<Started, MpsError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let start = process_start_time(pid).ok_or_else(|| fail(format!("pid {pid} vanished")))?;
+    let start = Process::find(pid)
+        .ok_or_else(|| fail(format!("pid {pid} vanished")))?
+        .start;
     write_atomic(&p.pid, format!("{pid} {start}\n").as_bytes(), 0o644)
         .map_err(io("write", &p.pid))?;
     started.pid = pid;
@@ -412,12 +353,13 @@ pub fn stop(cfg: &Config, gpu: &Gpu) -> Result<Stopped, MpsError> {
     let was = daemon(cfg, &gpu.uuid);
     if let Daemon::Running { pid } = was {
         let _ = command(cfg, &gpu.uuid, "quit");
-        let start = process_start_time(pid);
+        let process = Process::find(pid);
+        let alive = || process.is_some_and(|p| p.is_alive());
         let deadline = Instant::now() + Duration::from_secs(10);
-        while process_matches(pid, start) && Instant::now() < deadline {
+        while alive() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if process_matches(pid, start) {
+        if alive() {
             // SAFETY: signals the daemon whose pid and start time we hold.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
@@ -688,7 +630,7 @@ pub fn supervise(cfg: &Config, inv: &Inventory, quit: &AtomicBool, log: &mut dyn
             )),
             Err(e) => log(format!(
                 "{name}: cannot stop: {}",
-                crate::error::one_line(&e)
+                crate::text::one_line(&e)
             )),
         }
     }
@@ -717,7 +659,7 @@ fn supervise_one(cfg: &Config, w: &mut Watch, log: &mut dyn FnMut(String)) {
                     }
                     Err(e) => log(format!(
                         "{name}: cannot read the daemon's defaults: {}",
-                        crate::error::one_line(&e)
+                        crate::text::one_line(&e)
                     )),
                 }
             }
@@ -759,7 +701,7 @@ fn supervise_one(cfg: &Config, w: &mut Watch, log: &mut dyn FnMut(String)) {
                     w.next_start = now + wait;
                     log(format!(
                         "{name}: cannot start the daemon: {}; next try in {:.0} s",
-                        crate::error::one_line(&e),
+                        crate::text::one_line(&e),
                         wait.as_secs_f64()
                     ));
                 }
@@ -854,7 +796,7 @@ pub fn act(
     inv: &Inventory,
     gpu: Option<&str>,
     action: Action,
-) -> crate::Result<Vec<Outcome>> {
+) -> Result<Vec<Outcome>, MpsError> {
     let gpus: Vec<&Gpu> = match gpu {
         Some(id) => vec![crate::decide::resolve_one(id, inv)?],
         None => inv.gpus.iter().collect(),
@@ -898,7 +840,7 @@ extern "C" fn on_quit_signal(_: libc::c_int) {
 
 /// `gpushare mps run`: supervises every GPU's daemon in the foreground
 /// until SIGTERM or SIGINT, then stops them all. `log` gets each line.
-pub fn run(cfg: &Config, inv: &Inventory, log: &mut dyn FnMut(String)) -> crate::Result<()> {
+pub fn run(cfg: &Config, inv: &Inventory, log: &mut dyn FnMut(String)) -> Result<(), MpsError> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let action = SigAction::new(
         SigHandler::Handler(on_quit_signal),
@@ -908,10 +850,9 @@ pub fn run(cfg: &Config, inv: &Inventory, log: &mut dyn FnMut(String)) -> crate:
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is
         // async-signal-safe.
-        unsafe { sigaction(sig, &action) }.map_err(|e| {
-            crate::Error::Io(format!(
-                "cannot handle {sig}: {e}; run `gpushare mps run` as root"
-            ))
+        unsafe { sigaction(sig, &action) }.map_err(|source| MpsError::Signal {
+            signal: sig.as_str(),
+            source,
         })?;
     }
     log(format!(
