@@ -4,14 +4,13 @@
 //! a typed round-trip would drop.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::sys::replace;
+use crate::sys::{open_regular, replace, Irregular};
 
 #[derive(Debug, Error)]
 pub enum BundleError {
@@ -92,9 +91,9 @@ impl Raw {
                 bytes,
                 mode,
             }),
-            Err(Fault::Io(source)) => Err(BundleError::Read { path, source }),
-            Err(Fault::NotRegular(kind)) => Err(BundleError::NotRegular { path, kind }),
-            Err(Fault::TooLarge(bytes)) => Err(BundleError::TooLarge { path, bytes }),
+            Err(Irregular::Io(source)) => Err(BundleError::Read { path, source }),
+            Err(Irregular::NotRegular(kind)) => Err(BundleError::NotRegular { path, kind }),
+            Err(Irregular::TooLarge(bytes)) => Err(BundleError::TooLarge { path, bytes }),
         }
     }
 
@@ -212,82 +211,21 @@ impl Bundle {
     }
 }
 
-/// Why a file was not read.
-#[derive(Debug)]
-pub enum Fault {
-    Io(std::io::Error),
-    /// What it is instead: "a FIFO", "a character device"…
-    NotRegular(&'static str),
-    /// Its size, or what was read of it, over `MAX_CONFIG_BYTES`.
-    TooLarge(u64),
-}
-
-/// A file someone else wrote (a bundle's config.json, an exec's process
-/// file), read whole with its mode. It must be a regular file (a FIFO put
-/// there would hang a read forever, a link to `/dev/zero` never ends): it
-/// is first opened as a mere handle (`O_PATH`: no device is opened, no FIFO
-/// waited on) and looked at, and only a regular file is then opened for
-/// reading, through that very handle, so it cannot be swapped in between.
-/// It is read up to `MAX_CONFIG_BYTES` and no further, whatever its size
-/// says.
-pub fn read_capped(path: &Path) -> Result<(Vec<u8>, u32), Fault> {
+/// A file someone else wrote (a bundle's config.json), read whole with its
+/// mode: a regular file (a FIFO put there would hang a read forever, a link
+/// to `/dev/zero` never ends; `sys::open_regular`), read up to
+/// `MAX_CONFIG_BYTES` and no further, whatever its size says.
+pub fn read_capped(path: &Path) -> Result<(Vec<u8>, u32), Irregular> {
     use std::io::Read;
-    let handle = open_with(path, libc::O_PATH).map_err(Fault::Io)?;
-    let meta = handle.metadata().map_err(Fault::Io)?;
-    if !meta.file_type().is_file() {
-        return Err(Fault::NotRegular(kind_of(&meta.file_type())));
-    }
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(Fault::TooLarge(meta.len()));
-    }
-    let reopen = format!("/proc/self/fd/{}", handle.as_raw_fd());
-    let flags = libc::O_NONBLOCK | libc::O_NOCTTY;
-    let file = match open_with(Path::new(&reopen), flags) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // No /proc: the path itself, checked again once open.
-            let f = open_with(path, flags).map_err(Fault::Io)?;
-            if !f.metadata().map_err(Fault::Io)?.file_type().is_file() {
-                return Err(Fault::NotRegular("not the regular file it was"));
-            }
-            f
-        }
-        other => other.map_err(Fault::Io)?,
-    };
+    let (file, meta) = open_regular(path, true, false, MAX_CONFIG_BYTES)?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(MAX_CONFIG_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(Fault::Io)?;
+        .map_err(Irregular::Io)?;
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(Fault::TooLarge(bytes.len() as u64));
+        return Err(Irregular::TooLarge(bytes.len() as u64));
     }
     Ok((bytes, meta.mode() & 0o7777))
-}
-
-/// Opens read-only, close-on-exec, with `flags`.
-fn open_with(path: &Path, flags: libc::c_int) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags | libc::O_CLOEXEC)
-        .open(path)
-}
-
-/// What a file that is not a regular one is, for a message.
-fn kind_of(t: &std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_dir() {
-        "a directory"
-    } else {
-        "a special file"
-    }
 }
 
 pub fn env_of(spec: &Value) -> Result<Vec<&str>, String> {

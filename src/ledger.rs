@@ -181,6 +181,15 @@ impl Hold {
     }
 }
 
+/// What a decision reads of the ledger (`Transaction::tally`).
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    /// The load of the holds that count.
+    pub load: Load,
+    /// The GPUs the container being placed already holds (among those).
+    pub held: Vec<String>,
+}
+
 /// How busy a GPU is, from the holds that count.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct GpuLoad {
@@ -256,6 +265,8 @@ pub struct Ledger {
     conn: Connection,
     dir: PathBuf,
     path: PathBuf,
+    /// Whether this connection's commits are set to sync as `begin` says.
+    durability_set: bool,
 }
 
 impl Ledger {
@@ -320,26 +331,22 @@ impl Ledger {
 
     fn connect(state_dir: &Path, flags: OpenFlags) -> Result<Ledger, LedgerError> {
         let path = state_dir.join(FILE);
-        if let Err(e) = std::fs::File::open(&path) {
-            // SQLite's own error would not say why.
-            return Err(io("open", &path)(e));
-        }
         let conn = Connection::open_with_flags(
             &path,
             flags | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW,
         )
-        .map_err(sqlite(&path))?;
+        .map_err(|e| match std::fs::File::open(&path) {
+            // SQLite's own error would not say why.
+            Err(os) => io("open", &path)(os),
+            Ok(_) => sqlite(&path)(e),
+        })?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
-            .map_err(sqlite(&path))?;
-        // WAL is the file's own setting (made at initialise); NORMAL syncs
-        // at checkpoints, not at each commit: a commit survives any crash
-        // of a process, and the state directory is a tmpfs cleared at boot.
-        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sqlite(&path))?;
         Ok(Ledger {
             conn,
             dir: state_dir.to_owned(),
             path,
+            durability_set: false,
         })
     }
 
@@ -396,6 +403,16 @@ impl Ledger {
     /// Starts one decision: the writers' lock, then `BEGIN IMMEDIATE`.
     /// Dropping the transaction without committing changes nothing.
     pub fn begin(&mut self) -> Result<Transaction<'_>, LedgerError> {
+        if !self.durability_set {
+            // WAL is the file's own setting (made at initialise); NORMAL
+            // syncs at checkpoints, not at each commit: a commit survives
+            // any crash of a process, and the state directory is a tmpfs
+            // cleared at boot.
+            self.conn
+                .pragma_update(None, "synchronous", "NORMAL")
+                .map_err(sqlite(&self.path))?;
+            self.durability_set = true;
+        }
         let lock = self.lock()?;
         let tx = self
             .conn
@@ -437,17 +454,57 @@ impl Transaction<'_> {
         select(&self.tx, "", []).map_err(sqlite(self.path))
     }
 
-    /// The holds that count now, the others removed (with this commit):
-    /// what a decision works from. Each bound hold's process is looked at.
-    pub fn standing_holds(&mut self, timeout: u64) -> Result<Vec<Hold>, LedgerError> {
-        let (live, gone): (Vec<Hold>, Vec<Hold>) = self
-            .holds()?
-            .into_iter()
-            .partition(|h| h.standing(timeout) != Standing::Gone);
-        for h in &gone {
-            self.remove(&h.container, Some(h.reservation))?;
+    /// What a decision works from: the load of the holds that count now
+    /// (each bound hold's process looked at), and the GPUs `container`
+    /// already holds among them. The holds that no longer count are
+    /// removed with this commit.
+    pub fn tally(&mut self, timeout: u64, container: &Container) -> Result<Tally, LedgerError> {
+        let now = now();
+        let mut tally = Tally::default();
+        let mut gone: Vec<i64> = Vec::new();
+        {
+            let mut stmt = self
+                .tx
+                .prepare_cached(
+                    "SELECT rowid, gpu, thread_percentage, pid, pid_start, created, root = ?1 AND id = ?2 FROM holds",
+                )
+                .map_err(sqlite(self.path))?;
+            let mut rows = stmt
+                .query(params![container.root, container.id])
+                .map_err(sqlite(self.path))?;
+            while let Some(r) = rows.next().map_err(sqlite(self.path))? {
+                let row = (|| -> rusqlite::Result<_> {
+                    let pid: Option<i32> = r.get(3)?;
+                    let start: Option<i64> = r.get(4)?;
+                    let created: i64 = r.get(5)?;
+                    let counts = match pid {
+                        None => now.saturating_sub(u64::try_from(created).unwrap_or(0)) < timeout,
+                        Some(pid) => start
+                            .and_then(|s| u64::try_from(s).ok())
+                            .is_some_and(|start| Process { pid, start }.is_alive()),
+                    };
+                    Ok((r.get::<_, i64>(0)?, counts))
+                })()
+                .map_err(sqlite(self.path))?;
+                match row {
+                    (rowid, false) => gone.push(rowid),
+                    (_, true) => {
+                        let gpu: String = r.get(1).map_err(sqlite(self.path))?;
+                        let share: Option<f64> = r.get(2).map_err(sqlite(self.path))?;
+                        if r.get::<_, bool>(6).map_err(sqlite(self.path))? {
+                            tally.held.push(gpu.clone());
+                        }
+                        tally.load.add(&gpu, share);
+                    }
+                }
+            }
         }
-        Ok(live)
+        for rowid in gone {
+            self.tx
+                .execute("DELETE FROM holds WHERE rowid = ?1", [rowid])
+                .map_err(sqlite(self.path))?;
+        }
+        Ok(tally)
     }
 
     /// Writes a hold (one row per GPU), replacing any row of the same
@@ -575,10 +632,9 @@ fn select<P: rusqlite::Params>(
         }
         let pid: Option<i32> = r.get(5)?;
         let start: Option<i64> = r.get(6)?;
-        let names: String = r.get(7)?;
-        let env: String = r.get(8)?;
         let created: i64 = r.get(9)?;
         let source: String = r.get(10)?;
+        let (names, env): (String, String) = (r.get(7)?, r.get(8)?);
         at.insert(key, holds.len());
         holds.push(Hold {
             container,
@@ -990,12 +1046,26 @@ mod tests {
         for h in [&fresh, &old, &running, &reused, &dead, &unknown] {
             tx.insert(h).unwrap();
         }
-        let live = tx.standing_holds(120).unwrap();
-        let ids: Vec<&str> = live.iter().map(|h| h.container.id.as_str()).collect();
-        assert_eq!(ids, ["fresh", "running"]);
-        assert_eq!(Load::of_holds(&live).of("GPU-A").committed_percentage, 40.0);
+        let tally = tx.tally(120, &running.container).unwrap();
+        assert_eq!(tally.load.of("GPU-A").holders, 2);
+        assert_eq!(tally.load.of("GPU-A").committed_percentage, 40.0);
+        assert_eq!(tally.held, ["GPU-a"], "what the container holds");
         tx.commit().unwrap();
-        assert_eq!(l.holds().unwrap().len(), 2, "the others were dropped");
+        let ids: Vec<String> = l
+            .holds()
+            .unwrap()
+            .into_iter()
+            .map(|h| h.container.id)
+            .collect();
+        assert_eq!(ids, ["fresh", "running"], "the others were dropped");
+        for h in l.holds().unwrap() {
+            let want = if h.container.id == "fresh" {
+                Standing::Reserved
+            } else {
+                Standing::Running
+            };
+            assert_eq!(h.standing(120), want);
+        }
     }
 
     #[test]

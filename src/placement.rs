@@ -17,7 +17,7 @@ use crate::driver::{self, Driver};
 use crate::edits::{ContainerEdits, EditsError, MpsClient};
 use crate::ids::IdError;
 use crate::inventory::{Inventory, InventoryError};
-use crate::ledger::{self, Container, Hold, Ledger, LedgerError, Load, Source, Transaction};
+use crate::ledger::{self, Container, Hold, Ledger, LedgerError, Load, Source, Tally, Transaction};
 use crate::request::{Capabilities, Request, RequestError, DRIVER_CAPABILITIES};
 use crate::text::shown;
 
@@ -176,16 +176,13 @@ fn refuse_uninjected(caps: &Capabilities, cfg: &Config) -> Result<(), RequestErr
     })
 }
 
-/// The load of `holds` (those that count) with the GPUs whose MPS daemon
-/// runs marked.
-pub fn load_of(cfg: &Config, inv: &Inventory, holds: &[Hold]) -> Load {
-    let mut load = Load::of_holds(holds);
+/// Marks in `load` the GPUs whose MPS daemon runs.
+fn mark_mps(cfg: &Config, inv: &Inventory, load: &mut Load) {
     for g in &inv.gpus {
         if crate::mps::paths::running(cfg, &g.uuid) {
             load.set_mps(&g.uuid);
         }
     }
-    load
 }
 
 /// A GPU container placed inside a ledger transaction: what it gets and
@@ -219,18 +216,18 @@ pub fn place<'a>(
     crate::ids::check_id(&container.id, shown)?;
     let inventory = Inventory::load(cfg)?;
     let mut tx = ledger.begin()?;
-    let holds = tx.standing_holds(cfg.runtime.reservation_timeout_seconds)?;
-    if let Some(h) = holds.iter().find(|h| h.container == container) {
+    let Tally { mut load, held } = tx.tally(cfg.runtime.reservation_timeout_seconds, &container)?;
+    if !held.is_empty() {
         return Err(PlacementError::AlreadyHeld {
             id: shown(&container.id),
             root: match container.root.as_str() {
                 "" => "under the runtime's default root".into(),
                 r => format!("under runtime root {}", shown(r)),
             },
-            gpus: h.gpus.join(","),
+            gpus: held.join(","),
         });
     }
-    let load = load_of(cfg, &inventory, &holds);
+    mark_mps(cfg, &inventory, &mut load);
     let plan = plan(
         request,
         cfg,
@@ -295,7 +292,8 @@ pub fn preview(bundle: &Bundle, cfg: &Config) -> Result<Option<Plan>, PlacementE
             .collect(),
         None => Vec::new(),
     };
-    let load = load_of(cfg, &inventory, &holds);
+    let mut load = Load::of_holds(&holds);
+    mark_mps(cfg, &inventory, &mut load);
     plan(
         &request,
         cfg,

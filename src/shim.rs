@@ -545,26 +545,14 @@ pub fn exec_runtime(runtime: &Path, args: &[OsString]) -> ShimError {
 /// `MAX_CONFIG_BYTES`), so no file is made in the engine's directory.
 fn give_env(process: &Path, env: &[String]) -> Result<(), String> {
     use std::io::{Read, Seek};
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = |path: &Path, read_write: bool, flags: libc::c_int| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(read_write)
-            .custom_flags(flags | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| e.to_string())
-    };
-    let handle = open(process, false, libc::O_PATH | libc::O_NOFOLLOW)?;
-    let meta = handle.metadata().map_err(|e| e.to_string())?;
-    if !meta.file_type().is_file() || meta.len() > crate::bundle::MAX_CONFIG_BYTES {
-        return Err("not a regular file of at most 16 MiB".into());
-    }
-    let mut file = open(
-        Path::new(&format!("/proc/self/fd/{}", handle.as_raw_fd())),
-        true,
-        libc::O_NONBLOCK | libc::O_NOCTTY,
-    )?;
+    let (mut file, _) =
+        crate::sys::open_regular(process, false, true, crate::bundle::MAX_CONFIG_BYTES).map_err(
+            |e| match e {
+                crate::sys::Irregular::Io(e) => e.to_string(),
+                crate::sys::Irregular::NotRegular(kind) => format!("{kind}, not a regular file"),
+                crate::sys::Irregular::TooLarge(_) => "larger than 16 MiB".to_owned(),
+            },
+        )?;
     let mut bytes = Vec::new();
     (&mut file)
         .take(crate::bundle::MAX_CONFIG_BYTES)

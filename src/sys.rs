@@ -232,6 +232,87 @@ fn process_stat(pid: i32) -> Option<(char, u64)> {
     Some((state, rest.nth(18)?.parse().ok()?))
 }
 
+/// Why `open_regular` opened nothing.
+#[derive(Debug)]
+pub enum Irregular {
+    Io(std::io::Error),
+    /// What it is instead: "a FIFO", "a character device"…
+    NotRegular(&'static str),
+    /// Its size, over the most allowed.
+    TooLarge(u64),
+}
+
+/// Opens a regular file someone else controls (a bundle's config.json, an
+/// exec's process file) without being led astray by what stands at its
+/// path: first as a mere handle (`O_PATH`: no device is opened, no FIFO
+/// waited on) that is looked at, and only a regular file of at most `max`
+/// bytes is then opened, through that very handle, so nothing can be
+/// swapped in between. `follow`: whether a symlink at `path` is followed;
+/// `write`: opened for writing too. Non-blocking, no controlling terminal.
+pub fn open_regular(
+    path: &Path,
+    follow: bool,
+    write: bool,
+    max: u64,
+) -> Result<(File, std::fs::Metadata), Irregular> {
+    let mut flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
+    if !follow {
+        flags |= OFlag::O_NOFOLLOW;
+    }
+    // By the system call itself: the standard library's OpenOptions masks
+    // O_PATH out where the C library counts it in O_ACCMODE (musl's does).
+    let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())
+        .map_err(|e| Irregular::Io(e.into()))?;
+    // SAFETY: open returned a fresh descriptor that nothing else owns.
+    let handle = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let meta = handle.metadata().map_err(Irregular::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(Irregular::NotRegular(kind_of(&meta.file_type())));
+    }
+    if meta.len() > max {
+        return Err(Irregular::TooLarge(meta.len()));
+    }
+    let open = |p: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(p)
+    };
+    let file = match open(Path::new(&format!("/proc/self/fd/{}", handle.as_raw_fd()))) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // No /proc: the path itself, checked again once open.
+            let f = open(path).map_err(Irregular::Io)?;
+            if !f.metadata().map_err(Irregular::Io)?.file_type().is_file() {
+                return Err(Irregular::NotRegular("not the regular file it was"));
+            }
+            f
+        }
+        other => other.map_err(Irregular::Io)?,
+    };
+    Ok((file, meta))
+}
+
+/// What a file that is not a regular one is, for a message.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "a special file"
+    }
+}
+
 /// The flags every in-root lookup uses: stay inside the root, and refuse
 /// /proc-style magic links, which could point anywhere.
 fn in_root() -> ResolveFlag {

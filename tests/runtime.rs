@@ -706,11 +706,11 @@ fn non_gpu_creates_and_other_calls_are_a_bare_exec() {
 }
 
 #[test]
-fn a_config_the_front_does_not_read_goes_to_the_full_runtime_and_a_typo_is_named() {
+fn a_config_in_any_toml_form_is_read_and_a_typo_is_named() {
     let node = Node::new(1, "");
     let fake = node.path().join("fake-runc");
     let text = std::fs::read_to_string(&node.config).unwrap();
-    // Valid TOML the front's small reader does not take: a quoted key.
+    // Valid TOML written another way: a quoted key.
     std::fs::write(
         &node.config,
         text.replace("[runtime]\npath =", "[runtime]\n\"path\" ="),
@@ -873,7 +873,7 @@ fn an_engines_exec_into_a_placed_container_gets_gpushares_variables() {
 }
 
 #[test]
-fn version_prints_gpushares_then_the_runtimes_from_the_front_and_the_full_runtime() {
+fn version_prints_gpushares_then_the_runtimes() {
     let node = Node::new(1, "");
     let version = env!("CARGO_PKG_VERSION");
     let ours = format!("gpushare-runtime version {version}\n\n");
@@ -888,7 +888,7 @@ fn version_prints_gpushares_then_the_runtimes_from_the_front_and_the_full_runtim
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), format!("{ours}runc version 1.1.5\n"));
     assert_eq!(node.recorded().unwrap()[1..], ["--version"]);
-    // A config only the full runtime reads: the same.
+    // A config written another way: the same.
     let text = std::fs::read_to_string(&node.config).unwrap();
     std::fs::write(
         &node.config,

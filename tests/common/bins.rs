@@ -1,7 +1,7 @@
 //! The binaries under test or measured: cargo's own build, or the ones in
 //! `$GPUSHARE_BIN_DIR` (install/test.sh and install/bench.sh name the node
-//! build there, so tests and bench run what a node installs: static, the
-//! hook linked against musl). Shared by the tests, the end-to-end tests and
+//! build there, so tests and bench run what a node installs: the runtime
+//! and the hook static). Shared by the tests, the end-to-end tests and
 //! the bench, each of which includes this file.
 #![allow(dead_code)]
 
