@@ -73,11 +73,11 @@ pub enum LedgerError {
     Io(#[source] IoError),
     #[error("cannot read {path}: permission denied; the ledger names containers, their pids and pods, so only root may read it: run this as root")]
     NotRoot { path: PathBuf },
-    #[error("ledger {path}: {source}; move it aside and run `gpushare gc` to start a new one")]
+    // SQLite's message says it all; its own cause repeats it.
+    #[error("ledger {path}: {error}; move it aside (the next create starts a new one)")]
     Sqlite {
         path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     #[error("ledger {path} has schema version {found}, newer than this gpushare knows ({SCHEMA_VERSION}); run the gpushare that wrote it")]
     Newer { path: PathBuf, found: i64 },
@@ -241,9 +241,9 @@ impl Load {
 }
 
 fn sqlite(path: &Path) -> impl FnOnce(rusqlite::Error) -> LedgerError + '_ {
-    move |source| LedgerError::Sqlite {
+    move |error| LedgerError::Sqlite {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

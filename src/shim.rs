@@ -128,11 +128,20 @@ pub fn handle(inv: &Invocation, args: &[OsString], cfg: &Config) -> Result<ExitS
     }
     if let Some(id) = &inv.delete {
         let c = container(inv.root.as_deref(), id);
-        if let Some(ledger) = Ledger::open_if_exists(&cfg.runtime.state_dir)? {
-            let holds = ledger.holds_of(&c)?;
-            if !holds.is_empty() {
+        // A ledger that cannot be read never keeps an engine from deleting
+        // a container: its hold, if it has one, stops counting once its
+        // process is gone.
+        let held = Ledger::open_if_exists(&cfg.runtime.state_dir)
+            .and_then(|l| l.map(|l| l.holds_of(&c).map(|h| (l, h))).transpose());
+        match held {
+            Ok(Some((ledger, holds))) if !holds.is_empty() => {
                 return delete(ledger, &c, &holds, &runtime, args);
             }
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "gpushare: warning: cannot read the ledger ({}); deleting the container without releasing a hold it may have",
+                crate::text::one_line(&e)
+            ),
         }
     } else if let Some((id, process)) = &inv.exec_process {
         // The engine's exec brings its own copy of the container's process

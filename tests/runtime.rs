@@ -1077,3 +1077,34 @@ fn two_hundred_creates_at_once_never_double_book_a_budget() {
         .sum();
     assert_eq!(sum, 100.0);
 }
+
+#[test]
+fn an_unreadable_ledger_never_keeps_an_engine_from_deleting_a_container() {
+    let node = Node::new(1, "");
+    let b = node.bundle("b", &["NVIDIA_VISIBLE_DEVICES=0"]);
+    let out = node.runtime(&["create", "--bundle", b.to_str().unwrap(), "c1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let db = node.path().join("state/ledger.db");
+    std::fs::write(
+        &db,
+        b"not a database at all, but long enough to look like a header....",
+    )
+    .unwrap();
+    for f in ["ledger.db-wal", "ledger.db-shm"] {
+        let _ = std::fs::remove_file(node.path().join("state").join(f));
+    }
+    let out = node.runtime(&["delete", "c1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node.recorded().unwrap()[1..], ["delete", "c1"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: cannot read the ledger") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    // A create says what is wrong, in one line, and runs nothing.
+    std::fs::remove_file(node.argv_file()).unwrap();
+    let out = node.runtime(&["create", "--bundle", b.to_str().unwrap(), "c2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ledger.db"), "{}", stderr(&out));
+    assert!(node.recorded().is_none());
+}
