@@ -162,22 +162,27 @@ pub enum Standing {
 }
 
 impl Hold {
-    /// The bound process, when its pid and start time are both known.
-    pub fn process(&self) -> Option<Process> {
-        Some(Process {
-            pid: self.pid?,
-            start: self.pid_start?,
-        })
-    }
-
     /// Whether the hold counts now: see `Standing`.
     pub fn standing(&self, timeout: u64) -> Standing {
-        match (self.pid, self.process()) {
-            (None, _) if now().saturating_sub(self.created) < timeout => Standing::Reserved,
-            (None, _) => Standing::Gone,
-            (Some(_), Some(p)) if p.is_alive() => Standing::Running,
-            (Some(_), _) => Standing::Gone,
-        }
+        standing(self.pid, self.pid_start, self.created, timeout, now())
+    }
+}
+
+/// The one rule of whether a hold counts: a reservation (no pid yet) for
+/// `timeout` seconds after `created`; a bound hold while its pid and that
+/// pid's start time name a live process (an unknown start never does).
+fn standing(
+    pid: Option<i32>,
+    start: Option<u64>,
+    created: u64,
+    timeout: u64,
+    now: u64,
+) -> Standing {
+    match (pid, start) {
+        (None, _) if now.saturating_sub(created) < timeout => Standing::Reserved,
+        (None, _) => Standing::Gone,
+        (Some(pid), Some(start)) if (Process { pid, start }).is_alive() => Standing::Running,
+        (Some(_), _) => Standing::Gone,
     }
 }
 
@@ -425,6 +430,16 @@ impl Ledger {
         })
     }
 
+    /// Releases the rows of `reservations` of container `c`, in one
+    /// transaction of their own (a delete or an undo).
+    pub fn release(&mut self, c: &Container, reservations: &[i64]) -> Result<(), LedgerError> {
+        let mut tx = self.begin()?;
+        for r in reservations {
+            tx.remove(c, Some(*r))?;
+        }
+        tx.commit()
+    }
+
     /// Every hold, as one consistent read (standing not judged).
     pub fn holds(&self) -> Result<Vec<Hold>, LedgerError> {
         select(&self.conn, "", []).map_err(sqlite(&self.path))
@@ -477,12 +492,13 @@ impl Transaction<'_> {
                     let pid: Option<i32> = r.get(3)?;
                     let start: Option<i64> = r.get(4)?;
                     let created: i64 = r.get(5)?;
-                    let counts = match pid {
-                        None => now.saturating_sub(u64::try_from(created).unwrap_or(0)) < timeout,
-                        Some(pid) => start
-                            .and_then(|s| u64::try_from(s).ok())
-                            .is_some_and(|start| Process { pid, start }.is_alive()),
-                    };
+                    let counts = standing(
+                        pid,
+                        start.and_then(|s| u64::try_from(s).ok()),
+                        u64::try_from(created).unwrap_or(0),
+                        timeout,
+                        now,
+                    ) != Standing::Gone;
                     Ok((r.get::<_, i64>(0)?, counts))
                 })()
                 .map_err(sqlite(self.path))?;
@@ -984,7 +1000,7 @@ mod tests {
         assert!(!tx.bind(&h.container, h.reservation + 1, me().pid).unwrap());
         tx.commit().unwrap();
         let got = l.holds_of(&h.container).unwrap().pop().unwrap();
-        assert_eq!(got.process(), Some(me()));
+        assert_eq!((got.pid, got.pid_start), (Some(me().pid), Some(me().start)));
         assert_eq!(got.standing(60), Standing::Running);
         assert_eq!(got.env, h.env);
         // Another root, the same id: another container.

@@ -178,13 +178,8 @@ fn delete(
     if status.success() {
         // The container is gone whatever the ledger says: a failed write is
         // the liveness check's to mend, not the engine's.
-        let released = ledger.begin().and_then(|mut tx| {
-            for h in holds {
-                tx.remove(c, Some(h.reservation))?;
-            }
-            tx.commit()
-        });
-        if let Err(e) = released {
+        let reservations: Vec<i64> = holds.iter().map(|h| h.reservation).collect();
+        if let Err(e) = ledger.release(c, &reservations) {
             eprintln!(
                 "gpushare: warning: the container is deleted but its release could not be recorded ({}); its hold stops counting now that its process is gone",
                 crate::text::one_line(&e)
@@ -266,11 +261,9 @@ impl Placed {
     }
 
     fn release(&mut self) {
-        let (c, r) = (&self.hold.container, self.hold.reservation);
         let _ = self
             .ledger
-            .begin()
-            .and_then(|mut tx| tx.remove(c, Some(r)).and_then(|_| tx.commit()));
+            .release(&self.hold.container, &[self.hold.reservation]);
     }
 
     /// Records the container's init process with this call's reservation
