@@ -49,6 +49,10 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{ENV_VAR} names {path}, which does not exist; create it, or unset {ENV_VAR} to use {DEFAULT_PATH}")]
+    Missing { path: PathBuf },
+    #[error("{ENV_VAR} is {path}, not an absolute path (it would be read from whatever directory a runtime or hook starts in); set it to the file's absolute path")]
+    Relative { path: PathBuf },
     #[error("config {path} is not valid TOML at line {line}, column {column}: {message}")]
     Syntax {
         path: PathBuf,
@@ -236,10 +240,33 @@ impl Config {
         }
     }
 
-    /// Loads the config in force. Only a missing file means defaults; any
-    /// other read error is reported, never papered over.
+    /// Loads the config in force. Only the default file's absence means
+    /// defaults: a `GPUSHARE_CONFIG` that names a missing file or a relative
+    /// path is an error, as is any other read error, never papered over.
     pub fn load() -> Result<Config, ConfigError> {
-        Self::load_path(&Self::path_from_env())
+        Self::load_named(
+            std::env::var_os(ENV_VAR)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+        )
+    }
+
+    /// Loads the config a `GPUSHARE_CONFIG` value names (`None`: the
+    /// default path, whose absence means defaults).
+    pub fn load_named(named: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let Some(path) = named else {
+            return Self::load_path(Path::new(DEFAULT_PATH));
+        };
+        if !path.is_absolute() {
+            return Err(ConfigError::Relative { path });
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ConfigError::Missing { path })
+            }
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
     }
 
     pub fn load_path(path: &Path) -> Result<Config, ConfigError> {
@@ -578,5 +605,19 @@ shm_size = "512M"
             Config::load_path(dir.path()),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn a_named_config_must_exist_and_be_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let e = Config::load_named(Some(missing.clone())).unwrap_err();
+        assert!(matches!(e, ConfigError::Missing { .. }), "{e}");
+        assert!(e.to_string().contains("GPUSHARE_CONFIG names"), "{e}");
+        let e = Config::load_named(Some("node/config.toml".into())).unwrap_err();
+        assert!(matches!(e, ConfigError::Relative { .. }), "{e}");
+        std::fs::write(&missing, "[runtime]\npath = \"/x/runc\"\n").unwrap();
+        let c = Config::load_named(Some(missing)).unwrap();
+        assert_eq!(c.runtime.path, "/x/runc");
     }
 }

@@ -238,3 +238,235 @@ fn a_bare_file_name_works_as_typed_in_its_directory() {
         original
     );
 }
+
+fn need_ctr() {
+    assert!(
+        std::process::Command::new("ctr")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "ctr is not installed (containerd --mode hook writes `ctr oci spec`): apt-get install containerd"
+    );
+}
+
+/// The `gpushare` runtime's table in a containerd v2 config.
+fn gpushare_runtime(file: &Path) -> toml::Table {
+    let doc: toml::Table = std::fs::read_to_string(file).unwrap().parse().unwrap();
+    doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["gpushare"]
+        .as_table()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn relative_paths_are_written_absolute_and_said() {
+    need_ctr();
+    let node = Node::new(1, "");
+    let dir = node.path().join("etc");
+    std::fs::create_dir_all(dir.join("node")).unwrap();
+    std::fs::copy(&node.config, dir.join("node/config.toml")).unwrap();
+    let out = node
+        .command(bin_cli())
+        .current_dir(&dir)
+        .args([
+            "install",
+            "containerd",
+            "--config",
+            "c.toml",
+            "--mode",
+            "hook",
+            "--gpushare-config",
+            "node/config.toml",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = dir.canonicalize().unwrap();
+    assert!(
+        stdout(&out).contains(&format!(
+            "--config c.toml is relative: taken as {}",
+            dir.join("c.toml").display()
+        )) && stdout(&out).contains(&format!(
+            "--gpushare-config node/config.toml is relative: taken as {}",
+            dir.join("node/config.toml").display()
+        )),
+        "{}",
+        stdout(&out)
+    );
+    let rt = gpushare_runtime(&dir.join("c.toml"));
+    let spec = rt["base_runtime_spec"].as_str().unwrap();
+    assert_eq!(
+        spec,
+        dir.join("c.toml.gpushare-base-spec.json").to_str().unwrap()
+    );
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(spec).unwrap()).unwrap();
+    let hook = &spec["hooks"]["prestart"][0];
+    assert!(
+        Path::new(hook["path"].as_str().unwrap()).is_absolute(),
+        "{hook}"
+    );
+    assert_eq!(
+        hook["env"][0].as_str().unwrap(),
+        format!("GPUSHARE_CONFIG={}", dir.join("node/config.toml").display())
+    );
+}
+
+#[test]
+fn two_configs_in_one_directory_keep_their_own_base_specs() {
+    need_ctr();
+    let node = Node::new(1, "");
+    let c = node.config.to_str().unwrap();
+    let (a, b) = (node.path().join("a.toml"), node.path().join("b.toml"));
+    for f in [&a, &b] {
+        let out = install(
+            &node,
+            &[
+                "containerd",
+                "--config",
+                f.to_str().unwrap(),
+                "--mode",
+                "hook",
+                "--gpushare-config",
+                c,
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let spec_a = node.path().join("a.toml.gpushare-base-spec.json");
+    let spec_b = node.path().join("b.toml.gpushare-base-spec.json");
+    assert_eq!(
+        gpushare_runtime(&a)["base_runtime_spec"].as_str(),
+        spec_a.to_str()
+    );
+    assert_eq!(
+        gpushare_runtime(&b)["base_runtime_spec"].as_str(),
+        spec_b.to_str()
+    );
+    let b_spec = std::fs::read(&spec_b).unwrap();
+    let out = install(
+        &node,
+        &["containerd", "--config", a.to_str().unwrap(), "--uninstall"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!spec_a.exists(), "a's base spec went with a's runtime");
+    assert_eq!(
+        std::fs::read(&spec_b).unwrap(),
+        b_spec,
+        "b's base spec is untouched"
+    );
+    // Shim mode over hook mode: the base spec nothing names any more goes.
+    let out = install(&node, &["containerd", "--config", b.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!spec_b.exists(), "{}", stdout(&out));
+    assert!(gpushare_runtime(&b).get("base_runtime_spec").is_none());
+}
+
+#[test]
+fn a_custom_runc_binary_is_kept_as_gpushares_runtime_path() {
+    let runc = "/opt/runc/bin/runc";
+    let with_binary = fixture("install/containerd-v2.toml").replace(
+        "SystemdCgroup = true",
+        &format!("SystemdCgroup = true\n          BinaryName = {runc:?}"),
+    );
+    // gpushare's config names no runtime path: install writes the binary in.
+    let node = Node::new(1, "");
+    let plain = node.path().join("plain.toml");
+    std::fs::write(&plain, "[runtime]\nstate_dir = \"/tmp/x\"\n").unwrap();
+    let file = node.path().join("config.toml.d");
+    std::fs::create_dir(&file).unwrap();
+    let file = file.join("containerd.toml");
+    std::fs::write(&file, &with_binary).unwrap();
+    let args = [
+        "containerd",
+        "--config",
+        file.to_str().unwrap(),
+        "--gpushare-config",
+        plain.to_str().unwrap(),
+    ];
+    let out = install(&node, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg: toml::Table = std::fs::read_to_string(&plain).unwrap().parse().unwrap();
+    assert_eq!(cfg["runtime"]["path"].as_str(), Some(runc), "{cfg}");
+    assert_eq!(cfg["runtime"]["state_dir"].as_str(), Some("/tmp/x"));
+    let rt = gpushare_runtime(&file);
+    assert!(rt["options"]["BinaryName"]
+        .as_str()
+        .unwrap()
+        .ends_with("gpushare-runtime"));
+    assert!(stdout(&install(&node, &args)).contains("nothing to change"));
+
+    // gpushare's config names another runc: refused, nothing written.
+    std::fs::write(&file, &with_binary).unwrap();
+    let other = node.path().join("other.toml");
+    std::fs::write(&other, "[runtime]\npath = \"/usr/sbin/runc\"\n").unwrap();
+    let out = install(
+        &node,
+        &[
+            "containerd",
+            "--config",
+            file.to_str().unwrap(),
+            "--gpushare-config",
+            other.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("containerd's runc runs {runc}"))
+            && stderr(&out).contains("[runtime] path = \"/usr/sbin/runc\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), with_binary);
+    assert_eq!(
+        std::fs::read_to_string(&other).unwrap(),
+        "[runtime]\npath = \"/usr/sbin/runc\"\n"
+    );
+}
+
+#[test]
+fn a_gpushare_config_that_is_missing_is_an_error_everywhere() {
+    let node = Node::new(1, "");
+    let missing = node.path().join("nope.toml");
+    let out = node
+        .command(bin_cli())
+        .env("GPUSHARE_CONFIG", &missing)
+        .arg("inventory")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("GPUSHARE_CONFIG names") && stderr(&out).contains("does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    let out = node
+        .command(bin_cli())
+        .env("GPUSHARE_CONFIG", "node/config.toml")
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not an absolute path"),
+        "{}",
+        stderr(&out)
+    );
+    let hooks = node.path().join("hooks.d");
+    let out = install(
+        &node,
+        &[
+            "podman",
+            "--config",
+            hooks.to_str().unwrap(),
+            "--gpushare-config",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--gpushare-config") && stderr(&out).contains("does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!hooks.exists(), "nothing written");
+}

@@ -28,9 +28,10 @@ pub(super) fn cri_runtimes_path(version: i64) -> Option<[&'static str; 4]> {
     }
 }
 
-fn containerd_parse(path: &Path, text: Option<&str>) -> Result<(DocumentMut, i64), InstallError> {
-    let text = text.unwrap_or("");
-    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+/// A TOML file as toml_edit keeps it (comments, order), or the line and
+/// column where it is broken.
+pub(super) fn parse_toml(path: &Path, text: &str) -> Result<DocumentMut, InstallError> {
+    text.parse().map_err(|e: toml_edit::TomlError| {
         let (line, column) = e
             .span()
             .map(|s| {
@@ -48,7 +49,12 @@ fn containerd_parse(path: &Path, text: Option<&str>) -> Result<(DocumentMut, i64
             column,
             message: e.message().replace('\n', " "),
         }
-    })?;
+    })
+}
+
+fn containerd_parse(path: &Path, text: Option<&str>) -> Result<(DocumentMut, i64), InstallError> {
+    let text = text.unwrap_or("");
+    let mut doc = parse_toml(path, text)?;
     let version = match doc.get("version") {
         Some(v) => v
             .as_integer()
@@ -230,8 +236,61 @@ pub fn base_spec(hook: &Path, gpushare_config: Option<&Path>) -> Result<String, 
     ))
 }
 
+/// The ending of every base spec file install writes.
+const BASE_SPEC_SUFFIX: &str = "gpushare-base-spec.json";
+
 /// Where `--mode hook` keeps containerd's base runtime spec: beside its
-/// config.
+/// config, named after it, so two configs in one directory never share one.
 pub fn base_spec_path(config: &Path) -> PathBuf {
-    config.with_file_name("gpushare-base-spec.json")
+    let name = config
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    config.with_file_name(format!("{name}.{BASE_SPEC_SUFFIX}"))
+}
+
+/// The table of the CRI runtime `name` in a containerd config, if any.
+fn runtime_table<'a>(doc: &'a DocumentMut, version: i64, name: &str) -> Option<&'a Table> {
+    let keys = cri_runtimes_path(version)?;
+    let mut table = doc.as_table();
+    for k in keys {
+        table = table.get(k)?.as_table()?;
+    }
+    table.get(name)?.as_table()
+}
+
+/// The base runtime spec a config's `gpushare` runtime names, when it is a
+/// file install wrote (its name says so): the one uninstall removes.
+pub fn named_base_spec(path: &Path, text: Option<&str>) -> Result<Option<PathBuf>, InstallError> {
+    if text.is_none_or(|t| t.trim().is_empty()) {
+        return Ok(None);
+    }
+    let (doc, version) = containerd_parse(path, text)?;
+    Ok(runtime_table(&doc, version, RUNTIME_NAME)
+        .and_then(|t| t.get("base_runtime_spec"))
+        .and_then(Item::as_str)
+        .map(PathBuf::from)
+        .filter(|p| {
+            p.is_absolute()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(BASE_SPEC_SUFFIX))
+        }))
+}
+
+/// The binary containerd's runc runtime (whose options gpushare's runtime
+/// copies) runs, when its options name one (`BinaryName`) other than
+/// gpushare-runtime.
+pub fn runc_binary_name(path: &Path, text: Option<&str>) -> Result<Option<String>, InstallError> {
+    if text.is_none_or(|t| t.trim().is_empty()) {
+        return Ok(None);
+    }
+    let (doc, version) = containerd_parse(path, text)?;
+    Ok(runtime_table(&doc, version, "runc")
+        .and_then(|t| t.get("options"))
+        .and_then(Item::as_table_like)
+        .and_then(|o| o.get("BinaryName"))
+        .and_then(Item::as_str)
+        .filter(|b| !b.is_empty() && !b.ends_with("gpushare-runtime"))
+        .map(str::to_owned))
 }

@@ -18,7 +18,8 @@ mod docker;
 mod hooks;
 
 pub use containerd::{
-    base_spec, base_spec_path, containerd_install, containerd_uninstall, ContainerdMode,
+    base_spec, base_spec_path, containerd_install, containerd_uninstall, named_base_spec,
+    runc_binary_name, ContainerdMode,
 };
 pub use docker::{docker_install, docker_uninstall};
 pub use hooks::{crio_drop_in, hooks_file};
@@ -41,6 +42,15 @@ pub enum InstallError {
     NoBinary(PathBuf),
     #[error("--{0} applies to {1} only")]
     Option(&'static str, &'static str),
+    #[error("--gpushare-config {0} does not exist; write gpushare's config there first (install/config.toml is the model), or leave the option out to use /etc/gpushare/config.toml")]
+    MissingConfig(PathBuf),
+    #[error("containerd's runc runs {binary} (BinaryName in {engine_config}) but {config} sets [runtime] path = {path:?}, so containers of runtime `gpushare` would run another runc; make [runtime] path name {binary}, or take BinaryName out, then run install again")]
+    RuncConflict {
+        binary: String,
+        engine_config: PathBuf,
+        config: PathBuf,
+        path: String,
+    },
 }
 
 impl InstallError {
@@ -49,7 +59,11 @@ impl InstallError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            InstallError::Malformed { .. } | InstallError::Shape { .. } | InstallError::Option(..)
+            InstallError::Malformed { .. }
+                | InstallError::Shape { .. }
+                | InstallError::Option(..)
+                | InstallError::MissingConfig(_)
+                | InstallError::RuncConflict { .. }
         )
     }
 }
@@ -75,6 +89,38 @@ pub struct Options {
     pub gpushare_config: Option<PathBuf>,
     /// containerd: bring gpushare in by hooks in a base runtime spec.
     pub hook_mode: bool,
+}
+
+impl Options {
+    /// The options with every path absolute: a relative `--config` or
+    /// `--gpushare-config` is taken from the working directory (engines
+    /// and hooks start elsewhere), and each such is said in a line. A
+    /// `--gpushare-config` that does not exist is refused.
+    pub fn resolved(&self) -> Result<(Options, Vec<String>), InstallError> {
+        let mut o = self.clone();
+        let mut said = Vec::new();
+        for (flag, p) in [
+            ("--config", &mut o.config),
+            ("--gpushare-config", &mut o.gpushare_config),
+        ] {
+            if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
+                let abs = std::path::absolute(rel)
+                    .map_err(|e| InstallError::from(crate::sys::io("resolve", rel)(e)))?;
+                said.push(format!(
+                    "{flag} {} is relative: taken as {} (from the working directory)",
+                    rel.display(),
+                    abs.display()
+                ));
+                *p = Some(abs);
+            }
+        }
+        if let Some(c) = o.gpushare_config.as_ref().filter(|_| !o.uninstall) {
+            if std::fs::metadata(c).is_err() {
+                return Err(InstallError::MissingConfig(c.clone()));
+            }
+        }
+        Ok((o, said))
+    }
 }
 
 /// One file as it is and as it would be (`None`: absent).
@@ -226,29 +272,39 @@ pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
                 }
             };
             let mut changes = vec![Change {
-                path,
+                path: path.clone(),
                 before,
                 after,
                 owned: false,
             }];
             if o.engine == Engine::Containerd {
-                let spec_before = read(&spec_path)?;
-                let spec_after = match (o.uninstall, o.hook_mode) {
-                    (false, true) => {
-                        Some(base_spec(&hook, o.gpushare_config.as_deref())?.into_bytes())
-                    }
-                    // Uninstall takes it out whichever mode put it there.
-                    (true, _) => None,
-                    (false, false) => spec_before.clone(),
-                };
-                // Shim mode neither writes nor needs it: not a change to show.
-                if spec_before.is_some() || spec_after.is_some() {
+                // The base spec this install writes, and the one the config
+                // names now if that is another (an older install's, or
+                // hook mode's before shim mode): gone, as nothing names it.
+                let named = named_base_spec(&path, text.as_deref())?;
+                let wanted = (o.hook_mode && !o.uninstall).then_some(spec_path);
+                if let Some(spec) = &wanted {
                     changes.push(Change {
-                        path: spec_path.clone(),
-                        before: spec_before,
-                        after: spec_after,
+                        before: read(spec)?,
+                        after: Some(base_spec(&hook, o.gpushare_config.as_deref())?.into_bytes()),
+                        path: spec.clone(),
                         owned: true,
                     });
+                }
+                if let Some(old) = named.filter(|n| Some(n) != wanted.as_ref()) {
+                    if let Some(before) = read(&old)? {
+                        changes.push(Change {
+                            path: old,
+                            before: Some(before),
+                            after: None,
+                            owned: true,
+                        });
+                    }
+                }
+                if !o.uninstall && !o.hook_mode {
+                    if let Some(binary) = runc_binary_name(&path, text.as_deref())? {
+                        changes.extend(keep_runc_binary(o, &path, &binary)?);
+                    }
                 }
             }
             Ok(changes)
@@ -275,6 +331,49 @@ pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
             Ok(changes)
         }
     }
+}
+
+/// containerd's runc runs `binary` (its options' `BinaryName`): gpushare's
+/// runtime must run that one too, so it goes into gpushare's config as
+/// `[runtime] path` (unless already there); a config that names another
+/// runc is the operator's to settle.
+fn keep_runc_binary(
+    o: &Options,
+    engine_config: &Path,
+    binary: &str,
+) -> Result<Option<Change>, InstallError> {
+    let path = o
+        .gpushare_config
+        .clone()
+        .unwrap_or_else(crate::config::Config::path_from_env);
+    let before = read(&path)?;
+    let text = text_of(&path, &before)?.unwrap_or_default();
+    let mut doc = containerd::parse_toml(&path, &text)?;
+    let runtime = doc
+        .entry("runtime")
+        .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| shape(&path, "`runtime` is not a table"))?;
+    match runtime.get("path").map(|p| p.as_str()) {
+        Some(Some(p)) if p == binary => return Ok(None),
+        Some(Some(p)) => {
+            return Err(InstallError::RuncConflict {
+                binary: binary.to_owned(),
+                engine_config: engine_config.to_owned(),
+                config: path,
+                path: p.to_owned(),
+            })
+        }
+        Some(None) => return Err(shape(&path, "`runtime.path` is not a string")),
+        None => {}
+    }
+    runtime.insert("path", toml_edit::value(binary));
+    Ok(Some(Change {
+        path,
+        before,
+        after: Some(doc.to_string().into_bytes()),
+        owned: false,
+    }))
 }
 
 /// NVIDIA's runtimes an engine's config declares: (where, binary).
@@ -425,9 +524,11 @@ fn apply_one(
 /// `gpushare install`: plans the change, and prints it (`dry_run`) or
 /// writes it; the lines to show, in order.
 pub fn run(o: &Options, dry_run: bool) -> Result<Vec<String>, InstallError> {
+    let (o, said) = o.resolved()?;
+    let o = &o;
     let changes = plan(o)?;
     let note = (!o.uninstall).then(|| chaining_note(o)).flatten();
-    let mut out = Vec::new();
+    let mut out = said;
     if changes.iter().all(Change::is_noop) {
         out.extend(
             changes
