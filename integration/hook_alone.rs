@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -161,19 +162,7 @@ fn podman_with_the_hooks_dir_gives_gpu_1_only() {
             .is_ok_and(|o| o.status.success()),
         "podman is not installed: apt-get install podman"
     );
-    let hooks = node.dir.path().join("hooks.d");
-    std::fs::create_dir(&hooks).unwrap();
-    // The shipped hooks.d file, pointed at this build and this node.
-    let mut file: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks/oci-gpushare-hook.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    file["hook"]["path"] = json!(hook());
-    file["hook"]["env"] = json!([format!("GPUSHARE_CONFIG={}", node.config.display())]);
-    std::fs::write(hooks.join("gpushare.json"), file.to_string()).unwrap();
+    let hooks = podman_hooks(&node);
     let name = node.id(0);
     let out = podman_run(
         &hooks,
@@ -295,4 +284,121 @@ fn cgroup_v2_a_runtimes_deny_all_program_is_extended_by_exactly_the_gpu() {
         t.contains("null-ok"),
         "what the runtime allowed still is: {t}"
     );
+}
+
+/// The hooks directory podman reads in these tests: the shipped hooks.d
+/// file, pointed at this build and this node.
+fn podman_hooks(node: &Node) -> std::path::PathBuf {
+    let hooks = node.dir.path().join("hooks.d");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let mut file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks/oci-gpushare-hook.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    file["hook"]["path"] = json!(hook());
+    file["hook"]["env"] = json!([format!("GPUSHARE_CONFIG={}", node.config.display())]);
+    std::fs::write(hooks.join("gpushare.json"), file.to_string()).unwrap();
+    hooks
+}
+
+fn gpushare(node: &Node, args: &[&str]) -> String {
+    let out = Command::new(cli())
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gpushare {args:?}: {}", text(&out));
+    text(&out)
+}
+
+#[test]
+fn podman_in_a_user_namespace_gets_its_gpu_driver_files_and_mps() {
+    let node = Node::new("podman-userns");
+    require_driver_userspace();
+    let hooks = podman_hooks(&node);
+    // The image's files belong to the container's root, host uid 100000,
+    // as podman's storage makes them for a --uidmap container.
+    let rootfs = node.probe_rootfs("userns");
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    let ok = Command::new("chown")
+        .args(["-R", "100000:100000"])
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::set_permissions(node.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    gpushare(&node, &["mps", "start", "--gpu", "1"]);
+    let name = node.id(0);
+    let out = podman_run(
+        &hooks,
+        &rootfs,
+        &[
+            "-d",
+            "--name",
+            &name,
+            "--uidmap",
+            "0:100000:65536",
+            "--gidmap",
+            "0:100000:65536",
+            "-e",
+            "NVIDIA_VISIBLE_DEVICES=1",
+            "-e",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25",
+        ],
+        &["sleep", "300"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let podman = |args: &[&str]| {
+        Command::new("podman")
+            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let exec = |script: &str| text(&podman(&["exec", &name, "sh", "-c", script]));
+    let t = exec(
+        "cat /proc/self/uid_map; stat -c 'node %t:%T owner %u' /dev/nvidia1; cat /dev/nvidia1; \
+         test -e /dev/nvidia0 && echo has-nvidia0 || echo no-nvidia0; \
+         CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps cuda-probe; ls /tmp/nvidia-mps",
+    );
+    assert!(
+        t.contains("0     100000      65536"),
+        "a user namespace: {t}"
+    );
+    assert!(
+        t.contains("node c3:1")
+            && t.contains("can't open '/dev/nvidia1': No such device or address")
+            && t.contains("no-nvidia0"),
+        "GPU 1's node, which the cgroup lets it open, and no other: {t}"
+    );
+    assert!(
+        t.contains("libcuda: cuInit=805 (CUDA_ERROR_MPS_CONNECTION_FAILED)")
+            && t.contains("nvml: nvmlInit_v2=9 (Driver Not Loaded)"),
+        "the driver's libraries load, and libcuda reaches for GPU 1's MPS daemon: {t}"
+    );
+    assert!(t.contains("control"), "the MPS pipe directory: {t}");
+    // The device cgroup, seen from the host: GPU 1 and the control nodes,
+    // never GPU 0.
+    let pid = text(&podman(&["inspect", "--format", "{{.State.Pid}}", &name]));
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.trim())).unwrap();
+    if let Some(path) = cgroup
+        .lines()
+        .find_map(|l| l.split_once(":devices:").map(|(_, p)| p.to_owned()))
+    {
+        let list =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/devices{path}/devices.list")).unwrap();
+        assert!(
+            list.contains("c 195:1 rw") && !list.contains("c 195:0 "),
+            "{list}"
+        );
+    }
+    let held = node.ledger();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["gpu"].as_u64(), Some(1));
+    assert!(podman(&["rm", "-f", &name]).status.success());
+    assert!(node.ledger().is_empty(), "poststop released it");
+    gpushare(&node, &["mps", "stop"]);
 }

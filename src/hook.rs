@@ -254,7 +254,9 @@ fn place_alone(
 /// namespace (SYS_ADMIN, SYS_CHROOT, SYS_PTRACE for a non-dumpable init),
 /// mounting (SYS_ADMIN), writing root-owned cgroup and state files
 /// (DAC_OVERRIDE, DAC_READ_SEARCH), and under cgroup v2 loading a device
-/// program (BPF, SYS_RESOURCE for the memlock limit of older kernels).
+/// program (BPF, SYS_RESOURCE for the memlock limit of older kernels),
+/// and making mount targets as a user-namespaced container's root
+/// (SETUID, SETGID: the filesystem ids alone).
 /// Everything else goes before the rootfs is touched.
 fn drop_capabilities() -> Result<(), HookError> {
     use caps::{CapSet, Capability};
@@ -266,6 +268,8 @@ fn drop_capabilities() -> Result<(), HookError> {
         Capability::CAP_DAC_READ_SEARCH,
         Capability::CAP_BPF,
         Capability::CAP_SYS_RESOURCE,
+        Capability::CAP_SETUID,
+        Capability::CAP_SETGID,
     ]
     .into_iter()
     .collect();

@@ -340,6 +340,22 @@ pub trait Host {
     ) -> Result<Self::Handle, LiveError>;
     /// Attaches the detached mount `tree` onto `target`.
     fn move_mount(&mut self, tree: &Self::Handle, target: &Self::Handle) -> Result<(), Errno>;
+    /// Makes files as host `uid`:`gid` from now on (the filesystem ids of
+    /// this thread; 0:0 puts root back).
+    fn make_files_as(&mut self, uid: u32, gid: u32) -> Result<(), Errno>;
+}
+
+/// The host id that id 0 inside a user namespace maps to, from its
+/// `uid_map` or `gid_map` (`inside outside count` lines); `None` when the
+/// namespace maps no root.
+pub fn mapped_root(map: &str) -> Option<u32> {
+    map.lines().find_map(|l| {
+        let mut f = l.split_whitespace().map(str::parse::<u64>);
+        let (inside, outside, count) = (f.next()?.ok()?, f.next()?.ok()?, f.next()?.ok()?);
+        (inside == 0 && count > 0)
+            .then(|| u32::try_from(outside).ok())
+            .flatten()
+    })
 }
 
 /// The real system: rustix's wrappers of the mount API and setns, nix's of
@@ -425,6 +441,24 @@ impl Host for System {
             MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
         )
         .map_err(errno)
+    }
+
+    fn make_files_as(&mut self, uid: u32, gid: u32) -> Result<(), Errno> {
+        use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
+        // Per thread, and this thread alone makes the targets. The calls
+        // report no error: an invalid id (-1) changes nothing and answers
+        // the id in force, which must be the one asked for.
+        setfsgid(Gid::from_raw(gid));
+        setfsuid(Uid::from_raw(uid));
+        let now = (
+            setfsuid(Uid::from_raw(u32::MAX)).as_raw(),
+            setfsgid(Gid::from_raw(u32::MAX)).as_raw(),
+        );
+        if now == (uid, gid) {
+            Ok(())
+        } else {
+            Err(Errno::EPERM)
+        }
     }
 }
 
@@ -553,6 +587,17 @@ pub fn apply<H: Host>(
         };
         trees.push((tree, &m.source, Path::new(&m.destination), kind));
     }
+    // In a user namespace the container's own filesystems (its /dev, a
+    // tmpfs) belong to that namespace: a file made there by host root,
+    // whom it does not map, fails (EOVERFLOW). Targets are made as the
+    // container's root, as its runtime made the rest of its rootfs.
+    let mut owner = |map: &str| {
+        host.read_proc(Path::new(&format!("/proc/{pid}/{map}")))
+            .ok()
+            .and_then(|m| mapped_root(&m))
+            .unwrap_or(0)
+    };
+    let (uid, gid) = (owner("uid_map"), owner("gid_map"));
     host.enter_namespace(&theirs)
         .map_err(|e| ns_err("enter the mount namespace of", e))?;
     let result = (|| {
@@ -562,7 +607,19 @@ pub fn apply<H: Host>(
             source,
         })?;
         for (tree, source_path, target, kind) in &trees {
-            let at = host.mount_target(&root, target, *kind)?;
+            let at = if (uid, gid) == (0, 0) {
+                host.mount_target(&root, target, *kind)?
+            } else {
+                let owner_err = |source| LiveError::Namespace {
+                    what: "make files as the container's root (uid 0 of its user namespace)",
+                    pid,
+                    source,
+                };
+                host.make_files_as(uid, gid).map_err(owner_err)?;
+                let at = host.mount_target(&root, target, *kind);
+                host.make_files_as(0, 0).map_err(owner_err)?;
+                at?
+            };
             host.move_mount(tree, &at)
                 .map_err(|source| LiveError::Mount {
                     source_path: source_path.to_path_buf(),
@@ -588,6 +645,7 @@ mod tests {
         calls: Vec<String>,
         cgroup: &'static str,
         mountinfo: &'static str,
+        id_map: &'static str,
         fail: Option<&'static str>,
     }
 
@@ -597,6 +655,7 @@ mod tests {
                 calls: Vec::new(),
                 cgroup,
                 mountinfo,
+                id_map: "         0          0 4294967295\n",
                 fail: None,
             }
         }
@@ -620,6 +679,8 @@ mod tests {
             self.call(format!("read {}", path.display()))?;
             Ok(if path.ends_with("cgroup") {
                 self.cgroup
+            } else if path.ends_with("uid_map") || path.ends_with("gid_map") {
+                self.id_map
             } else {
                 self.mountinfo
             }
@@ -684,6 +745,10 @@ mod tests {
         fn move_mount(&mut self, tree: &String, target: &String) -> Result<(), Errno> {
             self.call(format!("move {tree} -> {target}"))
         }
+
+        fn make_files_as(&mut self, uid: u32, gid: u32) -> Result<(), Errno> {
+            self.call(format!("files as {uid}:{gid}"))
+        }
     }
 
     const V1_CGROUP: &str = "5:devices:/c1\n";
@@ -717,6 +782,41 @@ mod tests {
     }
 
     #[test]
+    fn in_a_user_namespace_targets_are_made_as_the_containers_root() {
+        let mut host = Recorder::new(V1_CGROUP, V1_MOUNTS);
+        host.id_map = "         0     100000      65536\n";
+        apply(&mut host, &gpu1(), 42, Path::new("/b/rootfs")).unwrap();
+        let inside: Vec<&str> = host
+            .calls
+            .iter()
+            .skip_while(|c| !c.starts_with("root "))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            inside,
+            [
+                "root /b/rootfs",
+                "files as 100000:100000",
+                "target root//dev/nvidia1 File",
+                "files as 0:0",
+                "move tree /node/dev/nvidia1 -> at /dev/nvidia1",
+                "files as 100000:100000",
+                "target root//dev/nvidiactl File",
+                "files as 0:0",
+                "move tree /node/dev/nvidiactl -> at /dev/nvidiactl",
+                "files as 100000:100000",
+                "target root//tmp/nvidia-mps Dir",
+                "files as 0:0",
+                "move tree /run/mps/GPU-1/pipe -> at /tmp/nvidia-mps",
+                "enter /proc/self/ns/mnt",
+            ]
+        );
+        assert_eq!(mapped_root("0 100000 65536\n"), Some(100000));
+        assert_eq!(mapped_root("1 100000 65536\n"), None, "no root mapped");
+        assert_eq!(mapped_root("0 0 4294967295"), Some(0));
+    }
+
+    #[test]
     fn the_live_path_opens_the_cgroup_first_clones_on_the_host_and_attaches_inside() {
         let mut host = Recorder::new(V1_CGROUP, V1_MOUNTS);
         apply(&mut host, &gpu1(), 42, Path::new("/b/rootfs")).unwrap();
@@ -733,6 +833,8 @@ mod tests {
                 "clone /node/dev/nvidia1 0xa",
                 "clone /node/dev/nvidiactl 0xa",
                 "clone /run/mps/GPU-1/pipe 0xf",
+                "read /proc/42/uid_map",
+                "read /proc/42/gid_map",
                 "enter /proc/42/ns/mnt",
                 "root /b/rootfs",
                 "target root//dev/nvidia1 File",
