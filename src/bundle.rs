@@ -12,6 +12,9 @@ use thiserror::Error;
 
 use crate::sys::{open_regular, replace, Irregular};
 
+/// The hook argument before the GPU a CDI device of gpushare's spec names.
+pub const CDI_DEVICE_ARG: &str = "--cdi-device";
+
 #[derive(Debug, Error)]
 pub enum BundleError {
     #[error("cannot read {path}: {source}; check the bundle path (--bundle)")]
@@ -166,6 +169,30 @@ impl Bundle {
     /// Reads and parses `<dir>/config.json` (`read_capped`).
     pub fn open(dir: &Path) -> Result<Bundle, BundleError> {
         Raw::read(dir)?.parse()
+    }
+
+    /// The GPUs that CDI devices of gpushare's spec name in this spec: the
+    /// argument after `--cdi-device` of each hook, once each, in order.
+    /// Hooks are the engine's to write (from CDI specs, hooks.d, a base
+    /// spec), never the workload's.
+    pub fn cdi_devices(&self) -> Vec<&str> {
+        let mut found: Vec<&str> = Vec::new();
+        let stages = self.spec.get("hooks").and_then(Value::as_object);
+        for hook in stages.into_iter().flat_map(|s| s.values()) {
+            for h in hook.as_array().into_iter().flatten() {
+                let args: Vec<&str> = h
+                    .get("args")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                for w in args.windows(2) {
+                    if w[0] == CDI_DEVICE_ARG && !found.contains(&w[1]) {
+                        found.push(w[1]);
+                    }
+                }
+            }
+        }
+        found
     }
 
     /// `process.env`, the entries that are strings.

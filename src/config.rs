@@ -39,6 +39,7 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
             "shm_size",
         ],
     ),
+    ("cdi", &["spec"]),
 ];
 
 #[derive(Debug, Error)]
@@ -175,6 +176,9 @@ pub struct Config {
     pub policy: Policy,
     pub driver: DriverConfig,
     pub mps: MpsConfig,
+    /// The CDI spec gpushare keeps (`gpushare cdi generate`), rewritten
+    /// when the inventory is refreshed.
+    pub cdi_spec: PathBuf,
 }
 
 impl Config {
@@ -218,6 +222,7 @@ impl Default for Config {
                 // the clients of one GPU. A T4 node has 16-64 GiB of RAM.
                 shm_size: "1G".into(),
             },
+            cdi_spec: "/etc/cdi/gpushare.yaml".into(),
         }
     }
 }
@@ -442,6 +447,7 @@ impl Validator<'_> {
                     _ => return Err(self.bad(key, value, "\"exclusive\" or \"leave\"")),
                 }
             }
+            "cdi.spec" => cfg.cdi_spec = self.abs_path(key, value)?,
             "mps.shm_size" => {
                 let s = self.string(key, value)?;
                 // The last character is the unit (a char boundary, whatever

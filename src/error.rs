@@ -34,6 +34,8 @@ pub enum Error {
     Simulate(#[from] crate::simulate::SimulateError),
     #[error(transparent)]
     Serve(#[from] crate::serve::ServeError),
+    #[error(transparent)]
+    Cdi(#[from] crate::cdi::CdiError),
 }
 
 impl Error {
@@ -50,6 +52,7 @@ impl Error {
             Error::Mps(e) => e.is_refusal(),
             Error::Install(e) => e.is_refusal(),
             Error::Simulate(e) => e.is_refusal(),
+            Error::Cdi(e) => e.is_refusal(),
         };
         if refused {
             EXIT_REFUSED

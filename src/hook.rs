@@ -159,6 +159,15 @@ pub fn run(stage: Stage, state: &State) -> Result<Outcome, HookError> {
             if bind_reserved(&mut ledger, state, pid, &cfg)? {
                 return Ok(Outcome::Bound);
             }
+            // A second gpushare hook of this container (a CDI device's and
+            // hooks.d's, or two CDI devices of one GPU): placed already.
+            if ledger
+                .holds_of(&alone(state))?
+                .iter()
+                .any(|h| h.pid == Some(pid) && h.bundle == state.bundle().display().to_string())
+            {
+                return Ok(Outcome::Bound);
+            }
             place_alone(raw?.parse()?, state, pid, &cfg, &mut ledger)
         }
     }
@@ -222,7 +231,8 @@ fn place_alone(
     cfg: &Config,
     ledger: &mut Ledger,
 ) -> Result<Outcome, HookError> {
-    let request = Request::from_env(bundle.env()?).map_err(PlacementError::from)?;
+    let request =
+        Request::from_spec(bundle.env()?, &bundle.cdi_devices()).map_err(PlacementError::from)?;
     let Some(Placement {
         mut tx,
         edits,

@@ -5,6 +5,7 @@
 
 pub mod bpf;
 pub mod bundle;
+pub mod cdi;
 pub mod config;
 pub mod decide;
 pub mod driver;

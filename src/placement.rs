@@ -278,7 +278,7 @@ pub fn place<'a>(
 /// pipeline, from the holds that count, with nothing written. `Ok(None)`:
 /// not a GPU container.
 pub fn preview(bundle: &Bundle, cfg: &Config) -> Result<Option<Plan>, PlacementError> {
-    let request = Request::from_env(bundle.env()?)?;
+    let request = Request::from_spec(bundle.env()?, &bundle.cdi_devices())?;
     if !request.is_gpu() {
         return Ok(None);
     }

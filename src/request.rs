@@ -208,6 +208,24 @@ impl Request {
     }
 }
 
+impl Request {
+    /// As `from_env`, with the GPUs that CDI devices name (`cdi`, from the
+    /// spec's hooks): they are the request, since an engine that applies two
+    /// devices keeps only the last one's variable, and two of them must be
+    /// seen as two GPUs.
+    pub fn from_spec<'a, I>(env: I, cdi: &[&str]) -> Result<Request, RequestError>
+    where
+        I: IntoIterator<Item = &'a str>,
+    {
+        if cdi.is_empty() {
+            return Request::from_env(env);
+        }
+        let named = format!("{VISIBLE_DEVICES}={}", cdi.join(","));
+        let env: Vec<&str> = env.into_iter().collect();
+        Request::from_env(env.into_iter().chain([named.as_str()]))
+    }
+}
+
 fn devices_err(value: &str, why: String) -> RequestError {
     RequestError {
         var: VISIBLE_DEVICES,
@@ -540,6 +558,30 @@ mod tests {
             let e = parse_limit(v).unwrap_err();
             assert_eq!(e.var, PINNED_MEM_LIMIT, "{v}");
         }
+    }
+
+    #[test]
+    fn cdi_devices_are_the_request_whatever_the_variable_says() {
+        let env = [
+            "NVIDIA_VISIBLE_DEVICES=GPU-b",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30",
+        ];
+        let r = Request::from_spec(env, &["GPU-a", "GPU-b"]).unwrap();
+        assert_eq!(
+            r.devices,
+            Devices::List(vec![
+                DeviceId::Uuid("GPU-a".into()),
+                DeviceId::Uuid("GPU-b".into())
+            ])
+        );
+        assert_eq!(r.thread_percentage.unwrap().value, 30.0);
+        let r = Request::from_spec(["PATH=/bin"], &["GPU-a"]).unwrap();
+        assert_eq!(
+            r.devices,
+            Devices::List(vec![DeviceId::Uuid("GPU-a".into())])
+        );
+        let r = Request::from_spec(["NVIDIA_VISIBLE_DEVICES=1"], &[]).unwrap();
+        assert_eq!(r.devices, Devices::List(vec![DeviceId::Index(1)]));
     }
 
     #[test]

@@ -211,7 +211,7 @@ fn create(
     }
     let mut bundle = raw.parse()?;
     // The whole document's request is the one placed.
-    let request = Request::from_env(bundle.env()?)?;
+    let request = Request::from_spec(bundle.env()?, &bundle.cdi_devices())?;
     let c = container(inv.root.as_deref(), &args_of.id);
     let mut ledger = Ledger::open(&cfg.runtime.state_dir)?;
     let Some(Placement {

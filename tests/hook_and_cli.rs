@@ -438,3 +438,130 @@ fn inventory_and_errors_of_the_operator_command() {
         stderr(&out)
     );
 }
+
+/// A bundle whose spec is what an engine makes of CDI devices `gpus` of
+/// gpushare's spec (`cdi generate`): each device's hooks added, and the
+/// last device's variable, which replaced the earlier ones'.
+fn cdi_bundle(node: &Node, name: &str, spec: &Value, devices: &[&str]) -> std::path::PathBuf {
+    let mut env = Vec::new();
+    let b = node.bundle(name, &[]);
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    for d in devices {
+        let dev = spec["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == *d)
+            .unwrap_or_else(|| panic!("no CDI device {d}"));
+        let edits = &dev["containerEdits"];
+        env = edits["env"].as_array().unwrap().clone();
+        for h in edits["hooks"].as_array().unwrap() {
+            let mut h = h.clone();
+            let stage = h.as_object_mut().unwrap().remove("hookName").unwrap();
+            config["hooks"][stage.as_str().unwrap()]
+                .as_array_mut()
+                .map(|a| a.push(h.clone()))
+                .unwrap_or_else(|| config["hooks"][stage.as_str().unwrap()] = json!([h]));
+        }
+    }
+    config["process"]["env"].as_array_mut().unwrap().extend(env);
+    std::fs::write(b.join("config.json"), config.to_string()).unwrap();
+    b
+}
+
+#[test]
+fn cdi_generate_names_each_gpu_by_index_and_uuid_and_refresh_rewrites_it() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let spec_path = out_dir.path().join("cdi/gpushare.yaml");
+    let node = Node::new(
+        2,
+        &format!("[cdi]\nspec = {:?}\n", spec_path.display().to_string()),
+    );
+    let out = node.cli(&["cdi", "generate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kind gpushare.io/gpu: 2 GPUs"),
+        "{}",
+        stderr(&out)
+    );
+    let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    let names: Vec<&str> = spec["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    let (u0, u1) = (uuid(0), uuid(1));
+    assert_eq!(names, ["0", u0.as_str(), "1", u1.as_str(), "all"]);
+    let hook = &spec["devices"][0]["containerEdits"]["hooks"][0];
+    assert_eq!(hook["path"].as_str(), Some(bin_hook()));
+    assert_eq!(
+        hook["env"],
+        json!([format!("GPUSHARE_CONFIG={}", node.config.display())])
+    );
+    // --output, relative, is taken from the working directory.
+    let out = node
+        .command(bin_cli())
+        .current_dir(out_dir.path())
+        .args(["cdi", "generate", "--output", "other.json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out_dir.path().join("other.json").is_file());
+
+    // The inventory changes (a GPU goes): --refresh rewrites the spec.
+    let inv = node.path().join("inventory.toml");
+    let text = std::fs::read_to_string(&inv).unwrap();
+    let first = text.split("\n\n").next().unwrap().to_owned();
+    std::fs::write(&inv, format!("{first}\n")).unwrap();
+    let out = node.cli(&["inventory", "--refresh"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("rewrote the CDI spec") && stderr(&out).contains("(1 GPUs)"),
+        "{}",
+        stderr(&out)
+    );
+    let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    assert_eq!(spec["devices"].as_array().unwrap().len(), 3, "{spec}");
+    let left: Vec<_> = std::fs::read_dir(spec_path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "no temp file left: {left:?}");
+}
+
+#[test]
+fn two_cdi_devices_are_two_gpus_one_device_twice_is_one() {
+    let node = Node::new(2, "");
+    let spec_path = node.path().join("gpushare-cdi.json");
+    let out = node.cli(&["cdi", "generate", "--output", spec_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+
+    // Through the runtime and through the hook alone: refused, one line.
+    let two = cdi_bundle(&node, "two", &spec, &["1", "0"]);
+    let out = node.runtime(&["create", "--bundle", two.to_str().unwrap(), "two"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("asks for 2 GPUs"), "{}", stderr(&out));
+    assert!(node.recorded().is_none(), "runc never ran");
+    let mut s = state("two", std::process::id(), None);
+    s["bundle"] = json!(two);
+    let out = node.hook("createRuntime", &s);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("asks for 2 GPUs") && stderr(&out).trim_end().lines().count() == 1,
+        "{}",
+        stderr(&out)
+    );
+    assert!(node.ledger().is_empty());
+
+    // GPU 1 named twice (index and UUID): GPU 1, whatever the variable said.
+    let u1 = uuid(1);
+    let once = cdi_bundle(&node, "once", &spec, &["1", u1.as_str()]);
+    let out = node.runtime(&["create", "--bundle", once.to_str().unwrap(), "once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let held = node.ledger();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["gpus"], json!([u1]));
+}

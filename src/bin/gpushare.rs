@@ -93,10 +93,26 @@ enum Command {
         #[arg(long, value_enum, default_value = "shim")]
         mode: ModeArg,
     },
+    /// CDI: name GPUs as devices (`--device gpushare.io/gpu=0`).
+    Cdi {
+        #[command(subcommand)]
+        action: CdiAction,
+    },
     /// NVIDIA MPS control daemons, one per GPU.
     Mps {
         #[command(subcommand)]
         action: MpsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CdiAction {
+    /// Write the CDI spec (kind gpushare.io/gpu: a device per GPU index and
+    /// UUID, and `all`), whose edits carry gpushare-hook; atomically.
+    Generate {
+        /// Where to write it, instead of [cdi] spec (/etc/cdi/gpushare.yaml).
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -148,6 +164,14 @@ fn main() {
     }
 }
 
+/// A program installed beside this one.
+fn sibling(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|| name.into())
+}
+
 fn print_json(v: &impl serde::Serialize) {
     println!(
         "{}",
@@ -172,8 +196,8 @@ fn run(command: Command) -> Result<i32, Error> {
         }
         Command::Inventory { json, refresh } => {
             let cfg = Config::load()?;
-            let (inv, driver, wrote) = report::inventory(&cfg, refresh)?;
-            if let Some(w) = wrote {
+            let (inv, driver, wrote) = report::inventory(&cfg, refresh, &sibling("gpushare-hook"))?;
+            for w in wrote {
                 eprintln!("{w}");
             }
             if json {
@@ -195,6 +219,24 @@ fn run(command: Command) -> Result<i32, Error> {
                 eprintln!("gpushare: {}", visible(reason));
                 return Ok(EXIT_REFUSED);
             }
+        }
+        Command::Cdi {
+            action: CdiAction::Generate { output },
+        } => {
+            let cfg = Config::load()?;
+            let inv = Inventory::load(&cfg)?;
+            let path = match output {
+                Some(p) => std::path::absolute(&p).unwrap_or(p),
+                None => cfg.cdi_spec.clone(),
+            };
+            let hook = sibling("gpushare-hook");
+            gpushare::cdi::write(&path, &inv, &hook, gpushare::cdi::config_for_hook(&cfg))?;
+            eprintln!(
+                "wrote {} (kind {}: {} GPUs by index and UUID, and all)",
+                path.display(),
+                gpushare::cdi::KIND,
+                inv.gpus.len()
+            );
         }
         Command::Status { json } => {
             let s = report::status_now()?;

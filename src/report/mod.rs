@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError, Inject};
+use crate::config::{Config, ConfigError, Inject, InventorySource};
 use crate::driver::Driver;
 use crate::inventory::{Inventory, InventoryError};
 use crate::ledger::LedgerError;
@@ -32,6 +32,8 @@ pub enum ReportError {
     Ledger(#[from] LedgerError),
     #[error("{0}; check that the state directory is writable by root")]
     Driver(#[from] IoError),
+    #[error(transparent)]
+    Cdi(#[from] crate::cdi::CdiError),
 }
 
 impl ReportError {
@@ -40,6 +42,7 @@ impl ReportError {
         match self {
             ReportError::Config(e) => e.is_refusal(),
             ReportError::Inventory(e) => e.is_refusal(),
+            ReportError::Cdi(e) => e.is_refusal(),
             _ => false,
         }
     }
@@ -47,19 +50,26 @@ impl ReportError {
 
 /// `gpushare inventory`: the GPUs and the driver's files GPU containers
 /// get (`None` when a chained runtime brings them). With `refresh`, NVML's
-/// list is written to the inventory cache and the driver found again
-/// first; the third value then says what was written.
+/// list is written to the inventory cache (for the `nvml` and `auto`
+/// sources), the driver found again, and the CDI spec rewritten if there
+/// is one (`hook` is the gpushare-hook it names); the third value says
+/// what was written.
 pub fn inventory(
     cfg: &Config,
     refresh: bool,
-) -> Result<(Inventory, Option<Driver>, Option<String>), ReportError> {
-    let mut wrote = None;
-    if refresh {
+    hook: &std::path::Path,
+) -> Result<(Inventory, Option<Driver>, Vec<String>), ReportError> {
+    let mut wrote = Vec::new();
+    let from_nvml = matches!(
+        cfg.devices.inventory,
+        InventorySource::Nvml | InventorySource::Auto
+    );
+    if refresh && from_nvml {
         let nvml = crate::telemetry::open().map_err(InventoryError::Nvml)?;
         let inv = crate::telemetry::nvml_inventory(&nvml).map_err(InventoryError::Nvml)?;
         let path = crate::inventory::nvml_cache(cfg);
         inv.write_cache(&path)?;
-        wrote = Some(format!(
+        wrote.push(format!(
             "wrote {} ({} GPUs from NVML)",
             path.display(),
             inv.gpus.len()
@@ -71,6 +81,15 @@ pub fn inventory(
         (_, true) => Some(Driver::refresh(cfg)?),
         (_, false) => Some(Driver::load(cfg, false)),
     };
+    // The CDI spec, once written, follows the inventory.
+    if refresh && cfg.cdi_spec.exists() {
+        crate::cdi::write(&cfg.cdi_spec, &inv, hook, crate::cdi::config_for_hook(cfg))?;
+        wrote.push(format!(
+            "rewrote the CDI spec {} ({} GPUs)",
+            cfg.cdi_spec.display(),
+            inv.gpus.len()
+        ));
+    }
     Ok((inv, driver, wrote))
 }
 
