@@ -74,3 +74,31 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
+
+# Debian 13's containerd (1.7) and Docker (26), for the tests' engine
+# matrix beside Debian 12's: downloaded with apt from trixie into $1 and
+# extracted there, never installed over the system (their binaries need
+# only glibc 2.34; runc stays Debian 12's). Prints the directory whose
+# usr/bin and usr/sbin hold them. Idempotent.
+trixie_engines() {
+  local dir=$1
+  if [ -x "$dir/root/usr/bin/containerd" ] && [ -x "$dir/root/usr/sbin/dockerd" ] && [ -x "$dir/root/usr/bin/docker" ]; then
+    echo "$dir/root"
+    return 0
+  fi
+  rm -rf "$dir"
+  mkdir -p "$dir/lists/partial" "$dir/debs" "$dir/root"
+  cat >"$dir/sources.list" <<LIST
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
+LIST
+  local apt=(apt-get -qq -o "Dir::Etc::sourcelist=$dir/sources.list" -o Dir::Etc::sourceparts=- \
+    -o "Dir::State::Lists=$dir/lists" -o APT::Get::List-Cleanup=0)
+  echo "fetching Debian 13's containerd and docker.io into $dir (for the engine matrix)" >&2
+  "${apt[@]}" update >&2
+  (cd "$dir/debs" && "${apt[@]}" -o APT::Sandbox::User=root download containerd docker.io docker-cli >&2)
+  local deb
+  for deb in "$dir"/debs/*.deb; do
+    dpkg-deb -x "$deb" "$dir/root"
+  done
+  echo "$dir/root"
+}

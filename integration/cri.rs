@@ -55,8 +55,8 @@ impl Cri {
     }
 
     /// A pod on the node's network, as kubelet asks for it with a
-    /// RuntimeClass whose handler is "gpushare".
-    fn run_pod(&mut self, name: &str, logs: &Path) -> (String, PodSandboxConfig) {
+    /// RuntimeClass whose handler is `handler` ("": the default runtime).
+    fn run_pod(&mut self, name: &str, logs: &Path, handler: &str) -> (String, PodSandboxConfig) {
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
@@ -79,7 +79,7 @@ impl Cri {
         };
         let req = RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: "gpushare".into(),
+            runtime_handler: handler.into(),
         };
         let id = self
             .rt
@@ -191,25 +191,53 @@ fn node_network() -> NamespaceOption {
 /// containerd with its CRI plugin as a node would have it, but on this VM:
 /// the pause image imported, no CNI configured (pods use the node's
 /// network), `restrict_oom_score_adj` (runc here cannot set the pause
-/// container's score). Then `gpushare install containerd` with `mode`'s
-/// arguments on that config. (daemon, socket, containerd's dir)
-fn cri_node(node: &Node, install_args: &[&str]) -> (Daemon, PathBuf, PathBuf) {
-    need("containerd", "containerd");
-    let (d, config, sock, text) = containerd_dir(node);
+/// container's score), `cri` settings added (CDI's). Debian 12's containerd
+/// on a minimal config, Debian 13's on its full default one. Then `gpushare
+/// install containerd` with `install_args` on that config, if any.
+/// (daemon, socket, containerd's dir)
+fn cri_node(
+    engines: &Engines,
+    node: &Node,
+    install_args: Option<&[&str]>,
+    cri: &[(&str, toml_edit::Item)],
+) -> (Daemon, PathBuf, PathBuf) {
+    engines.need("containerd", "containerd");
+    let (d, config, sock, text) = match engines.name {
+        "Debian 12" => containerd_dir(node),
+        _ => containerd_default_dir(engines, node),
+    };
     std::fs::create_dir_all(d.join("cni/bin")).unwrap();
     std::fs::create_dir_all(d.join("cni/conf")).unwrap();
-    let cri = format!(
-        "\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = {PAUSE:?}\n  restrict_oom_score_adj = true\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = {:?}\n    conf_dir = {:?}\n",
-        d.join("cni/bin").display().to_string(),
-        d.join("cni/conf").display().to_string(),
+    let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
+    // Tables written as tables, as containerd's own configs have them.
+    fn table<'a>(t: &'a mut toml_edit::Table, key: &str) -> &'a mut toml_edit::Table {
+        t.entry(key)
+            .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()))
+            .as_table_mut()
+            .unwrap()
+    }
+    let plugin = table(
+        table(doc.as_table_mut(), "plugins"),
+        "io.containerd.grpc.v1.cri",
     );
-    std::fs::write(&config, format!("{text}{cri}")).unwrap();
-    let mut args = vec!["containerd", "--config", config.to_str().unwrap()];
-    args.extend_from_slice(install_args);
-    install(node, &args);
-    let daemon = start_containerd(node, &d, &config, &sock);
+    plugin["sandbox_image"] = toml_edit::value(PAUSE);
+    plugin["restrict_oom_score_adj"] = toml_edit::value(true);
+    let cni = table(plugin, "cni");
+    cni["bin_dir"] = toml_edit::value(d.join("cni/bin").display().to_string());
+    cni["conf_dir"] = toml_edit::value(d.join("cni/conf").display().to_string());
+    for (k, v) in cri {
+        plugin[*k] = v.clone();
+    }
+    std::fs::write(&config, doc.to_string()).unwrap();
+    if let Some(install_args) = install_args {
+        let mut args = vec!["containerd", "--config", config.to_str().unwrap()];
+        args.extend_from_slice(install_args);
+        install_on(engines, node, &args);
+    }
+    let daemon = start_containerd(engines, node, &d, &config, &sock);
     let ctr = |args: &[&str]| {
-        let out = Command::new("ctr")
+        let out = engines
+            .command("ctr")
             .arg("--address")
             .arg(&sock)
             .args(["--namespace", "k8s.io"])
@@ -256,7 +284,7 @@ fn the_node_path(node: &Node, sock: &Path, containerd: &Path, shim: bool) {
     let mut cri = Cri::connect(sock);
     let logs = node.dir.path().join("pod-logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let pod = cri.run_pod("infer-pod", &logs);
+    let pod = cri.run_pod("infer-pod", &logs, "gpushare");
 
     // The sandbox (pause) container is left alone.
     let sandbox = bundle_spec(containerd, &pod.0);
@@ -377,17 +405,40 @@ fn the_node_path(node: &Node, sock: &Path, containerd: &Path, shim: bool) {
     assert!(node.ledger().is_empty(), "{:?}", node.ledger());
 }
 
+fn through_the_handler(engines: &Engines) {
+    let node = Node::new("cri-shim");
+    let (_daemon, sock, d) = cri_node(engines, &node, Some(&[]), &[]);
+    the_node_path(&node, &sock, &d, true);
+}
+
+fn through_the_base_spec(engines: &Engines) {
+    let node = Node::new("cri-hook");
+    let config = node.config.to_str().unwrap().to_owned();
+    let (_daemon, sock, d) = cri_node(
+        engines,
+        &node,
+        Some(&["--mode", "hook", "--gpushare-config", &config]),
+        &[],
+    );
+    the_node_path(&node, &sock, &d, false);
+}
+
 #[test]
 fn a_pod_through_cri_with_the_gpushare_runtime_handler() {
-    let node = Node::new("cri-shim");
-    let (_daemon, sock, d) = cri_node(&node, &[]);
-    the_node_path(&node, &sock, &d, true);
+    through_the_handler(&Engines::debian12());
 }
 
 #[test]
 fn a_pod_through_cri_with_the_hooks_in_the_handlers_base_spec() {
-    let node = Node::new("cri-hook");
-    let config = node.config.to_str().unwrap().to_owned();
-    let (_daemon, sock, d) = cri_node(&node, &["--mode", "hook", "--gpushare-config", &config]);
-    the_node_path(&node, &sock, &d, false);
+    through_the_base_spec(&Engines::debian12());
+}
+
+#[test]
+fn containerd_1_7_full_default_config_a_pod_through_the_gpushare_runtime_handler() {
+    through_the_handler(&Engines::debian13());
+}
+
+#[test]
+fn containerd_1_7_full_default_config_a_pod_through_the_hooks_in_the_base_spec() {
+    through_the_base_spec(&Engines::debian13());
 }

@@ -6,14 +6,91 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use common::engine::*;
 use common::*;
 
+/// dockerd of `engines` started by the test on `daemon_json`, with state,
+/// exec root and socket in `d`, gpushare's config in its environment; the
+/// docker client on its socket; stopped on drop.
+struct Docker {
+    _daemon: Daemon,
+    sock: PathBuf,
+    engines: Engines,
+}
+
+impl Docker {
+    fn start(engines: &Engines, node: &Node, d: &Path, daemon_json: &Path) -> Docker {
+        engines.need("dockerd", "docker.io");
+        let sock = d.join("docker.sock");
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let child = engines
+            .command("dockerd")
+            .env("GPUSHARE_CONFIG", &node.config)
+            .arg("--config-file")
+            .arg(daemon_json)
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .args(["--iptables=false", "--bridge=none"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let docker = Docker {
+            _daemon: Daemon {
+                child,
+                dir: d.to_owned(),
+            },
+            sock,
+            engines: engines.clone(),
+        };
+        wait_for("dockerd", || docker.run(&["info"]).status.success());
+        docker
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.engines
+            .command("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn import(&self, tar: &Path, tag: &str) {
+        let out = self
+            .engines
+            .command("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock.display()))
+            .args(["import", "-", tag])
+            .stdin(std::fs::File::open(tar).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
 #[test]
 fn docker_configured_by_install_gives_gpu_1_refuses_two_and_releases_on_rm() {
-    need("dockerd", "docker.io");
+    docker_walk(&Engines::debian12());
+}
+
+#[test]
+fn docker_26_configured_by_install_gives_gpu_1_refuses_two_and_releases_on_rm() {
+    docker_walk(&Engines::debian13());
+}
+
+fn docker_walk(engines: &Engines) {
     let node = Node::new("docker");
     require_driver_userspace();
     let d = node.dir.path().join("docker");
@@ -27,49 +104,9 @@ fn docker_configured_by_install_gives_gpu_1_refuses_two_and_releases_on_rm() {
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&daemon_json).unwrap()).unwrap();
     assert_eq!(cfg["log-level"], "warn", "the operator's key is kept");
-    let sock = d.join("docker.sock");
-    let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
-    let child = Command::new("dockerd")
-        .env("GPUSHARE_CONFIG", &node.config)
-        .arg("--config-file")
-        .arg(&daemon_json)
-        .arg("--data-root")
-        .arg(d.join("data"))
-        .arg("--exec-root")
-        .arg(d.join("exec"))
-        .arg("--pidfile")
-        .arg(d.join("docker.pid"))
-        .arg("-H")
-        .arg(format!("unix://{}", sock.display()))
-        .args(["--iptables=false", "--bridge=none"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let _daemon = Daemon {
-        child,
-        dir: d.clone(),
-    };
-    let docker = |args: &[&str]| -> Output {
-        Command::new("docker")
-            .arg("-H")
-            .arg(format!("unix://{}", sock.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    wait_for("dockerd", || docker(&["info"]).status.success());
-    let import = |tar: &Path, tag: &str| {
-        let out = Command::new("docker")
-            .arg("-H")
-            .arg(format!("unix://{}", sock.display()))
-            .args(["import", "-", tag])
-            .stdin(std::fs::File::open(tar).unwrap())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-    };
+    let dk = Docker::start(engines, &node, &d, &daemon_json);
+    let docker = |args: &[&str]| dk.run(args);
+    let import = |tar: &Path, tag: &str| dk.import(tar, tag);
     import(&rootfs_tar(&node), "gpushare-test:1");
     import(
         &tar_of(&node, &node.probe_rootfs("docker"), "probe.tar"),
@@ -247,9 +284,27 @@ fn podman_with_the_installed_hooks_directory_gives_gpu_1_only() {
 
 #[test]
 fn containerd_configured_by_install_runs_the_gpu_container_and_shows_refusals() {
-    need("containerd", "containerd");
+    containerd_walk(&Engines::debian12());
+}
+
+#[test]
+fn containerd_1_7_on_its_full_default_config_runs_the_gpu_container_and_shows_refusals() {
+    containerd_walk(&Engines::debian13());
+}
+
+/// Debian 12's containerd on a minimal config, Debian 13's on its full
+/// default one.
+fn containerd_of(engines: &Engines, node: &Node) -> (PathBuf, PathBuf, PathBuf, String) {
+    engines.need("containerd", "containerd");
+    match engines.name {
+        "Debian 12" => containerd_dir(node),
+        _ => containerd_default_dir(engines, node),
+    }
+}
+
+fn containerd_walk(engines: &Engines) {
     let node = Node::new("containerd");
-    let (d, config, sock, _) = containerd_dir(&node);
+    let (d, config, sock, _) = containerd_of(engines, &node);
     install(&node, &["containerd", "--config", config.to_str().unwrap()]);
     let doc: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
     let binary = doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["gpushare"]
@@ -258,9 +313,10 @@ fn containerd_configured_by_install_runs_the_gpu_container_and_shows_refusals() 
         .unwrap()
         .to_owned();
     assert!(Path::new(&binary).is_absolute() && binary.ends_with("gpushare-runtime"));
-    let _daemon = start_containerd(&node, &d, &config, &sock);
+    let _daemon = start_containerd(engines, &node, &d, &config, &sock);
     let ctr = |args: &[&str]| -> Output {
-        Command::new("ctr")
+        engines
+            .command("ctr")
             .arg("--address")
             .arg(&sock)
             .args(args)
@@ -311,10 +367,19 @@ fn containerd_configured_by_install_runs_the_gpu_container_and_shows_refusals() 
 
 #[test]
 fn containerd_mode_hook_config_loads_and_its_base_spec_gives_the_gpu() {
-    need("containerd", "containerd");
+    containerd_hook_walk(&Engines::debian12());
+}
+
+#[test]
+fn containerd_1_7_mode_hook_on_its_full_default_config_loads_and_its_base_spec_gives_the_gpu() {
+    containerd_hook_walk(&Engines::debian13());
+}
+
+fn containerd_hook_walk(engines: &Engines) {
     let node = Node::new("containerd-hook");
-    let (d, config, sock, original) = containerd_dir(&node);
-    install(
+    let (d, config, sock, original) = containerd_of(engines, &node);
+    install_on(
+        engines,
         &node,
         &[
             "containerd",
@@ -329,14 +394,16 @@ fn containerd_mode_hook_config_loads_and_its_base_spec_gives_the_gpu() {
     let doc: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
     let rt = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["gpushare"];
     let spec_path = PathBuf::from(rt["base_runtime_spec"].as_str().unwrap());
+    // runc's options are copied: 1.7's default names no binary ("").
     assert!(
         rt.get("options")
             .and_then(|o| o.get("BinaryName"))
-            .is_none(),
-        "runc itself runs it"
+            .and_then(|b| b.as_str())
+            .is_none_or(|b| b.is_empty()),
+        "runc itself runs it: {rt}"
     );
     // containerd accepts the configuration.
-    let _daemon = start_containerd(&node, &d, &config, &sock);
+    let _daemon = start_containerd(engines, &node, &d, &config, &sock);
     // The base spec, as CRI would start from it: the hooks give GPU 1.
     let b = node.dir.path().join("from-base-spec");
     std::fs::create_dir_all(&b).unwrap();

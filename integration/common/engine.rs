@@ -1,11 +1,97 @@
 //! Engines started by the tests (containerd, dockerd) with temporary
 //! state, sockets and images imported from the test's busybox rootfs.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use super::*;
+
+/// Whose engines a test runs: Debian 12's, installed on this machine, or
+/// Debian 13's (containerd 1.7, Docker 26), which install/test.sh fetches
+/// and extracts into a directory of the tests' own and names in
+/// `GPUSHARE_TRIXIE_ENGINES`. Debian 12's runc runs under both.
+#[derive(Clone, Debug)]
+pub struct Engines {
+    pub name: &'static str,
+    root: Option<PathBuf>,
+}
+
+impl Engines {
+    pub fn debian12() -> Engines {
+        Engines {
+            name: "Debian 12",
+            root: None,
+        }
+    }
+
+    pub fn debian13() -> Engines {
+        let root = std::env::var_os("GPUSHARE_TRIXIE_ENGINES")
+            .filter(|r| !r.is_empty())
+            .map(PathBuf::from)
+            .expect("GPUSHARE_TRIXIE_ENGINES is not set: run the tests with install/test.sh, which fetches Debian 13's containerd and docker.io");
+        for b in [
+            "usr/bin/containerd",
+            "usr/bin/ctr",
+            "usr/sbin/dockerd",
+            "usr/bin/docker",
+        ] {
+            assert!(
+                root.join(b).is_file(),
+                "{} is missing: install/test.sh extracts Debian 13's containerd, docker.io and docker-cli there",
+                root.join(b).display()
+            );
+        }
+        Engines {
+            name: "Debian 13",
+            root: Some(root),
+        }
+    }
+
+    /// PATH with this release's binaries first (dockerd starts containerd,
+    /// containerd its shim, by name).
+    pub fn path_env(&self) -> OsString {
+        let system = std::env::var_os("PATH").unwrap_or_default();
+        let Some(root) = &self.root else {
+            return system;
+        };
+        let mut dirs = vec![root.join("usr/bin"), root.join("usr/sbin")];
+        dirs.extend(std::env::split_paths(&system));
+        std::env::join_paths(dirs).unwrap()
+    }
+
+    /// The program `name` of this release.
+    pub fn binary(&self, name: &str) -> PathBuf {
+        if let Some(root) = &self.root {
+            for dir in ["usr/bin", "usr/sbin"] {
+                let p = root.join(dir).join(name);
+                if p.is_file() {
+                    return p;
+                }
+            }
+        }
+        PathBuf::from(name)
+    }
+
+    pub fn command(&self, name: &str) -> Command {
+        let mut c = Command::new(self.binary(name));
+        c.env("PATH", self.path_env());
+        c
+    }
+
+    /// Fails loudly when this release's `name` does not run.
+    pub fn need(&self, name: &str, package: &str) {
+        assert!(
+            self.command(name)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "{name} of {} does not run: apt-get install {package}",
+            self.name
+        );
+    }
+}
 
 pub fn need(binary: &str, package: &str) {
     assert!(
@@ -18,7 +104,14 @@ pub fn need(binary: &str, package: &str) {
 }
 
 pub fn install(node: &Node, args: &[&str]) -> Output {
+    install_on(&Engines::debian12(), node, args)
+}
+
+/// `gpushare install` with `engines`' binaries first on PATH (`--mode
+/// hook` asks that containerd's `ctr` for its default spec).
+pub fn install_on(engines: &Engines, node: &Node, args: &[&str]) -> Output {
     let out = Command::new(cli())
+        .env("PATH", engines.path_env())
         .env("GPUSHARE_CONFIG", &node.config)
         .arg("install")
         .args(args)
@@ -157,11 +250,49 @@ pub fn containerd_dir(node: &Node) -> (PathBuf, PathBuf, PathBuf, String) {
     (d, config, sock, text)
 }
 
+/// A containerd directory whose config is this release's full default
+/// (`containerd config default`, every plugin's table written out) with
+/// root, state and socket moved inside it: (dir, config, socket, text).
+pub fn containerd_default_dir(
+    engines: &Engines,
+    node: &Node,
+) -> (PathBuf, PathBuf, PathBuf, String) {
+    let d = node.dir.path().join("containerd");
+    std::fs::create_dir_all(&d).unwrap();
+    let out = engines
+        .command("containerd")
+        .args(["config", "default"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "containerd config default: {}",
+        text(&out)
+    );
+    let mut doc: toml_edit::DocumentMut = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    let config = d.join("config.toml");
+    let sock = d.join("containerd.sock");
+    let at = |p: &Path| toml_edit::value(p.display().to_string());
+    doc["root"] = at(&d.join("root"));
+    doc["state"] = at(&d.join("state"));
+    doc["grpc"]["address"] = at(&sock);
+    let text = doc.to_string();
+    std::fs::write(&config, &text).unwrap();
+    (d, config, sock, text)
+}
+
 /// containerd started on `config`, with gpushare's config in its (and so its
 /// shims') environment, once it answers; stopped on drop.
-pub fn start_containerd(node: &Node, d: &Path, config: &Path, sock: &Path) -> Daemon {
+pub fn start_containerd(
+    engines: &Engines,
+    node: &Node,
+    d: &Path,
+    config: &Path,
+    sock: &Path,
+) -> Daemon {
     let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-    let child = Command::new("containerd")
+    let child = engines
+        .command("containerd")
         .env("GPUSHARE_CONFIG", &node.config)
         .arg("--config")
         .arg(config)
@@ -174,7 +305,8 @@ pub fn start_containerd(node: &Node, d: &Path, config: &Path, sock: &Path) -> Da
         dir: d.to_owned(),
     };
     wait_for("containerd", || {
-        Command::new("ctr")
+        engines
+            .command("ctr")
             .arg("--address")
             .arg(sock)
             .arg("version")
