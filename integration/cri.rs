@@ -98,33 +98,14 @@ impl Cri {
         name: &str,
         env: &[(&str, &str)],
     ) -> Result<String, String> {
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: WORKLOAD.into(),
-                ..Default::default()
-            }),
-            command: vec!["sleep".into(), "1000".into()],
-            envs: env
-                .iter()
-                .map(|(k, v)| KeyValue {
-                    key: k.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
-            log_path: format!("{name}.log"),
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(node_network()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        self.start(pod, container_config(name, env))
+    }
+
+    fn start(
+        &mut self,
+        pod: &(String, PodSandboxConfig),
+        config: ContainerConfig,
+    ) -> Result<String, String> {
         let created = self
             .rt
             .block_on(self.client.create_container(CreateContainerRequest {
@@ -173,6 +154,38 @@ impl Cri {
                 pod_sandbox_id: id.into(),
             }))
             .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+    }
+}
+
+/// A container of the workload image running `sleep`, with `env`, as
+/// kubelet configures one.
+fn container_config(name: &str, env: &[(&str, &str)]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: WORKLOAD.into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "1000".into()],
+        envs: env
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(node_network()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -441,4 +454,65 @@ fn containerd_1_7_full_default_config_a_pod_through_the_gpushare_runtime_handler
 #[test]
 fn containerd_1_7_full_default_config_a_pod_through_the_hooks_in_the_base_spec() {
     through_the_base_spec(&Engines::debian13());
+}
+
+#[test]
+fn containerd_1_7_cri_cdi_devices_share_gpus_with_no_runtime_replaced() {
+    let engines = Engines::debian13();
+    let node = Node::new("cri-cdi");
+    let cdi = node.dir.path().join("cdi");
+    let out = Command::new(cli())
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(["cdi", "generate", "--output"])
+        .arg(cdi.join("gpushare.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut dirs = toml_edit::Array::new();
+    dirs.push(cdi.display().to_string());
+    let (_daemon, sock, _d) = cri_node(
+        &engines,
+        &node,
+        None,
+        &[
+            ("enable_cdi", toml_edit::value(true)),
+            ("cdi_spec_dirs", toml_edit::value(dirs)),
+        ],
+    );
+    let mut cri = Cri::connect(&sock);
+    let logs = node.dir.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // runc, containerd's default handler: no RuntimeClass, no variable.
+    let pod = cri.run_pod("cdi-pod", &logs, "");
+    let with_devices = |name: &str, devices: &[&str]| {
+        let mut c = container_config(name, &[]);
+        c.cdi_devices = devices
+            .iter()
+            .map(|d| CdiDevice {
+                name: d.to_string(),
+            })
+            .collect();
+        c
+    };
+    let id = cri
+        .start(&pod, with_devices("infer", &["gpushare.io/gpu=1"]))
+        .expect("the CDI GPU container starts");
+    assert_sees_only_gpu_1(&cri.exec(&id, GPU1_SCRIPT));
+    let doc = status_json(&node);
+    let c = &doc["gpus"][1]["containers"][0];
+    assert_eq!(c["id"], id.as_str(), "{doc}");
+    assert_eq!(c["names"]["pod"], "cdi-pod", "{doc}");
+    let err = cri
+        .start(
+            &pod,
+            with_devices("greedy", &["gpushare.io/gpu=0", "gpushare.io/gpu=1"]),
+        )
+        .expect_err("two CDI devices are refused");
+    assert!(
+        err.contains("asks for 2 GPUs"),
+        "the CRI error carries the reason: {err}"
+    );
+    assert_eq!(node.ledger().len(), 1, "the refusal holds nothing");
+    cri.remove_pod(&pod.0);
+    assert!(node.ledger().is_empty(), "{:?}", node.ledger());
 }

@@ -444,3 +444,124 @@ fn containerd_hook_walk(engines: &Engines) {
         "the original bytes"
     );
 }
+
+/// `gpushare cdi generate --output path` on the node.
+fn cdi_generate(node: &Node, path: &Path) {
+    let out = std::process::Command::new(cli())
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(["cdi", "generate", "--output"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn docker_26_cdi_device_gpushare_io_gpu_1_places_lists_and_releases() {
+    let engines = Engines::debian13();
+    let node = Node::new("docker-cdi");
+    let d = node.dir.path().join("docker");
+    let cdi = node.dir.path().join("cdi");
+    std::fs::create_dir_all(&d).unwrap();
+    cdi_generate(&node, &cdi.join("gpushare.yaml"));
+    // CDI on, and no runtime of gpushare's: runc runs every container.
+    let daemon_json = d.join("daemon.json");
+    std::fs::write(
+        &daemon_json,
+        serde_json::json!({"features": {"cdi": true}, "cdi-spec-dirs": [cdi]}).to_string(),
+    )
+    .unwrap();
+    let dk = Docker::start(&engines, &node, &d, &daemon_json);
+    dk.import(&rootfs_tar(&node), "gpushare-test:1");
+    let name = node.id(0);
+    let out = dk.run(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--cap-add",
+        "MKNOD",
+        "--device",
+        "gpushare.io/gpu=1",
+        "gpushare-test:1",
+        "sleep",
+        "300",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = text(&out).trim().to_owned();
+    assert_sees_only_gpu_1(&text(&dk.run(&["exec", &name, "sh", "-c", GPU1_SCRIPT])));
+    let out = std::process::Command::new(cli())
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let held = &status["gpus"][1]["containers"];
+    assert_eq!(held.as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(held[0]["id"], id.as_str(), "{status}");
+    assert!(dk.run(&["rm", "-f", &name]).status.success());
+    assert!(node.ledger().is_empty(), "docker rm released it");
+
+    // Two of its devices: two GPUs, refused with gpushare's reason.
+    let out = dk.run(&[
+        "run",
+        "--rm",
+        "--device",
+        "gpushare.io/gpu=0",
+        "--device",
+        "gpushare.io/gpu=1",
+        "gpushare-test:1",
+        "true",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("asks for 2 GPUs"),
+        "docker shows gpushare's reason: {}",
+        text(&out)
+    );
+    assert!(node.ledger().is_empty());
+}
+
+/// A CDI spec file in a directory podman reads (it reads only /etc/cdi and
+/// /var/run/cdi), removed on drop.
+struct SystemCdiSpec(PathBuf);
+
+impl Drop for SystemCdiSpec {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn podman_cdi_device_gives_gpu_1_and_two_devices_are_refused() {
+    need("podman", "podman");
+    let node = Node::new("podman-cdi");
+    let spec = SystemCdiSpec(PathBuf::from(format!(
+        "/var/run/cdi/gpushare-test-{}.yaml",
+        std::process::id()
+    )));
+    cdi_generate(&node, &spec.0);
+    // No hooks directory of gpushare's: the CDI device brings the hook.
+    let empty = node.dir.path().join("no-hooks.d");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = podman_run(
+        &empty,
+        &node.rootfs,
+        &["--cap-add", "MKNOD", "--device", "gpushare.io/gpu=1"],
+        &["sh", "-c", GPU1_SCRIPT],
+    );
+    assert_sees_only_gpu_1(&text(&out));
+    assert!(node.ledger().is_empty(), "released at poststop");
+    let out = podman_run(
+        &empty,
+        &node.rootfs,
+        &["--device", "gpushare.io/gpu=1", "--device", "gpushare.io/gpu=0"],
+        &["true"],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("asks for 2 GPUs"),
+        "{}",
+        text(&out)
+    );
+    assert!(node.ledger().is_empty());
+}
