@@ -61,6 +61,8 @@ ensure_packages() {
     command -v gcc >/dev/null 2>&1 || missing+=(gcc)
     [ -e /usr/include/dlfcn.h ] || missing+=(libc6-dev)
     command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+    # A user-namespaced pod needs a network of its own: Debian's CNI plugins.
+    [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
   fi
   if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
     missing+=(busybox-static)

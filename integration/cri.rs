@@ -57,6 +57,17 @@ impl Cri {
     /// A pod on the node's network, as kubelet asks for it with a
     /// RuntimeClass whose handler is `handler` ("": the default runtime).
     fn run_pod(&mut self, name: &str, logs: &Path, handler: &str) -> (String, PodSandboxConfig) {
+        self.run_pod_in(name, logs, handler, node_network())
+    }
+
+    /// A pod whose namespaces are `namespaces`.
+    fn run_pod_in(
+        &mut self,
+        name: &str,
+        logs: &Path,
+        handler: &str,
+        namespaces: NamespaceOption,
+    ) -> (String, PodSandboxConfig) {
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
@@ -70,7 +81,7 @@ impl Cri {
             log_directory: logs.display().to_string(),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(node_network()),
+                    namespace_options: Some(namespaces),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -513,6 +524,112 @@ fn containerd_1_7_cri_cdi_devices_share_gpus_with_no_runtime_replaced() {
         "the CRI error carries the reason: {err}"
     );
     assert_eq!(node.ledger().len(), 1, "the refusal holds nothing");
+    cri.remove_pod(&pod.0);
+    assert!(node.ledger().is_empty(), "{:?}", node.ledger());
+}
+
+/// The namespaces of a pod with `hostUsers: false`: its own user namespace,
+/// container uid 0 being host uid 100000 (65536 ids), as kubelet maps it,
+/// and so its own network (kubelet allows no host network with it: the
+/// pod could not mount /sys).
+fn user_namespaced() -> NamespaceOption {
+    let map = vec![IdMapping {
+        host_id: 100000,
+        container_id: 0,
+        length: 65536,
+    }];
+    NamespaceOption {
+        userns_options: Some(UserNamespace {
+            mode: NamespaceMode::Pod as i32,
+            uids: map.clone(),
+            gids: map,
+        }),
+        network: NamespaceMode::Pod as i32,
+        ..node_network()
+    }
+}
+
+/// A pod network for this test alone: Debian's CNI plugins (bridge and
+/// host-local, from containernetworking-plugins), no masquerade, no route
+/// out; the bridge goes on drop.
+struct PodNetwork(&'static str);
+
+impl PodNetwork {
+    fn setup(d: &Path) -> (PodNetwork, Vec<(&'static str, toml_edit::Item)>) {
+        assert!(
+            Path::new("/usr/lib/cni/bridge").is_file(),
+            "/usr/lib/cni/bridge is missing: apt-get install containernetworking-plugins"
+        );
+        let conf = d.join("cni-userns");
+        std::fs::create_dir_all(&conf).unwrap();
+        let bridge = "gpst0";
+        std::fs::write(
+            conf.join("10-gpushare-test.conflist"),
+            json!({"cniVersion": "1.0.0", "name": "gpushare-test", "plugins": [{
+                "type": "bridge", "bridge": bridge, "isGateway": false, "ipMasq": false,
+                "ipam": {"type": "host-local", "dataDir": d.join("cni-ipam"),
+                         "ranges": [[{"subnet": "10.233.71.0/24"}]]}}]})
+            .to_string(),
+        )
+        .unwrap();
+        let mut cni = toml_edit::Table::new();
+        cni["bin_dir"] = toml_edit::value("/usr/lib/cni");
+        cni["conf_dir"] = toml_edit::value(conf.display().to_string());
+        (
+            PodNetwork(bridge),
+            vec![("cni", toml_edit::Item::Table(cni))],
+        )
+    }
+}
+
+impl Drop for PodNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "delete", self.0]).output();
+    }
+}
+
+#[test]
+fn containerd_1_7_cri_a_pod_in_a_user_namespace_gets_its_gpu_through_the_hook() {
+    let engines = Engines::debian13();
+    let node = Node::new("cri-userns");
+    let config = node.config.to_str().unwrap().to_owned();
+    let (_network, cni) = PodNetwork::setup(node.dir.path());
+    let (_daemon, sock, _d) = cri_node(
+        &engines,
+        &node,
+        Some(&["--mode", "hook", "--gpushare-config", &config]),
+        &cni,
+    );
+    let mut cri = Cri::connect(&sock);
+    let logs = node.dir.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod = cri.run_pod_in("userns-pod", &logs, "gpushare", user_namespaced());
+    let mut c = container_config("infer", &[("NVIDIA_VISIBLE_DEVICES", "1")]);
+    c.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options = Some(user_namespaced());
+    let id = cri
+        .start(&pod, c)
+        .expect("the user-namespaced GPU container starts");
+    let t = cri.exec(
+        &id,
+        "cat /proc/self/uid_map; stat -c 'node %t:%T' /dev/nvidia1; cat /dev/nvidia1; test -e /dev/nvidia0 && echo has-nvidia0 || echo no-nvidia0",
+    );
+    assert!(
+        t.contains("0     100000      65536"),
+        "a user namespace: {t}"
+    );
+    assert!(
+        t.contains("node c3:1")
+            && t.contains("can't open '/dev/nvidia1': No such device or address")
+            && t.contains("no-nvidia0"),
+        "GPU 1's node, which the cgroup lets it open, and no other: {t}"
+    );
+    assert_eq!(node.ledger().len(), 1);
     cri.remove_pod(&pod.0);
     assert!(node.ledger().is_empty(), "{:?}", node.ledger());
 }

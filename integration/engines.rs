@@ -555,7 +555,12 @@ fn podman_cdi_device_gives_gpu_1_and_two_devices_are_refused() {
     let out = podman_run(
         &empty,
         &node.rootfs,
-        &["--device", "gpushare.io/gpu=1", "--device", "gpushare.io/gpu=0"],
+        &[
+            "--device",
+            "gpushare.io/gpu=1",
+            "--device",
+            "gpushare.io/gpu=0",
+        ],
         &["true"],
     );
     assert!(
