@@ -615,20 +615,7 @@ fn containerd_1_7_cri_a_pod_in_a_user_namespace_gets_its_gpu_through_the_hook() 
     let id = cri
         .start(&pod, c)
         .expect("the user-namespaced GPU container starts");
-    let t = cri.exec(
-        &id,
-        "cat /proc/self/uid_map; stat -c 'node %t:%T' /dev/nvidia1; cat /dev/nvidia1; test -e /dev/nvidia0 && echo has-nvidia0 || echo no-nvidia0",
-    );
-    assert!(
-        t.contains("0     100000      65536"),
-        "a user namespace: {t}"
-    );
-    assert!(
-        t.contains("node c3:1")
-            && t.contains("can't open '/dev/nvidia1': No such device or address")
-            && t.contains("no-nvidia0"),
-        "GPU 1's node, which the cgroup lets it open, and no other: {t}"
-    );
+    assert_user_namespaced_gpu_1(&cri.exec(&id, USERNS_GPU1_SCRIPT));
     assert_eq!(node.ledger().len(), 1);
     cri.remove_pod(&pod.0);
     assert!(node.ledger().is_empty(), "{:?}", node.ledger());

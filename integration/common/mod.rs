@@ -353,6 +353,28 @@ pub const GPU1_SCRIPT: &str = "stat -c 'node %t:%T' /dev/nvidia1; cat /dev/nvidi
     test -e /dev/nvidia0 && echo has-nvidia0 || echo no-nvidia0; \
     mknod /tmp/sneaky0 c 195 0 && cat /tmp/sneaky0";
 
+/// What a container in a user namespace (container uid 0 = host uid
+/// 100000) runs to show what it got of GPU 1; `assert_user_namespaced_gpu_1`
+/// reads it.
+pub const USERNS_GPU1_SCRIPT: &str = "cat /proc/self/uid_map; stat -c 'node %t:%T' /dev/nvidia1; \
+    cat /dev/nvidia1; test -e /dev/nvidia0 && echo has-nvidia0 || echo no-nvidia0";
+
+/// In its own user namespace, GPU 1's node is there and opens (ENXIO: the
+/// cgroup allows it, no driver behind it); GPU 0's is absent. (No
+/// hand-made node: mknod is never allowed in a user namespace.)
+pub fn assert_user_namespaced_gpu_1(t: &str) {
+    assert!(
+        t.contains("0     100000      65536"),
+        "a user namespace: {t}"
+    );
+    assert!(
+        t.contains("node c3:1")
+            && t.contains("can't open '/dev/nvidia1': No such device or address")
+            && t.contains("no-nvidia0"),
+        "GPU 1's node, which the cgroup lets it open, and no other: {t}"
+    );
+}
+
 /// GPU 1's node is 195:1 and opens (ENXIO: no driver behind it); GPU 0's
 /// is absent, and a hand-made one is denied by the device cgroup.
 pub fn assert_sees_only_gpu_1(t: &str) {
