@@ -11,8 +11,9 @@ ensure_packages tests
 built=$(install/package.sh)
 export GPUSHARE_DEB=$(echo "$built" | sed -n 1p)
 export GPUSHARE_TARBALL=$(echo "$built" | sed -n 2p)
-# Debian 13's containerd 1.7 and Docker 26, for the engine matrix.
+# Debian 13's containerd 1.7, Docker 26 and podman 5.4, for the engine matrix.
 export GPUSHARE_TRIXIE_ENGINES=$(trixie_engines "$PWD/target/engines/trixie")
+export GPUSHARE_TRIXIE_PODMAN=$PWD/target/engines/trixie/podman5
 # The tests run the binaries a node installs (install/build.sh's, which the
 # package holds), not cargo's debug build of them.
 export GPUSHARE_BIN_DIR=$PWD/target/node

@@ -534,17 +534,31 @@ impl Drop for SystemCdiSpec {
 
 #[test]
 fn podman_cdi_device_gives_gpu_1_and_two_devices_are_refused() {
-    need("podman", "podman");
     let node = Node::new("podman-cdi");
+    cdi_walk(&node, &Podman::debian12());
+}
+
+#[test]
+fn podman_5_cdi_device_gives_gpu_1_and_two_devices_are_refused() {
+    let node = Node::new("podman5-cdi");
+    cdi_walk(&node, &Podman::debian13(node.dir.path()));
+}
+
+/// podman reads every spec in /var/run/cdi, and two specs of one kind
+/// naming the same devices conflict: one CDI walk at a time.
+static SYSTEM_CDI_DIR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cdi_walk(node: &Node, podman: &Podman) {
+    let _only_spec = SYSTEM_CDI_DIR.lock().unwrap_or_else(|e| e.into_inner());
     let spec = SystemCdiSpec(PathBuf::from(format!(
         "/var/run/cdi/gpushare-test-{}.yaml",
         std::process::id()
     )));
-    cdi_generate(&node, &spec.0);
+    cdi_generate(node, &spec.0);
     // No hooks directory of gpushare's: the CDI device brings the hook.
     let empty = node.dir.path().join("no-hooks.d");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = podman_run(
+    let out = podman.run(
         &empty,
         &node.rootfs,
         &["--cap-add", "MKNOD", "--device", "gpushare.io/gpu=1"],
@@ -552,7 +566,7 @@ fn podman_cdi_device_gives_gpu_1_and_two_devices_are_refused() {
     );
     assert_sees_only_gpu_1(&text(&out));
     assert!(node.ledger().is_empty(), "released at poststop");
-    let out = podman_run(
+    let out = podman.run(
         &empty,
         &node.rootfs,
         &[

@@ -155,16 +155,19 @@ fn a_node_that_is_a_symlink_to_a_host_file_is_replaced_inside_the_rootfs() {
 #[test]
 fn podman_with_the_hooks_dir_gives_gpu_1_only() {
     let node = Node::new("podman");
-    assert!(
-        Command::new("podman")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "podman is not installed: apt-get install podman"
-    );
-    let hooks = podman_hooks(&node);
+    hooks_dir_gives_gpu_1(&node, &Podman::debian12());
+}
+
+#[test]
+fn podman_5_with_the_hooks_dir_gives_gpu_1_only() {
+    let node = Node::new("podman5");
+    hooks_dir_gives_gpu_1(&node, &Podman::debian13(node.dir.path()));
+}
+
+fn hooks_dir_gives_gpu_1(node: &Node, podman: &Podman) {
+    let hooks = podman_hooks(node);
     let name = node.id(0);
-    let out = podman_run(
+    let out = podman.run(
         &hooks,
         &node.rootfs,
         &[
@@ -317,8 +320,18 @@ fn gpushare(node: &Node, args: &[&str]) -> String {
 #[test]
 fn podman_in_a_user_namespace_gets_its_gpu_driver_files_and_mps() {
     let node = Node::new("podman-userns");
+    user_namespace_walk(&node, &Podman::debian12());
+}
+
+#[test]
+fn podman_5_in_a_user_namespace_gets_its_gpu_driver_files_and_mps() {
+    let node = Node::new("podman5-userns");
+    user_namespace_walk(&node, &Podman::debian13(node.dir.path()));
+}
+
+fn user_namespace_walk(node: &Node, podman_of: &Podman) {
     require_driver_userspace();
-    let hooks = podman_hooks(&node);
+    let hooks = podman_hooks(node);
     // The image's files belong to the container's root, host uid 100000,
     // as podman's storage makes them for a --uidmap container.
     let rootfs = node.probe_rootfs("userns");
@@ -330,9 +343,9 @@ fn podman_in_a_user_namespace_gets_its_gpu_driver_files_and_mps() {
         .unwrap();
     assert!(ok.success());
     std::fs::set_permissions(node.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    gpushare(&node, &["mps", "start", "--gpu", "1"]);
+    gpushare(node, &["mps", "start", "--gpu", "1"]);
     let name = node.id(0);
-    let out = podman_run(
+    let out = podman_of.run(
         &hooks,
         &rootfs,
         &[
@@ -351,13 +364,7 @@ fn podman_in_a_user_namespace_gets_its_gpu_driver_files_and_mps() {
         &["sleep", "300"],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let podman = |args: &[&str]| {
-        Command::new("podman")
-            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let podman = |args: &[&str]| podman_of.command().args(args).output().unwrap();
     let exec = |script: &str| text(&podman(&["exec", &name, "sh", "-c", script]));
     let t = exec(&format!(
         "{USERNS_GPU1_SCRIPT}; CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps cuda-probe; ls /tmp/nvidia-mps"
@@ -389,5 +396,5 @@ fn podman_in_a_user_namespace_gets_its_gpu_driver_files_and_mps() {
     assert_eq!(held[0]["gpu"].as_u64(), Some(1));
     assert!(podman(&["rm", "-f", &name]).status.success());
     assert!(node.ledger().is_empty(), "poststop released it");
-    gpushare(&node, &["mps", "stop"]);
+    gpushare(node, &["mps", "stop"]);
 }

@@ -302,29 +302,110 @@ pub fn text(o: &Output) -> String {
 /// hybrid cgroups), cgroupfs, rlimits runc accepts, and a hooks directory;
 /// `args` go after `run --rm`, then `--rootfs <rootfs>` and the command.
 pub fn podman_run(hooks: &Path, rootfs: &Path, args: &[&str], command: &[&str]) -> Output {
-    Command::new("podman")
-        .args([
-            "--runtime",
-            "runc",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--hooks-dir",
-        ])
-        .arg(hooks)
-        .args([
+    Podman::debian12().run(hooks, rootfs, args, command)
+}
+
+/// Which podman a test runs: Debian 12's 4.3, installed, or Debian 13's
+/// 5.4, which install/test.sh extracts with Debian 13's C library beside it
+/// (named by `GPUSHARE_TRIXIE_PODMAN`) and which keeps its storage, state
+/// and configuration in a directory of the test's own. Both run Debian
+/// 12's runc (cgroupfs) and conmon.
+pub struct Podman {
+    pub name: &'static str,
+    binary: PathBuf,
+    /// Podman 5's own directory: storage, run root, tmp, containers.conf.
+    own: Option<PathBuf>,
+}
+
+impl Podman {
+    pub fn debian12() -> Podman {
+        assert!(
+            Command::new("podman")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "podman is not installed: apt-get install podman"
+        );
+        Podman {
+            name: "podman 4 (Debian 12)",
+            binary: "podman".into(),
+            own: None,
+        }
+    }
+
+    /// Podman 5 with its state in `dir`.
+    pub fn debian13(dir: &Path) -> Podman {
+        let root = std::env::var_os("GPUSHARE_TRIXIE_PODMAN")
+            .filter(|r| !r.is_empty())
+            .map(PathBuf::from)
+            .expect("GPUSHARE_TRIXIE_PODMAN is not set: run the tests with install/test.sh, which fetches Debian 13's podman");
+        let binary = root.join("usr/bin/podman");
+        let helpers = root.join("usr/lib/podman");
+        let own = dir.join("podman5");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::write(
+            own.join("containers.conf"),
+            format!(
+                "[engine]\nhelper_binaries_dir = [{:?}]\n",
+                helpers.display().to_string()
+            ),
+        )
+        .unwrap();
+        let p = Podman {
+            name: "podman 5 (Debian 13)",
+            binary,
+            own: Some(own),
+        };
+        let out = p.command().arg("--version").output();
+        assert!(
+            out.as_ref().is_ok_and(|o| o.status.success()),
+            "{} does not run: {out:?}; install/test.sh extracts it",
+            p.binary.display()
+        );
+        p
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"]);
+        if let Some(own) = &self.own {
+            c.env("CONTAINERS_CONF", own.join("containers.conf"))
+                .env("PODMAN_IGNORE_CGROUPSV1_WARNING", "1")
+                .arg("--root")
+                .arg(own.join("storage"))
+                .arg("--runroot")
+                .arg(own.join("run"))
+                .arg("--tmpdir")
+                .arg(own.join("tmp"))
+                .args(["--conmon", "/usr/bin/conmon", "--events-backend", "file"]);
+        }
+        c
+    }
+
+    /// `podman run --rm` on `rootfs` with the hooks directory `hooks`;
+    /// `args` go after `run --rm`, then `--rootfs <rootfs>` and the command.
+    /// Podman 5 runs it on the host's network (its own would need
+    /// netavark's firewall).
+    pub fn run(&self, hooks: &Path, rootfs: &Path, args: &[&str], command: &[&str]) -> Output {
+        let mut c = self.command();
+        c.arg("--hooks-dir").arg(hooks).args([
             "run",
             "--rm",
             "--ulimit",
             "nofile=1024:1024",
             "--ulimit",
             "nproc=1024:1024",
-        ])
-        .args(args)
-        .arg("--rootfs")
-        .arg(rootfs)
-        .args(command)
-        .output()
-        .unwrap()
+        ]);
+        if self.own.is_some() {
+            c.args(["--network", "host"]);
+        }
+        c.args(args)
+            .arg("--rootfs")
+            .arg(rootfs)
+            .args(command)
+            .output()
+            .unwrap()
+    }
 }
 
 /// The host's driver user-space the driver tests need: Debian's real
