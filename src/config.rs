@@ -40,6 +40,15 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("cdi", &["spec"]),
+    (
+        "device_plugin",
+        &[
+            "resource",
+            "units_per_gpu",
+            "require_allocation",
+            "pinned_memory",
+        ],
+    ),
 ];
 
 #[derive(Debug, Error)]
@@ -179,6 +188,22 @@ pub struct Config {
     /// The CDI spec gpushare keeps (`gpushare cdi generate`), rewritten
     /// when the inventory is refreshed.
     pub cdi_spec: PathBuf,
+    pub device_plugin: DevicePluginConfig,
+}
+
+/// `gpushare device-plugin`: what kubelet is told, and what the runtime and
+/// the hook then enforce.
+#[derive(Debug, Clone)]
+pub struct DevicePluginConfig {
+    /// The extended resource pods ask for (`gpushare.io/gpu-percent`).
+    pub resource: String,
+    /// Units each healthy GPU is advertised as (100: a unit is 1 %).
+    pub units_per_gpu: u32,
+    /// Refuse GPU containers that hold no allocation of the plugin's.
+    pub require_allocation: bool,
+    /// Give an allocation a pinned-memory limit in proportion to its units
+    /// (under MPS).
+    pub proportional_pinned_memory: bool,
 }
 
 impl Config {
@@ -223,6 +248,12 @@ impl Default for Config {
                 shm_size: "1G".into(),
             },
             cdi_spec: "/etc/cdi/gpushare.yaml".into(),
+            device_plugin: DevicePluginConfig {
+                resource: "gpushare.io/gpu-percent".into(),
+                units_per_gpu: 100,
+                require_allocation: false,
+                proportional_pinned_memory: false,
+            },
         }
     }
 }
@@ -448,6 +479,55 @@ impl Validator<'_> {
                 }
             }
             "cdi.spec" => cfg.cdi_spec = self.abs_path(key, value)?,
+            "device_plugin.resource" => {
+                let r = self.string(key, value)?;
+                // kubelet's rule for an extended resource: a domain, '/',
+                // a name of letters, digits, '-', '_', '.'.
+                let ok = r.split_once('/').is_some_and(|(domain, name)| {
+                    domain.contains('.')
+                        && !name.is_empty()
+                        && name.len() <= 63
+                        && domain
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                });
+                if !ok {
+                    return Err(self.bad(
+                        key,
+                        value,
+                        "an extended resource name, domain/name (e.g. \"gpushare.io/gpu-percent\")",
+                    ));
+                }
+                cfg.device_plugin.resource = r;
+            }
+            "device_plugin.units_per_gpu" => {
+                cfg.device_plugin.units_per_gpu = match value {
+                    Value::Integer(i) if (1..=100).contains(i) => *i as u32,
+                    _ => {
+                        return Err(self.bad(
+                            key,
+                            value,
+                            "a whole number from 1 to 100 (100: 1 % units; 20: 5 % steps)",
+                        ))
+                    }
+                }
+            }
+            "device_plugin.require_allocation" => {
+                cfg.device_plugin.require_allocation = match value {
+                    Value::Boolean(b) => *b,
+                    _ => return Err(self.bad(key, value, "true or false")),
+                }
+            }
+            "device_plugin.pinned_memory" => {
+                cfg.device_plugin.proportional_pinned_memory = match value.as_str() {
+                    Some("proportional") => true,
+                    Some("none") => false,
+                    _ => return Err(self.bad(key, value, "\"proportional\" or \"none\"")),
+                }
+            }
             "mps.shm_size" => {
                 let s = self.string(key, value)?;
                 // The last character is the unit (a char boundary, whatever

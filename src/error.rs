@@ -36,6 +36,8 @@ pub enum Error {
     Serve(#[from] crate::serve::ServeError),
     #[error(transparent)]
     Cdi(#[from] crate::cdi::CdiError),
+    #[error(transparent)]
+    DevicePlugin(#[from] crate::device_plugin::DevicePluginError),
 }
 
 impl Error {
@@ -53,6 +55,7 @@ impl Error {
             Error::Install(e) => e.is_refusal(),
             Error::Simulate(e) => e.is_refusal(),
             Error::Cdi(e) => e.is_refusal(),
+            Error::DevicePlugin(e) => e.is_refusal(),
         };
         if refused {
             EXIT_REFUSED

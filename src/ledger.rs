@@ -34,7 +34,8 @@ const LOCK_FILE: &str = "ledger.lock";
 /// Where a 0.1 ledger is moved once imported.
 const IMPORTED_DIR: &str = "ledger-0.1";
 
-/// The schema (`PRAGMA user_version` 1). One row per container and GPU.
+/// The schema (`PRAGMA user_version` 2): `holds`, one row per container
+/// and GPU, and the device plugin's `allocations` (version 2 added them).
 pub const SCHEMA: &str = "\
 CREATE TABLE holds (
     root              TEXT NOT NULL,     -- runtime root (runc --root), '' for the runtime's default, 'hook:<bundle>' for the hook alone
@@ -55,7 +56,20 @@ CREATE TABLE holds (
 CREATE INDEX holds_by_gpu ON holds (gpu);
 ";
 
-const SCHEMA_VERSION: i64 = 1;
+/// What schema version 2 added: the allocations `gpushare device-plugin`
+/// answered kubelet with, which the runtime and the hook hold containers to.
+pub const ALLOCATIONS_SCHEMA: &str = "\
+CREATE TABLE allocations (
+    key           TEXT PRIMARY KEY,  -- its first device id: kubelet gives a device to one container at a time
+    gpu           TEXT NOT NULL,     -- the GPU's UUID
+    units         INTEGER NOT NULL,  -- the units allocated
+    units_per_gpu INTEGER NOT NULL,  -- the GPU's units when allocated (units / units_per_gpu of the GPU)
+    devices       TEXT NOT NULL,     -- JSON array: every device id of the allocation
+    created       INTEGER NOT NULL   -- Unix seconds of kubelet's Allocate
+);
+";
+
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a writer waits for another (a person's `sqlite3` holding the
 /// database, say) before giving up; gpushare's own writers queue on the
@@ -302,7 +316,7 @@ impl Ledger {
             Err(e) => return Err(io("create", &path)(e)),
         };
         let mut ledger = Ledger::connect(state_dir, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        if made || ledger.version()? == 0 {
+        if made || ledger.version()? < SCHEMA_VERSION {
             ledger.initialise()?;
         }
         Ok(ledger)
@@ -384,18 +398,27 @@ impl Ledger {
         let v: i64 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sqlite(&path))?;
-        if v != 0 {
+        if v >= SCHEMA_VERSION {
             return Ok(());
         }
-        tx.execute_batch(SCHEMA).map_err(sqlite(&path))?;
-        let imported = import::read(&self.dir).map_err(|e| io("read", &self.dir)(e))?;
-        for hold in &imported {
-            insert(&tx, hold).map_err(sqlite(&path))?;
-        }
+        let imported = if v == 0 {
+            tx.execute_batch(SCHEMA).map_err(sqlite(&path))?;
+            let imported = import::read(&self.dir).map_err(|e| io("read", &self.dir)(e))?;
+            for hold in &imported {
+                insert(&tx, hold).map_err(sqlite(&path))?;
+            }
+            true
+        } else {
+            false
+        };
+        tx.execute_batch(ALLOCATIONS_SCHEMA)
+            .map_err(sqlite(&path))?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sqlite(&path))?;
         tx.commit().map_err(sqlite(&path))?;
-        import::set_aside(&self.dir);
+        if imported {
+            import::set_aside(&self.dir);
+        }
         drop(lock);
         Ok(())
     }
@@ -454,6 +477,95 @@ impl Ledger {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Records what the device plugin answered kubelet's Allocate with, in
+    /// a transaction of its own: an earlier allocation that held any of its
+    /// devices is gone (kubelet gave them to this container), then this
+    /// one is written.
+    pub fn record_allocation(&mut self, a: &Allocation) -> Result<(), LedgerError> {
+        let path = self.path.clone();
+        let tx = self.begin()?;
+        let older: Vec<Allocation> = select_allocations(&tx.tx).map_err(sqlite(&path))?;
+        for o in older
+            .iter()
+            .filter(|o| o.devices.iter().any(|d| a.devices.contains(d)))
+        {
+            tx.tx
+                .execute("DELETE FROM allocations WHERE key = ?1", [&o.key])
+                .map_err(sqlite(&path))?;
+        }
+        tx.tx
+            .execute(
+                "INSERT OR REPLACE INTO allocations (key, gpu, units, units_per_gpu, devices, created) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![
+                    a.key,
+                    a.gpu,
+                    a.units,
+                    a.units_per_gpu,
+                    serde_json::to_string(&a.devices).expect("serialises"),
+                    a.created as i64,
+                ],
+            )
+            .map_err(sqlite(&path))?;
+        tx.commit()
+    }
+
+    /// The allocation recorded under `key`, if any.
+    pub fn allocation(&self, key: &str) -> Result<Option<Allocation>, LedgerError> {
+        Ok(select_allocations(&self.conn)
+            .map_err(sqlite(&self.path))?
+            .into_iter()
+            .find(|a| a.key == key))
+    }
+
+    /// Every allocation recorded.
+    pub fn allocations(&self) -> Result<Vec<Allocation>, LedgerError> {
+        select_allocations(&self.conn).map_err(sqlite(&self.path))
+    }
+}
+
+/// The annotation kubelet puts on a container from the device plugin's
+/// Allocate answer: the key of its allocation here. kubelet writes a
+/// container's annotations from device plugins and itself, never from the
+/// pod's.
+pub const ALLOCATION_ANNOTATION: &str = "gpushare.io/allocation";
+
+/// An allocation of the device plugin's: `units` of GPU `gpu`'s
+/// `units_per_gpu`, as kubelet's device ids `devices`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allocation {
+    pub key: String,
+    pub gpu: String,
+    pub units: u32,
+    pub units_per_gpu: u32,
+    pub devices: Vec<String>,
+    pub created: u64,
+}
+
+impl Allocation {
+    /// The allocation's share of its GPU, in percent.
+    pub fn percentage(&self) -> f64 {
+        f64::from(self.units) * 100.0 / f64::from(self.units_per_gpu.max(1))
+    }
+}
+
+fn select_allocations(conn: &Connection) -> rusqlite::Result<Vec<Allocation>> {
+    let mut st = conn.prepare(
+        "SELECT key, gpu, units, units_per_gpu, devices, created FROM allocations ORDER BY key",
+    )?;
+    let rows = st.query_map([], |r| {
+        let devices: String = r.get(4)?;
+        Ok(Allocation {
+            key: r.get(0)?,
+            gpu: r.get(1)?,
+            units: r.get(2)?,
+            units_per_gpu: r.get(3)?,
+            devices: serde_json::from_str(&devices).unwrap_or_default(),
+            created: r.get::<_, i64>(5)?.max(0) as u64,
+        })
+    })?;
+    rows.collect()
 }
 
 /// One decision's transaction, under the writers' lock.
@@ -464,6 +576,14 @@ pub struct Transaction<'a> {
 }
 
 impl Transaction<'_> {
+    /// The device plugin's allocation recorded under `key`, if any.
+    pub fn allocation(&self, key: &str) -> Result<Option<Allocation>, LedgerError> {
+        Ok(select_allocations(&self.tx)
+            .map_err(sqlite(self.path))?
+            .into_iter()
+            .find(|a| a.key == key))
+    }
+
     /// Every hold (standing not judged).
     pub fn holds(&self) -> Result<Vec<Hold>, LedgerError> {
         select(&self.tx, "", []).map_err(sqlite(self.path))

@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod cdi;
 pub mod config;
 pub mod decide;
+pub mod device_plugin;
 pub mod driver;
 pub mod edits;
 pub mod error;

@@ -17,8 +17,14 @@ use crate::driver::{self, Driver};
 use crate::edits::{ContainerEdits, EditsError, MpsClient};
 use crate::ids::IdError;
 use crate::inventory::{Inventory, InventoryError};
-use crate::ledger::{self, Container, Hold, Ledger, LedgerError, Load, Source, Tally, Transaction};
-use crate::request::{Capabilities, Request, RequestError, DRIVER_CAPABILITIES};
+use crate::ledger::{
+    self, Allocation, Container, Hold, Ledger, LedgerError, Load, Source, Tally, Transaction,
+    ALLOCATION_ANNOTATION,
+};
+use crate::request::{
+    Capabilities, DeviceId, Devices, Percentage, Request, RequestError, DRIVER_CAPABILITIES,
+    THREAD_PERCENTAGE, VISIBLE_DEVICES,
+};
 use crate::text::shown;
 
 #[derive(Debug, Error)]
@@ -44,6 +50,17 @@ pub enum PlacementError {
         root: String,
         gpus: String,
     },
+    #[error("the container's allocation {key} ({ALLOCATION_ANNOTATION}) is not one this node's device plugin recorded: kubelet did not get it from gpushare device-plugin here, or the ledger was cleared since; delete the pod so kubelet allocates again")]
+    UnknownAllocation { key: String },
+    #[error("this node gives GPUs only through its device plugin ([device_plugin] require_allocation in {config}): ask for {resource} in the pod's resources.limits instead of setting {VISIBLE_DEVICES}")]
+    AllocationRequired { resource: String, config: String },
+    #[error("the container's allocation gives it {gpu}{share}, but its own {var} says {value:?}, and a hook cannot change a process's environment: take {var} out of the pod, or run it with the gpushare runtime handler, which sets it")]
+    AllocationContradicted {
+        gpu: String,
+        share: String,
+        var: &'static str,
+        value: String,
+    },
 }
 
 impl PlacementError {
@@ -56,7 +73,10 @@ impl PlacementError {
             PlacementError::Request(_)
             | PlacementError::Id(_)
             | PlacementError::Refused(_)
-            | PlacementError::AlreadyHeld { .. } => true,
+            | PlacementError::AlreadyHeld { .. }
+            | PlacementError::UnknownAllocation { .. }
+            | PlacementError::AllocationRequired { .. }
+            | PlacementError::AllocationContradicted { .. } => true,
             PlacementError::Ledger(_) | PlacementError::Edits(_) => false,
         }
     }
@@ -176,6 +196,85 @@ fn refuse_uninjected(caps: &Capabilities, cfg: &Config) -> Result<(), RequestErr
     })
 }
 
+/// The request a container's device-plugin allocation makes of `request`:
+/// the allocated GPU at the allocated share (its pinned-memory limit in
+/// proportion when configured), whatever the container's own variables
+/// say; its driver capabilities stay its own. A container with no
+/// allocation keeps its request, unless the node requires one. Through
+/// the hook alone (`keeps_env`), whose container's environment cannot be
+/// changed, own variables that contradict the allocation are refused.
+pub fn allocated(
+    request: &Request,
+    allocation: Option<&Allocation>,
+    key: Option<&str>,
+    cfg: &Config,
+    inv: &Inventory,
+    keeps_env: bool,
+) -> Result<Request, PlacementError> {
+    let Some(a) = allocation else {
+        if let Some(key) = key {
+            return Err(PlacementError::UnknownAllocation { key: shown(key) });
+        }
+        if cfg.device_plugin.require_allocation {
+            return Err(PlacementError::AllocationRequired {
+                resource: cfg.device_plugin.resource.clone(),
+                config: cfg.name(),
+            });
+        }
+        return Ok(request.clone());
+    };
+    let whole = a.units >= a.units_per_gpu;
+    let share = (!whole).then(|| Percentage {
+        text: format!("{}", a.percentage()),
+        value: a.percentage(),
+    });
+    let pinned = match (whole, cfg.device_plugin.proportional_pinned_memory) {
+        (false, true) => inv
+            .gpus
+            .iter()
+            .find(|g| g.uuid == a.gpu)
+            .and_then(|g| g.memory_mib)
+            .map(|m| {
+                let mib = (m * u64::from(a.units) / u64::from(a.units_per_gpu.max(1))).max(1);
+                crate::request::parse_limit(&format!("{mib}M"))
+            })
+            .transpose()?,
+        _ => request.pinned_mem_limit.clone(),
+    };
+    let wanted = Devices::List(vec![DeviceId::Uuid(a.gpu.clone())]);
+    if keeps_env {
+        let contradicted = |var, value: String| PlacementError::AllocationContradicted {
+            gpu: a.gpu.clone(),
+            share: share
+                .as_ref()
+                .map(|s| format!(" at {}%", s.text))
+                .unwrap_or_default(),
+            var,
+            value,
+        };
+        if request.devices != wanted {
+            return Err(contradicted(VISIBLE_DEVICES, request.devices.to_string()));
+        }
+        let own = request.thread_percentage.as_ref().map(|p| p.value);
+        if own != share.as_ref().map(|s| s.value) {
+            return Err(contradicted(
+                THREAD_PERCENTAGE,
+                request
+                    .thread_percentage
+                    .as_ref()
+                    .map(|p| p.text.clone())
+                    .unwrap_or_default(),
+            ));
+        }
+    }
+    Ok(Request {
+        devices: wanted,
+        thread_percentage: share,
+        pinned_mem_limit: pinned,
+        capabilities: request.capabilities.clone(),
+    })
+}
+
 /// Marks in `load` the GPUs whose MPS daemon runs.
 fn mark_mps(cfg: &Config, inv: &Inventory, load: &mut Load) {
     for g in &inv.gpus {
@@ -216,6 +315,17 @@ pub fn place<'a>(
     crate::ids::check_id(&container.id, shown)?;
     let inventory = Inventory::load(cfg)?;
     let mut tx = ledger.begin()?;
+    let annotations = bundle.annotations();
+    let key = annotations.get(ALLOCATION_ANNOTATION).copied();
+    let allocation = key.map(|k| tx.allocation(k)).transpose()?.flatten();
+    let request = &allocated(
+        request,
+        allocation.as_ref(),
+        key,
+        cfg,
+        &inventory,
+        source == Source::Hook,
+    )?;
     let Tally { mut load, held } = tx.tally(cfg.runtime.reservation_timeout_seconds, &container)?;
     if !held.is_empty() {
         return Err(PlacementError::AlreadyHeld {
@@ -284,7 +394,8 @@ pub fn preview(bundle: &Bundle, cfg: &Config) -> Result<Option<Plan>, PlacementE
     }
     let inventory = Inventory::load(cfg)?;
     let timeout = cfg.runtime.reservation_timeout_seconds;
-    let holds: Vec<Hold> = match Ledger::open_if_exists(&cfg.runtime.state_dir)? {
+    let ledger = Ledger::open_if_exists(&cfg.runtime.state_dir)?;
+    let holds: Vec<Hold> = match &ledger {
         Some(l) => l
             .holds()?
             .into_iter()
@@ -292,6 +403,13 @@ pub fn preview(bundle: &Bundle, cfg: &Config) -> Result<Option<Plan>, PlacementE
             .collect(),
         None => Vec::new(),
     };
+    let annotations = bundle.annotations();
+    let key = annotations.get(ALLOCATION_ANNOTATION).copied();
+    let allocation = match (&ledger, key) {
+        (Some(l), Some(k)) => l.allocation(k).ok().flatten(),
+        _ => None,
+    };
+    let request = allocated(&request, allocation.as_ref(), key, cfg, &inventory, false)?;
     let mut load = Load::of_holds(&holds);
     mark_mps(cfg, &inventory, &mut load);
     plan(

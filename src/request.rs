@@ -68,6 +68,21 @@ pub enum Devices {
     List(Vec<DeviceId>),
 }
 
+impl fmt::Display for Devices {
+    /// As `NVIDIA_VISIBLE_DEVICES` would say it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Devices::NotGpu => f.write_str("void"),
+            Devices::None => f.write_str("none"),
+            Devices::All => f.write_str("all"),
+            Devices::List(l) => {
+                let ids: Vec<String> = l.iter().map(ToString::to_string).collect();
+                f.write_str(&ids.join(","))
+            }
+        }
+    }
+}
+
 /// A thread percentage as written (so the spec keeps the user's spelling)
 /// with its value.
 #[derive(Debug, Clone, PartialEq)]

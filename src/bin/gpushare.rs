@@ -93,6 +93,13 @@ enum Command {
         #[arg(long, value_enum, default_value = "shim")]
         mode: ModeArg,
     },
+    /// Kubernetes: the kubelet device plugin that lets the scheduler count
+    /// GPU shares (gpushare.io/gpu-percent); runs in the foreground.
+    DevicePlugin {
+        /// kubelet's device-plugin directory (its kubelet.sock).
+        #[arg(long, default_value = gpushare::device_plugin::DEFAULT_KUBELET_DIR)]
+        kubelet_dir: PathBuf,
+    },
     /// CDI: name GPUs as devices (`--device gpushare.io/gpu=0`).
     Cdi {
         #[command(subcommand)]
@@ -237,6 +244,12 @@ fn run(command: Command) -> Result<i32, Error> {
                 gpushare::cdi::KIND,
                 inv.gpus.len()
             );
+        }
+        Command::DevicePlugin { kubelet_dir } => {
+            let cfg = Config::load()?;
+            gpushare::device_plugin::run(&cfg, &kubelet_dir, &mut |line| {
+                eprintln!("gpushare device-plugin: {}", visible(line))
+            })?;
         }
         Command::Status { json } => {
             let s = report::status_now()?;
