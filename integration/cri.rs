@@ -620,3 +620,110 @@ fn containerd_1_7_cri_a_pod_in_a_user_namespace_gets_its_gpu_through_the_hook() 
     cri.remove_pod(&pod.0);
     assert!(node.ledger().is_empty(), "{:?}", node.ledger());
 }
+
+#[test]
+fn a_pod_with_a_gpu_percent_allocation_holds_exactly_it_through_cri_under_mps() {
+    use common::kubelet::{Kubelet, Plugin};
+    use gpushare::device_plugin::api::*;
+    let engines = Engines::debian13();
+    let node = Node::new("cri-dp");
+    let (_daemon, sock, _d) = cri_node(&engines, &node, Some(&[]), &[]);
+    let gpushare = |args: &[&str]| {
+        let out = Command::new(cli())
+            .env("GPUSHARE_CONFIG", &node.config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "gpushare {args:?}: {}", text(&out));
+    };
+    gpushare(&["mps", "start", "--gpu", "1"]);
+    let uuid1 = status_json(&node)["gpus"][1]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // kubelet's device manager and the plugin.
+    let kdir = node.dir.path().join("device-plugins");
+    std::fs::create_dir_all(&kdir).unwrap();
+    let mut kubelet = Kubelet::start(&kdir);
+    let mut plugin_cmd = Command::new(cli());
+    plugin_cmd.env("GPUSHARE_CONFIG", &node.config);
+    let _plugin = Plugin::start(
+        plugin_cmd,
+        &kdir,
+        &node.dir.path().join("device-plugin.log"),
+    );
+    let r = Kubelet::next_registration(&kubelet.rt, &mut kubelet.registered);
+    assert_eq!(r.resource_name, "gpushare.io/gpu-percent");
+    let mut client = kubelet.plugin();
+    // The scheduler counted 30 units; kubelet asks where, then allocates.
+    let free: Vec<String> = (0..100).map(|n| format!("{uuid1}::{n}")).collect();
+    let preferred = kubelet
+        .rt
+        .block_on(client.get_preferred_allocation(PreferredAllocationRequest {
+            container_requests: vec![ContainerPreferredAllocationRequest {
+                available_device_i_ds: free,
+                must_include_device_i_ds: vec![],
+                allocation_size: 30,
+            }],
+        }))
+        .unwrap()
+        .into_inner()
+        .container_responses[0]
+        .device_i_ds
+        .clone();
+    let answer = kubelet
+        .rt
+        .block_on(client.allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: preferred,
+            }],
+        }))
+        .unwrap()
+        .into_inner()
+        .container_responses
+        .remove(0);
+
+    // kubelet's CreateContainer: the plugin's variables first, then the
+    // pod's own, which try to take GPU 0 at 80 %; the plugin's annotation.
+    let mut plugin_env: Vec<(String, String)> = answer.envs.into_iter().collect();
+    plugin_env.sort();
+    let mut env: Vec<(&str, &str)> = plugin_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.extend([
+        ("NVIDIA_VISIBLE_DEVICES", "0"),
+        ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "80"),
+    ]);
+    let mut config = container_config("infer", &env);
+    config.annotations = answer.annotations;
+    let mut cri = Cri::connect(&sock);
+    let logs = node.dir.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod = cri.run_pod("dp-pod", &logs, "gpushare");
+    let id = cri
+        .start(&pod, config)
+        .expect("the allocated container starts");
+    let t = cri.exec(
+        &id,
+        "tr '\\0' '\\n' < /proc/1/environ | grep -E '^(NVIDIA_VISIBLE_DEVICES|CUDA_MPS_ACTIVE_THREAD_PERCENTAGE)='; ls /tmp/nvidia-mps; ls /dev",
+    );
+    assert!(
+        t.contains(&format!("NVIDIA_VISIBLE_DEVICES={uuid1}\n"))
+            && t.contains("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30\n")
+            && !t.contains("=80")
+            && t.contains("control")
+            && t.contains("nvidia1")
+            && !t.contains("nvidia0"),
+        "the process sees its allocation, GPU 1 at 30 %, as an MPS client: {t}"
+    );
+    let doc = status_json(&node);
+    let held = &doc["gpus"][1]["containers"];
+    assert_eq!(held.as_array().map(Vec::len), Some(1), "{doc}");
+    assert_eq!(held[0]["thread_percentage"], json!(30.0), "{doc}");
+    assert_eq!(held[0]["names"]["pod"], "dp-pod", "{doc}");
+    cri.remove_pod(&pod.0);
+    gpushare(&["mps", "stop"]);
+    assert!(node.ledger().is_empty(), "{:?}", node.ledger());
+}

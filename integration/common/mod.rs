@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 
 #[path = "../../tests/common/bins.rs"]
 mod bins;
+#[path = "../../tests/common/kubelet.rs"]
+pub mod kubelet;
 pub use bins::{cli, hook, runtime};
 pub const BUSYBOX: &str = "/bin/busybox";
 

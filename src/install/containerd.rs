@@ -151,6 +151,12 @@ pub fn containerd_install(
             );
         }
     }
+    // The device plugin's allocation reaches the container as an
+    // annotation kubelet writes; containerd passes a container's CRI
+    // annotations to its spec only where the runtime lists them.
+    let mut passed = toml_edit::Array::new();
+    passed.push(crate::ledger::ALLOCATION_ANNOTATION);
+    ours.insert("container_annotations", toml_edit::value(passed));
     ours.insert("options", Item::Table(options));
     table.insert(RUNTIME_NAME, Item::Table(ours));
     Ok(doc.to_string())

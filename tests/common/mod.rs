@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use serde_json::{json, Value};
 
 mod bins;
+pub mod kubelet;
 pub use bins::{cli as bin_cli, hook as bin_hook, runtime as bin_runtime};
 
 pub struct Node {
