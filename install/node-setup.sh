@@ -52,6 +52,7 @@ Next, for Kubernetes: restart the engine as printed above, then label this node
 so pods with runtimeClassName: gpushare are scheduled here (its node name is
 usually its hostname, $(hostname)):
   kubectl label node $(hostname) gpushare.io/runtime=true
-and, once per cluster: kubectl apply -f install/runtimeclass.yaml
+and, once per cluster: kubectl apply -f install/k8s/runtimeclass.yaml
+(and, to schedule GPU shares, install/k8s/device-plugin.yaml: README, Kubernetes)
 NEXT
 fi

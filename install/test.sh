@@ -11,6 +11,8 @@ ensure_packages tests
 built=$(install/package.sh)
 export GPUSHARE_DEB=$(echo "$built" | sed -n 1p)
 export GPUSHARE_TARBALL=$(echo "$built" | sed -n 2p)
+# The device plugin's image, for integration/package.rs to import and run.
+export GPUSHARE_IMAGE=$(install/image.sh)
 # Debian 13's containerd 1.7, Docker 26 and podman 5.4, for the engine matrix.
 export GPUSHARE_TRIXIE_ENGINES=$(trixie_engines "$PWD/target/engines/trixie")
 export GPUSHARE_TRIXIE_PODMAN=$PWD/target/engines/trixie/podman5

@@ -194,3 +194,109 @@ fn the_package_installs_runs_a_container_and_purges_clean() {
         .collect();
     assert_eq!(backups.len(), 1, "install's backup is kept: {backups:?}");
 }
+
+/// The device plugin's image (install/image.sh; install/test.sh names it in
+/// GPUSHARE_IMAGE): imported into containerd as a node's image store holds
+/// it, run as its DaemonSet runs it (the kubelet directory and the node's
+/// files mounted), it registers with a test kubelet and lists the node's
+/// GPUs; SIGTERM stops it and takes its socket away.
+#[test]
+fn the_device_plugin_image_imports_into_containerd_and_serves_kubelet() {
+    use common::engine::*;
+    use common::kubelet::Kubelet;
+    let image = built("GPUSHARE_IMAGE");
+    let engines = Engines::debian13();
+    let node = Node::new("image");
+    let (d, config, sock, _) = containerd_dir(&node);
+    let _daemon = start_containerd(&engines, &node, &d, &config, &sock);
+    let ctr = |args: &[&str]| {
+        let out = engines
+            .command("ctr")
+            .arg("--address")
+            .arg(&sock)
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ctr {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ctr(&["images", "import", image.to_str().unwrap()]);
+    let version = env!("CARGO_PKG_VERSION");
+    let name = format!("localhost/gpushare:{version}");
+    assert!(
+        ctr(&["images", "ls", "-q"]).lines().any(|l| l == name),
+        "the archive is tagged {name}"
+    );
+    // From scratch: the binaries and nothing else.
+    let listing = Command::new("tar")
+        .arg("-xOf")
+        .arg(&image)
+        .arg("--wildcards")
+        .arg("*/layer.tar")
+        .output()
+        .unwrap();
+    let files = Command::new("tar")
+        .arg("-t")
+        .stdin({
+            let p = node.dir.path().join("layer.tar");
+            std::fs::write(&p, &listing.stdout).unwrap();
+            std::fs::File::open(p).unwrap()
+        })
+        .output()
+        .unwrap();
+    let files = String::from_utf8_lossy(&files.stdout).into_owned();
+    assert!(
+        files.contains("usr/bin/gpushare\n") && !files.contains("lib/"),
+        "{files}"
+    );
+
+    let kdir = node.dir.path().join("device-plugins");
+    std::fs::create_dir_all(&kdir).unwrap();
+    let mut kubelet = Kubelet::start(&kdir);
+    let dir = node.dir.path().display().to_string();
+    let id = node.id(0);
+    ctr(&[
+        "run",
+        "-d",
+        "--mount",
+        &format!(
+            "type=bind,src={},dst=/var/lib/kubelet/device-plugins,options=rbind:rw",
+            kdir.display()
+        ),
+        "--mount",
+        &format!("type=bind,src={dir},dst={dir},options=rbind:rw"),
+        "--env",
+        &format!("GPUSHARE_CONFIG={}", node.config.display()),
+        &name,
+        &id,
+    ]);
+    let r = Kubelet::next_registration(&kubelet.rt, &mut kubelet.registered);
+    assert_eq!(r.resource_name, "gpushare.io/gpu-percent");
+    let mut client = kubelet.plugin();
+    let mut stream = kubelet
+        .rt
+        .block_on(client.list_and_watch(gpushare::device_plugin::api::Empty {}))
+        .unwrap()
+        .into_inner();
+    let first = kubelet
+        .rt
+        .block_on(stream.message())
+        .unwrap()
+        .expect("a device list");
+    assert!(
+        !first.devices.is_empty() && first.devices.len() % 100 == 0,
+        "{first:?}"
+    );
+    ctr(&["task", "kill", "--signal", "SIGTERM", &id]);
+    wait_for("the plugin to stop", || {
+        !kdir.join("gpushare.sock").exists()
+    });
+    let _ = engines
+        .command("ctr")
+        .arg("--address")
+        .arg(&sock)
+        .args(["--namespace", "k8s.io", "task", "delete", &id])
+        .output();
+    ctr(&["container", "rm", &id]);
+}

@@ -194,7 +194,7 @@ fn containerd_v2_install_and_uninstall_round_trip() {
 #[test]
 fn the_runtime_class_and_the_node_setup_name_the_same_handler_and_label() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let class = std::fs::read_to_string(format!("{root}/install/runtimeclass.yaml")).unwrap();
+    let class = std::fs::read_to_string(format!("{root}/install/k8s/runtimeclass.yaml")).unwrap();
     let setup = std::fs::read_to_string(format!("{root}/install/node-setup.sh")).unwrap();
     assert!(class.contains("\nhandler: gpushare\n"), "{class}");
     assert!(
@@ -205,6 +205,32 @@ fn the_runtime_class_and_the_node_setup_name_the_same_handler_and_label() {
         setup.contains("kubectl label node $(hostname) gpushare.io/runtime=true"),
         "node-setup.sh tells the operator the label the RuntimeClass selects"
     );
+}
+
+#[test]
+fn the_device_plugins_daemonset_runs_this_versions_image_as_the_plugin() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let ds = std::fs::read_to_string(format!("{root}/install/k8s/device-plugin.yaml")).unwrap();
+    let image = std::fs::read_to_string(format!("{root}/install/image.sh")).unwrap();
+    assert!(
+        ds.contains(&format!(
+            "image: localhost/gpushare:{}\n",
+            env!("CARGO_PKG_VERSION")
+        )) && image.contains("tag=\"localhost/gpushare:$version\""),
+        "the DaemonSet names the image install/image.sh tags"
+    );
+    for path in [
+        "/var/lib/kubelet/device-plugins",
+        "/etc/gpushare",
+        "/run/gpushare",
+    ] {
+        assert!(ds.contains(&format!("path: {path},")), "{path} mounted");
+    }
+    assert!(ds.contains("gpushare.io/runtime: \"true\""));
+    assert!(ds.contains("drop: [\"ALL\"]") && !ds.contains("privileged: true"));
+    let example =
+        std::fs::read_to_string(format!("{root}/install/k8s/gpu-percent-example.yaml")).unwrap();
+    assert!(example.contains("gpushare.io/gpu-percent: 30"));
 }
 
 #[test]

@@ -267,33 +267,35 @@ async fn serve(
     say: &mut dyn FnMut(&str),
 ) -> Result<(), DevicePluginError> {
     let units = cfg.device_plugin.units_per_gpu;
-    let (tx, rx) = watch::channel(Vec::new());
     // Health: every GPU seen stays listed; the ones the inventory no
-    // longer has are unhealthy until they return.
+    // longer has are unhealthy until they return. The first list is read
+    // before kubelet can ask.
+    let present = |cfg: &Config| -> Vec<String> {
+        Inventory::load(cfg)
+            .map(|i| i.gpus.into_iter().map(|g| g.uuid).collect())
+            .unwrap_or_default()
+    };
+    let mut seen = present(&cfg);
+    let (tx, rx) = watch::channel(device_list(&seen, &seen, units));
     let health_cfg = cfg.clone();
     tokio::spawn(async move {
-        let mut seen: Vec<String> = Vec::new();
         loop {
+            tokio::time::sleep(POLL).await;
             let cfg = health_cfg.clone();
-            let present: Vec<String> = tokio::task::spawn_blocking(move || {
-                Inventory::load(&cfg)
-                    .map(|i| i.gpus.into_iter().map(|g| g.uuid).collect())
-                    .unwrap_or_default()
-            })
-            .await
-            .unwrap_or_default();
-            for g in &present {
+            let now_present = tokio::task::spawn_blocking(move || present(&cfg))
+                .await
+                .unwrap_or_default();
+            for g in &now_present {
                 if !seen.contains(g) {
                     seen.push(g.clone());
                 }
             }
-            let list = device_list(&seen, &present, units);
+            let list = device_list(&seen, &now_present, units);
             tx.send_if_modified(|now| {
                 let changed = *now != list;
                 *now = list;
                 changed
             });
-            tokio::time::sleep(POLL).await;
         }
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
