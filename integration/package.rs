@@ -285,7 +285,7 @@ fn the_device_plugin_image_imports_into_containerd_and_serves_kubelet() {
         .unwrap()
         .expect("a device list");
     assert!(
-        !first.devices.is_empty() && first.devices.len() % 100 == 0,
+        !first.devices.is_empty() && first.devices.len().is_multiple_of(100),
         "{first:?}"
     );
     ctr(&["task", "kill", "--signal", "SIGTERM", &id]);
