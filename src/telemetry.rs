@@ -45,6 +45,19 @@ pub fn open() -> Result<Nvml, String> {
     })
 }
 
+impl Nvml {
+    /// Whether NVML reports GPU `uuid` lost (fallen off the bus, say): it
+    /// may still be listed, but nothing can use it.
+    pub fn lost(&self, uuid: &str) -> bool {
+        use nvml_wrapper::error::NvmlError;
+        match self.0.device_by_uuid(uuid) {
+            Err(NvmlError::GpuLost) => true,
+            Err(_) => false,
+            Ok(d) => matches!(d.memory_info(), Err(NvmlError::GpuLost)),
+        }
+    }
+}
+
 fn mib(bytes: u64) -> u64 {
     bytes >> 20
 }

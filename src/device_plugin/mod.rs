@@ -270,19 +270,29 @@ async fn serve(
     // Health: every GPU seen stays listed; the ones the inventory no
     // longer has are unhealthy until they return. The first list is read
     // before kubelet can ask.
-    let present = |cfg: &Config| -> Vec<String> {
+    // NVML where the node has it (the image's static build has none): a
+    // GPU it reports lost is unhealthy though still listed.
+    let nvml = std::sync::Arc::new(crate::telemetry::open().ok());
+    let present = move |cfg: &Config, nvml: &Option<crate::telemetry::Nvml>| -> Vec<String> {
         Inventory::load(cfg)
-            .map(|i| i.gpus.into_iter().map(|g| g.uuid).collect())
+            .map(|i| {
+                i.gpus
+                    .into_iter()
+                    .map(|g| g.uuid)
+                    .filter(|u| !nvml.as_ref().is_some_and(|n| n.lost(u)))
+                    .collect()
+            })
             .unwrap_or_default()
     };
-    let mut seen = present(&cfg);
+    let mut seen = present(&cfg, &nvml);
     let (tx, rx) = watch::channel(device_list(&seen, &seen, units));
     let health_cfg = cfg.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(POLL).await;
             let cfg = health_cfg.clone();
-            let now_present = tokio::task::spawn_blocking(move || present(&cfg))
+            let nvml = nvml.clone();
+            let now_present = tokio::task::spawn_blocking(move || present(&cfg, &nvml))
                 .await
                 .unwrap_or_default();
             for g in &now_present {
