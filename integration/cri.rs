@@ -34,19 +34,8 @@ impl Cri {
             .enable_all()
             .build()
             .unwrap();
-        let path = sock.to_owned();
         let channel = rt
-            .block_on(
-                tonic::transport::Endpoint::from_static("http://[::]:50051")
-                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                        let path = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                                tokio::net::UnixStream::connect(path).await?,
-                            ))
-                        }
-                    })),
-            )
+            .block_on(gpushare::device_plugin::unix_channel(sock))
             .expect("containerd's CRI socket answers");
         Cri {
             rt,
@@ -259,17 +248,7 @@ fn cri_node(
         install_on(engines, node, &args);
     }
     let daemon = start_containerd(engines, node, &d, &config, &sock);
-    let ctr = |args: &[&str]| {
-        let out = engines
-            .command("ctr")
-            .arg("--address")
-            .arg(&sock)
-            .args(["--namespace", "k8s.io"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ctr {args:?}: {}", text_of(&out));
-    };
+    let ctr = |args: &[&str]| ctr_k8s(engines, &sock, args);
     let pause = image_archive_of(
         node,
         PAUSE,
@@ -278,10 +257,6 @@ fn cri_node(
     ctr(&["image", "import", pause.to_str().unwrap()]);
     ctr(&["image", "import", image_archive(node).to_str().unwrap()]);
     (daemon, sock, d)
-}
-
-fn text_of(o: &std::process::Output) -> String {
-    text(o)
 }
 
 /// The spec containerd handed the runtime for container `id`.
@@ -628,15 +603,7 @@ fn a_pod_with_a_gpu_percent_allocation_holds_exactly_it_through_cri_under_mps() 
     let engines = Engines::debian13();
     let node = Node::new("cri-dp");
     let (_daemon, sock, _d) = cri_node(&engines, &node, Some(&[]), &[]);
-    let gpushare = |args: &[&str]| {
-        let out = Command::new(cli())
-            .env("GPUSHARE_CONFIG", &node.config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "gpushare {args:?}: {}", text(&out));
-    };
-    gpushare(&["mps", "start", "--gpu", "1"]);
+    gpushare(&node, &["mps", "start", "--gpu", "1"]);
     let uuid1 = status_json(&node)["gpus"][1]["uuid"]
         .as_str()
         .unwrap()
@@ -724,6 +691,6 @@ fn a_pod_with_a_gpu_percent_allocation_holds_exactly_it_through_cri_under_mps() 
     assert_eq!(held[0]["thread_percentage"], json!(30.0), "{doc}");
     assert_eq!(held[0]["names"]["pod"], "dp-pod", "{doc}");
     cri.remove_pod(&pod.0);
-    gpushare(&["mps", "stop"]);
+    gpushare(&node, &["mps", "stop"]);
     assert!(node.ledger().is_empty(), "{:?}", node.ledger());
 }

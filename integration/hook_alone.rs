@@ -307,16 +307,6 @@ fn podman_hooks(node: &Node) -> std::path::PathBuf {
     hooks
 }
 
-fn gpushare(node: &Node, args: &[&str]) -> String {
-    let out = Command::new(cli())
-        .env("GPUSHARE_CONFIG", &node.config)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "gpushare {args:?}: {}", text(&out));
-    text(&out)
-}
-
 #[test]
 fn podman_in_a_user_namespace_gets_its_gpu_driver_files_and_mps() {
     let node = Node::new("podman-userns");

@@ -209,18 +209,7 @@ fn the_device_plugin_image_imports_into_containerd_and_serves_kubelet() {
     let node = Node::new("image");
     let (d, config, sock, _) = containerd_dir(&node);
     let _daemon = start_containerd(&engines, &node, &d, &config, &sock);
-    let ctr = |args: &[&str]| {
-        let out = engines
-            .command("ctr")
-            .arg("--address")
-            .arg(&sock)
-            .args(["--namespace", "k8s.io"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ctr {args:?}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ctr = |args: &[&str]| ctr_k8s(&engines, &sock, args);
     ctr(&["images", "import", image.to_str().unwrap()]);
     let version = env!("CARGO_PKG_VERSION");
     let name = format!("localhost/gpushare:{version}");

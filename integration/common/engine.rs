@@ -250,6 +250,21 @@ pub fn containerd_dir(node: &Node) -> (PathBuf, PathBuf, PathBuf, String) {
     (d, config, sock, text)
 }
 
+/// `ctr` of `engines` on containerd's socket `sock`, in Kubernetes'
+/// namespace `k8s.io`, which must succeed: its standard output.
+pub fn ctr_k8s(engines: &Engines, sock: &Path, args: &[&str]) -> String {
+    let out = engines
+        .command("ctr")
+        .arg("--address")
+        .arg(sock)
+        .args(["--namespace", "k8s.io"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ctr {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A containerd directory whose config is this release's full default
 /// (`containerd config default`, every plugin's table written out) with
 /// root, state and socket moved inside it: (dir, config, socket, text).

@@ -307,6 +307,17 @@ pub fn podman_run(hooks: &Path, rootfs: &Path, args: &[&str], command: &[&str]) 
     Podman::debian12().run(hooks, rootfs, args, command)
 }
 
+/// `gpushare ARGS` on the node, which must succeed: its output.
+pub fn gpushare(node: &Node, args: &[&str]) -> String {
+    let out = Command::new(cli())
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gpushare {args:?}: {}", text(&out));
+    text(&out)
+}
+
 /// Which podman a test runs: Debian 12's 4.3, installed, or Debian 13's
 /// 5.4, which install/test.sh extracts with Debian 13's C library beside it
 /// (named by `GPUSHARE_TRIXIE_PODMAN`) and which keeps its storage, state

@@ -414,9 +414,13 @@ enum Registration {
     Refused(String),
 }
 
-async fn register(dir: &Path, cfg: &Config) -> Result<(), Registration> {
-    let path = dir.join(KUBELET_SOCKET);
-    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
+/// A gRPC channel to the unix socket at `path` (the URI is a placeholder
+/// that gRPC needs; the connector goes to the socket).
+pub async fn unix_channel(
+    path: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_owned();
+    tonic::transport::Endpoint::from_static("http://[::]:50051")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
             async move {
@@ -425,6 +429,11 @@ async fn register(dir: &Path, cfg: &Config) -> Result<(), Registration> {
                 ))
             }
         }))
+        .await
+}
+
+async fn register(dir: &Path, cfg: &Config) -> Result<(), Registration> {
+    let channel = unix_channel(&dir.join(KUBELET_SOCKET))
         .await
         .map_err(|e| Registration::NoKubelet(crate::text::one_line(&e)))?;
     RegistrationClient::new(channel)

@@ -97,20 +97,11 @@ impl Kubelet {
 
     /// A client of the plugin's socket, as kubelet's device manager.
     pub fn plugin(&self) -> DevicePluginClient<Channel> {
-        let path = self.dir.join("gpushare.sock");
         let channel = self
             .rt
-            .block_on(
-                tonic::transport::Endpoint::from_static("http://[::]:50051")
-                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                        let path = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                                tokio::net::UnixStream::connect(path).await?,
-                            ))
-                        }
-                    })),
-            )
+            .block_on(gpushare::device_plugin::unix_channel(
+                &self.dir.join("gpushare.sock"),
+            ))
             .expect("the plugin's socket answers");
         DevicePluginClient::new(channel)
     }
