@@ -169,6 +169,20 @@ fn kubelet_registers_lists_prefers_one_gpu_allocates_and_sees_health_and_restart
                 .any(|e| e.ends_with("=80") || e == "NVIDIA_VISIBLE_DEVICES=0"),
         "the process sees the allocation's values: {env:?}"
     );
+    // The container restarts in its pod (kubelet gives the new one the
+    // same annotation): the same allocation, again.
+    let out = node.runtime(&["delete", "alloc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(node.ledger().is_empty(), "released with the container");
+    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
+    let out = node.runtime(&["create", "--bundle", b.to_str().unwrap(), "alloc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let held = node.ledger();
+    assert_eq!(
+        (&held[0]["gpus"], &held[0]["thread_percentage"]),
+        (&json!([uuid(1)]), &json!(30.0)),
+        "{held:?}"
+    );
     // The hook alone cannot change them: refused, one line, nothing held.
     let hb = node.bundle("alloc-hook", &[]);
     let mut hspec = common::spec(&hb);
