@@ -214,6 +214,17 @@ fn cri_node(
     install_args: Option<&[&str]>,
     cri: &[(&str, toml_edit::Item)],
 ) -> (Daemon, PathBuf, PathBuf) {
+    cri_node_with(engines, node, install_args, cri, &|_| {})
+}
+
+/// `cri_node`, with `tweak` applied to containerd's config last.
+fn cri_node_with(
+    engines: &Engines,
+    node: &Node,
+    install_args: Option<&[&str]>,
+    cri: &[(&str, toml_edit::Item)],
+    tweak: &dyn Fn(&mut toml_edit::DocumentMut),
+) -> (Daemon, PathBuf, PathBuf) {
     engines.need("containerd", "containerd");
     let (d, config, sock, text) = match engines.name {
         "Debian 12" => containerd_dir(node),
@@ -241,6 +252,7 @@ fn cri_node(
     for (k, v) in cri {
         plugin[*k] = v.clone();
     }
+    tweak(&mut doc);
     std::fs::write(&config, doc.to_string()).unwrap();
     if let Some(install_args) = install_args {
         let mut args = vec!["containerd", "--config", config.to_str().unwrap()];
@@ -693,4 +705,103 @@ fn a_pod_with_a_gpu_percent_allocation_holds_exactly_it_through_cri_under_mps() 
     cri.remove_pod(&pod.0);
     gpushare(&node, &["mps", "stop"]);
     assert!(node.ledger().is_empty(), "{:?}", node.ledger());
+}
+
+#[test]
+fn containerd_1_7_nri_plugin_places_gpu_pods_with_no_runtime_replaced() {
+    let engines = Engines::debian13();
+    let node = Node::new("cri-nri");
+    require_driver_userspace();
+    let nri = node.dir.path().join("nri");
+    for d in ["plugins", "conf"] {
+        std::fs::create_dir_all(nri.join(d)).unwrap();
+    }
+    let socket = nri.join("nri.sock");
+    let (_daemon, sock, _d) = cri_node_with(&engines, &node, None, &[], &|doc| {
+        let mut t = toml_edit::Table::new();
+        t["disable"] = toml_edit::value(false);
+        t["socket_path"] = toml_edit::value(socket.display().to_string());
+        t["plugin_path"] = toml_edit::value(nri.join("plugins").display().to_string());
+        t["plugin_config_path"] = toml_edit::value(nri.join("conf").display().to_string());
+        doc["plugins"]
+            .as_table_mut()
+            .unwrap()
+            .insert("io.containerd.nri.v1.nri", toml_edit::Item::Table(t));
+    });
+    let log = node.dir.path().join("nri-plugin.log");
+    let mut plugin = Command::new(cli())
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(["nri", "--socket"])
+        .arg(&socket)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the NRI plugin to register", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("registered"))
+    });
+
+    let mut cri = Cri::connect(&sock);
+    let logs = node.dir.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    // runc, containerd's default handler: no RuntimeClass, no hook.
+    let pod = cri.run_pod("nri-pod", &logs, "");
+    let id = cri
+        .start_container(&pod, "infer", &[("NVIDIA_VISIBLE_DEVICES", "1")])
+        .expect("the GPU container starts");
+    assert_sees_only_gpu_1(&cri.exec(&id, GPU1_SCRIPT));
+    let doc = status_json(&node);
+    let uuid1 = doc["gpus"][1]["uuid"].as_str().unwrap().to_owned();
+    let env = cri.exec(
+        &id,
+        "tr '\\0' '\\n' < /proc/1/environ | grep NVIDIA_VISIBLE_DEVICES",
+    );
+    assert_eq!(
+        env.trim(),
+        format!("NVIDIA_VISIBLE_DEVICES={uuid1}"),
+        "the plugin sets the environment, as a hook cannot"
+    );
+    let c = &doc["gpus"][1]["containers"][0];
+    assert_eq!(c["id"], id.as_str(), "{doc}");
+    assert_eq!(c["names"]["pod"], "nri-pod", "{doc}");
+    assert_eq!(
+        c["state"], "running",
+        "bound to its process at start: {doc}"
+    );
+
+    // An MPS client: its share and pipe directory in its environment.
+    gpushare(&node, &["mps", "start", "--gpu", "0"]);
+    let mps = cri
+        .start_container(
+            &pod,
+            "mps-client",
+            &[
+                ("NVIDIA_VISIBLE_DEVICES", "0"),
+                ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "25"),
+            ],
+        )
+        .expect("the MPS client starts");
+    let t = cri.exec(
+        &mps,
+        "echo share=$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE pipe=$CUDA_MPS_PIPE_DIRECTORY; ls /tmp/nvidia-mps",
+    );
+    assert!(
+        t.contains("share=25 pipe=/tmp/nvidia-mps\n") && t.contains("control"),
+        "{t}"
+    );
+
+    // Two GPUs: the CRI error carries gpushare's line.
+    let err = cri
+        .start_container(&pod, "greedy", &[("NVIDIA_VISIBLE_DEVICES", "0,1")])
+        .expect_err("two GPUs are refused");
+    assert!(err.contains("asks for 2 GPUs"), "{err}");
+    assert_eq!(node.ledger().len(), 2, "the refusal holds nothing");
+
+    cri.remove_pod(&pod.0);
+    gpushare(&node, &["mps", "stop"]);
+    assert!(node.ledger().is_empty(), "{:?}", node.ledger());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(plugin.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = plugin.wait();
 }

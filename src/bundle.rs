@@ -166,6 +166,17 @@ impl Bundle {
         dir.join("config.json")
     }
 
+    /// A spec that is no bundle's (what an NRI plugin is shown of a
+    /// container): no directory, no rootfs to look into, never written.
+    pub fn in_memory(spec: Value) -> Bundle {
+        Bundle {
+            dir: PathBuf::new(),
+            spec,
+            original: Vec::new(),
+            mode: 0o644,
+        }
+    }
+
     /// Reads and parses `<dir>/config.json` (`read_capped`).
     pub fn open(dir: &Path) -> Result<Bundle, BundleError> {
         Raw::read(dir)?.parse()

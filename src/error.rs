@@ -38,6 +38,8 @@ pub enum Error {
     Cdi(#[from] crate::cdi::CdiError),
     #[error(transparent)]
     DevicePlugin(#[from] crate::device_plugin::DevicePluginError),
+    #[error(transparent)]
+    Nri(#[from] crate::nri::NriError),
 }
 
 impl Error {
@@ -56,6 +58,7 @@ impl Error {
             Error::Simulate(e) => e.is_refusal(),
             Error::Cdi(e) => e.is_refusal(),
             Error::DevicePlugin(e) => e.is_refusal(),
+            Error::Nri(e) => e.is_refusal(),
         };
         if refused {
             EXIT_REFUSED

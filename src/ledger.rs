@@ -48,7 +48,7 @@ CREATE TABLE holds (
     names             TEXT NOT NULL,     -- JSON object: pod, namespace, container, name from annotations
     env               TEXT NOT NULL,     -- JSON array: the KEY=VALUE gpushare set in the container
     created           INTEGER NOT NULL,  -- Unix seconds of the reservation
-    source            TEXT NOT NULL,     -- runtime | hook | imported
+    source            TEXT NOT NULL,     -- runtime | hook | nri | imported
     bundle            TEXT NOT NULL,     -- the bundle directory the runtime was given
     reservation       INTEGER NOT NULL,  -- the create call that wrote the row (its undo removes only its own)
     PRIMARY KEY (root, id, gpu)
@@ -107,6 +107,8 @@ pub enum Source {
     Hook,
     /// Found in a gpushare 0.1 ledger at the upgrade.
     Imported,
+    /// `gpushare nri`, the NRI plugin.
+    Nri,
 }
 
 impl Source {
@@ -115,6 +117,7 @@ impl Source {
             Source::Runtime => "runtime",
             Source::Hook => "hook",
             Source::Imported => "imported",
+            Source::Nri => "nri",
         }
     }
 
@@ -122,6 +125,7 @@ impl Source {
         match s {
             "runtime" => Source::Runtime,
             "hook" => Source::Hook,
+            "nri" => Source::Nri,
             _ => Source::Imported,
         }
     }

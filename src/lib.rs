@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod ledger;
 pub mod live;
 pub mod mps;
+pub mod nri;
 pub mod placement;
 pub mod report;
 pub mod request;

@@ -100,6 +100,13 @@ enum Command {
         #[arg(long, default_value = gpushare::device_plugin::DEFAULT_KUBELET_DIR)]
         kubelet_dir: PathBuf,
     },
+    /// containerd and CRI-O: the NRI plugin that places GPU containers with
+    /// no process started per container; runs in the foreground.
+    Nri {
+        /// The runtime's NRI socket.
+        #[arg(long, default_value = gpushare::nri::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// CDI: name GPUs as devices (`--device gpushare.io/gpu=0`).
     Cdi {
         #[command(subcommand)]
@@ -250,6 +257,14 @@ fn run(command: Command) -> Result<i32, Error> {
             gpushare::device_plugin::run(&cfg, &kubelet_dir, &mut |line| {
                 eprintln!("gpushare device-plugin: {}", visible(line))
             })?;
+        }
+        Command::Nri { socket } => {
+            let cfg = Config::load()?;
+            gpushare::nri::run(
+                &cfg,
+                &socket,
+                std::sync::Arc::new(|line: &str| eprintln!("gpushare nri: {}", visible(line))),
+            )?;
         }
         Command::Status { json } => {
             let s = report::status_now()?;

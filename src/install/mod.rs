@@ -146,7 +146,7 @@ pub const HOOKS_DIR: &str = "/usr/share/containers/oci/hooks.d";
 pub const CRIO_DROP_IN_DIR: &str = "/etc/crio/crio.conf.d";
 const HOOKS_FILE: &str = "oci-gpushare-hook.json";
 const CRIO_DROP_IN: &str = "99-gpushare.conf";
-pub(crate) const RUNTIME_NAME: &str = "gpushare";
+pub const RUNTIME_NAME: &str = "gpushare";
 
 pub(crate) fn malformed_json(path: &Path, e: &serde_json::Error) -> InstallError {
     InstallError::Malformed {

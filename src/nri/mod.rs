@@ -1,0 +1,766 @@
+//! `gpushare nri`: a resident NRI plugin. containerd (1.7 with NRI on, 2.x
+//! by default) and CRI-O show it every container's creation with its
+//! environment and annotations; it places GPU containers with the same
+//! pipeline as the runtime and the hook (`placement`) and answers with the
+//! same edits as NRI adjustments: devices (and so their cgroup rules),
+//! mounts, environment. No process starts per container, no runtime is
+//! replaced, and, unlike a hook, it can set the environment. It binds a
+//! container's hold to its pid when it starts and releases it when it stops
+//! or goes; on Synchronize it drops the holds of containers that no longer
+//! exist. Containers the runtime or the hook places (the `gpushare`
+//! runtime handler, gpushare-hook in their hooks) are left to them.
+//!
+//! Ref: github.com/containerd/nri: the plugin connects to the runtime's
+//! socket, which carries two logical connections multiplexed as frames of
+//! [connection id: u32 BE][length: u32 BE][payload] (pkg/net/multiplex:
+//! 1 = the plugin's service, which the runtime calls; 2 = the runtime's
+//! service, which the plugin calls), each a ttrpc stream. The plugin
+//! registers (name, index), is configured (answering the events it wants,
+//! a bit `1 << (event - 1)` each) and synchronized, then receives events.
+
+use std::collections::HashMap;
+use std::os::fd::IntoRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+
+use crate::bundle::Bundle;
+use crate::config::Config;
+use crate::edits::ContainerEdits;
+use crate::ledger::{Container, Ledger, Source};
+use crate::placement::{self, Placement};
+use crate::request::Request;
+
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    dead_code,
+    missing_docs,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    unused_imports,
+    unused_mut,
+    unused_results,
+    unknown_lints
+)]
+pub mod api {
+    include!(concat!(env!("OUT_DIR"), "/nri/api.rs"));
+}
+
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    dead_code,
+    missing_docs,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    unused_imports,
+    unused_results,
+    unknown_lints
+)]
+pub mod api_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/nri/api_ttrpc.rs"));
+}
+
+use api::{
+    ConfigureRequest, ConfigureResponse, ContainerAdjustment, CreateContainerRequest,
+    CreateContainerResponse, Empty, Event, KeyValue, LinuxContainerAdjustment, LinuxDevice, Mount,
+    OptionalFileMode, PodSandbox, RegisterPluginRequest, RemoveContainerRequest,
+    RemoveContainerResponse, StartContainerRequest, StartContainerResponse, StateChangeEvent,
+    StopContainerRequest, StopContainerResponse, SynchronizeRequest, SynchronizeResponse,
+};
+
+pub const DEFAULT_SOCKET: &str = "/var/run/nri/nri.sock";
+/// The name the plugin registers under.
+pub const PLUGIN_NAME: &str = "gpushare";
+/// Its index: plugins are called in ascending order, and gpushare runs
+/// before resource plugins (which commonly take 50 and up).
+pub const PLUGIN_INDEX: &str = "10";
+/// The multiplexed connections (NRI pkg/net/multiplex).
+const PLUGIN_CONN: u32 = 1;
+const RUNTIME_CONN: u32 = 2;
+/// NRI's largest frame: a ttrpc header and message.
+const MAX_FRAME: usize = 10 + (4 << 20);
+/// How long to wait before connecting again to a runtime that went away.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Error)]
+pub enum NriError {
+    #[error("cannot start the NRI plugin: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("NRI: {0}")]
+    Protocol(String),
+}
+
+impl NriError {
+    pub fn is_refusal(&self) -> bool {
+        false
+    }
+}
+
+/// The events gpushare subscribes to, as ConfigureResponse's mask.
+fn event_mask() -> i32 {
+    [
+        Event::CREATE_CONTAINER,
+        Event::START_CONTAINER,
+        Event::STOP_CONTAINER,
+        Event::REMOVE_CONTAINER,
+    ]
+    .iter()
+    .map(|e| 1i32 << (*e as i32 - 1))
+    .fold(0, |a, b| a | b)
+}
+
+/// Whether another part of gpushare places this container: the runtime
+/// (its pod runs under the `gpushare` runtime handler) or the hook (the
+/// container's hooks run gpushare-hook).
+fn placed_elsewhere(pod: &PodSandbox, c: &api::Container) -> bool {
+    if pod.runtime_handler == crate::install::RUNTIME_NAME {
+        return true;
+    }
+    let hooks = c.hooks.as_ref();
+    hooks.is_some_and(|h| {
+        [
+            &h.prestart,
+            &h.create_runtime,
+            &h.create_container,
+            &h.start_container,
+            &h.poststart,
+            &h.poststop,
+        ]
+        .iter()
+        .flat_map(|l| l.iter())
+        .any(|hook| {
+            Path::new(&hook.path)
+                .file_name()
+                .is_some_and(|n| n == "gpushare-hook")
+        })
+    })
+}
+
+/// The spec gpushare decides from, as much of it as NRI shows: the
+/// environment, and the annotations with the pod's and the container's
+/// names where the runtime's own are missing (for `status`).
+fn spec_of(pod: &PodSandbox, c: &api::Container) -> Value {
+    let mut annotations: serde_json::Map<String, Value> = c
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    for (k, v) in [
+        ("io.kubernetes.cri.sandbox-name", &pod.name),
+        ("io.kubernetes.cri.sandbox-namespace", &pod.namespace),
+        ("io.kubernetes.cri.container-name", &c.name),
+    ] {
+        if !v.is_empty() {
+            annotations
+                .entry(k.to_owned())
+                .or_insert_with(|| Value::String(v.clone()));
+        }
+    }
+    json!({"process": {"env": c.env}, "annotations": annotations})
+}
+
+/// gpushare's edits as an NRI adjustment.
+fn adjustment(edits: &ContainerEdits) -> ContainerAdjustment {
+    let mut adj = ContainerAdjustment::new();
+    let mut linux = LinuxContainerAdjustment::new();
+    for d in &edits.devices {
+        let mut dev = LinuxDevice::new();
+        dev.path = d.path.clone();
+        dev.type_ = "c".into();
+        dev.major = d.major as i64;
+        dev.minor = d.minor as i64;
+        let mut mode = OptionalFileMode::new();
+        mode.value = d.file_mode;
+        dev.file_mode = protobuf::MessageField::some(mode);
+        linux.devices.push(dev);
+    }
+    adj.linux = protobuf::MessageField::some(linux);
+    for m in &edits.mounts {
+        let mut mount = Mount::new();
+        mount.destination = m.destination.clone();
+        mount.type_ = m.typ.clone();
+        mount.source = m.source.display().to_string();
+        mount.options = m.options.clone();
+        adj.mounts.push(mount);
+    }
+    for e in &edits.env {
+        if let Some((k, v)) = e.split_once('=') {
+            let mut kv = KeyValue::new();
+            kv.key = k.to_owned();
+            kv.value = v.to_owned();
+            adj.env.push(kv);
+        }
+    }
+    for (k, v) in &edits.annotations {
+        adj.annotations.insert(k.clone(), v.clone());
+    }
+    adj
+}
+
+/// The plugin's state: the node's config, and the name of the runtime it
+/// serves (a container is `nri:<runtime>` and its id).
+struct Plugin {
+    cfg: Config,
+    runtime: Mutex<String>,
+    /// Ids of the containers a Synchronize has shown so far (it may come
+    /// in parts).
+    synchronized: Mutex<Vec<String>>,
+    say: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+impl Plugin {
+    fn container(&self, id: &str) -> Container {
+        Container {
+            root: format!("nri:{}", self.runtime.lock().expect("not poisoned")),
+            id: id.to_owned(),
+        }
+    }
+
+    /// Places a container: `None` when it is not gpushare's to place.
+    fn place(
+        &self,
+        pod: &PodSandbox,
+        c: &api::Container,
+    ) -> Result<Option<ContainerAdjustment>, (bool, String)> {
+        let fail = |refusal: bool, e: &(dyn std::error::Error + 'static)| {
+            (refusal, crate::text::one_line(e))
+        };
+        if placed_elsewhere(pod, c) {
+            return Ok(None);
+        }
+        let bundle = Bundle::in_memory(spec_of(pod, c));
+        let env = bundle.env().map_err(|e| fail(true, &e))?;
+        let request = Request::from_spec(env, &bundle.cdi_devices()).map_err(|e| fail(true, &e))?;
+        if !request.is_gpu() {
+            return Ok(None);
+        }
+        let mut ledger = Ledger::open(&self.cfg.runtime.state_dir).map_err(|e| fail(false, &e))?;
+        let placed = placement::place(
+            &bundle,
+            &request,
+            self.container(&c.id),
+            Source::Nri,
+            &self.cfg,
+            &mut ledger,
+        )
+        .map_err(|e| fail(e.is_refusal(), &e))?;
+        let Some(Placement {
+            mut tx,
+            edits,
+            hold,
+            warnings,
+        }) = placed
+        else {
+            return Ok(None);
+        };
+        for w in &warnings {
+            (self.say)(&format!("container {}: warning: {w}", c.id));
+        }
+        tx.insert(&hold).map_err(|e| fail(false, &e))?;
+        tx.commit().map_err(|e| fail(false, &e))?;
+        Ok(Some(adjustment(&edits)))
+    }
+
+    /// Binds a started container's hold to its process.
+    fn bind(&self, c: &api::Container) {
+        if c.pid == 0 {
+            return;
+        }
+        let container = self.container(&c.id);
+        let result = (|| -> Result<(), crate::ledger::LedgerError> {
+            let Some(mut ledger) = Ledger::open_if_exists(&self.cfg.runtime.state_dir)? else {
+                return Ok(());
+            };
+            let unbound: Vec<i64> = ledger
+                .holds_of(&container)?
+                .iter()
+                .filter(|h| h.pid.is_none())
+                .map(|h| h.reservation)
+                .collect();
+            if unbound.is_empty() {
+                return Ok(());
+            }
+            let mut tx = ledger.begin()?;
+            for r in unbound {
+                tx.bind(&container, r, c.pid as i32)?;
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            (self.say)(&format!(
+                "container {}: cannot bind its hold to pid {}: {}",
+                c.id,
+                c.pid,
+                crate::text::one_line(&e)
+            ));
+        }
+    }
+
+    /// Releases a stopped or removed container's holds.
+    fn release(&self, id: &str) {
+        let container = self.container(id);
+        let result = (|| -> Result<(), crate::ledger::LedgerError> {
+            let Some(mut ledger) = Ledger::open_if_exists(&self.cfg.runtime.state_dir)? else {
+                return Ok(());
+            };
+            let held: Vec<i64> = ledger
+                .holds_of(&container)?
+                .iter()
+                .map(|h| h.reservation)
+                .collect();
+            if held.is_empty() {
+                return Ok(());
+            }
+            ledger.release(&container, &held)
+        })();
+        if let Err(e) = result {
+            (self.say)(&format!(
+                "container {id}: cannot release its hold: {}",
+                crate::text::one_line(&e)
+            ));
+        }
+    }
+
+    /// After a (complete) Synchronize: the holds of this runtime's
+    /// containers that no longer exist go; running ones are bound.
+    fn reconcile(&self, containers: &[api::Container]) {
+        let root = self.container("").root;
+        let ids: Vec<String> = self.synchronized.lock().expect("not poisoned").clone();
+        let holds = match Ledger::open_if_exists(&self.cfg.runtime.state_dir) {
+            Ok(Some(l)) => l.holds().unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        for h in holds
+            .iter()
+            .filter(|h| h.container.root == root && !ids.contains(&h.container.id))
+        {
+            (self.say)(&format!(
+                "container {} is gone: its hold released",
+                h.container.id
+            ));
+            self.release(&h.container.id);
+        }
+        for c in containers {
+            self.bind(c);
+        }
+    }
+}
+
+/// A refusal or failure as the runtime shows it: gpushare's one line.
+fn status(refusal: bool, line: String) -> ttrpc::Error {
+    let code = if refusal {
+        ttrpc::Code::INVALID_ARGUMENT
+    } else {
+        ttrpc::Code::INTERNAL
+    };
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, format!("gpushare: {line}")))
+}
+
+struct Service(Arc<Plugin>);
+
+#[async_trait::async_trait]
+impl api_ttrpc::Plugin for Service {
+    async fn configure(
+        &self,
+        _ctx: &ttrpc::r#async::TtrpcContext,
+        req: ConfigureRequest,
+    ) -> ttrpc::Result<ConfigureResponse> {
+        *self.0.runtime.lock().expect("not poisoned") = if req.runtime_name.is_empty() {
+            "runtime".into()
+        } else {
+            req.runtime_name.clone()
+        };
+        (self.0.say)(&format!(
+            "configured by {} {}",
+            req.runtime_name, req.runtime_version
+        ));
+        let mut r = ConfigureResponse::new();
+        r.events = event_mask();
+        Ok(r)
+    }
+
+    async fn synchronize(
+        &self,
+        _ctx: &ttrpc::r#async::TtrpcContext,
+        req: SynchronizeRequest,
+    ) -> ttrpc::Result<SynchronizeResponse> {
+        let plugin = self.0.clone();
+        plugin
+            .synchronized
+            .lock()
+            .expect("not poisoned")
+            .extend(req.containers.iter().map(|c| c.id.clone()));
+        if !req.more {
+            let containers = req.containers.clone();
+            tokio::task::spawn_blocking(move || plugin.reconcile(&containers))
+                .await
+                .map_err(|e| status(false, e.to_string()))?;
+        }
+        Ok(SynchronizeResponse::new())
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &ttrpc::r#async::TtrpcContext,
+        _: Empty,
+    ) -> ttrpc::Result<Empty> {
+        (self.0.say)("the runtime is shutting down");
+        Ok(Empty::new())
+    }
+
+    async fn create_container(
+        &self,
+        _ctx: &ttrpc::r#async::TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        let plugin = self.0.clone();
+        let placed = tokio::task::spawn_blocking(move || {
+            plugin.place(
+                req.pod.as_ref().unwrap_or_default(),
+                req.container.as_ref().unwrap_or_default(),
+            )
+        })
+        .await
+        .map_err(|e| status(false, e.to_string()))?;
+        let mut r = CreateContainerResponse::new();
+        match placed {
+            Ok(Some(adj)) => r.adjust = protobuf::MessageField::some(adj),
+            Ok(None) => {}
+            Err((refusal, line)) => return Err(status(refusal, line)),
+        }
+        Ok(r)
+    }
+
+    async fn start_container(
+        &self,
+        _ctx: &ttrpc::r#async::TtrpcContext,
+        req: StartContainerRequest,
+    ) -> ttrpc::Result<StartContainerResponse> {
+        let plugin = self.0.clone();
+        let c = req.container.unwrap_or_default();
+        let _ = tokio::task::spawn_blocking(move || plugin.bind(&c)).await;
+        Ok(StartContainerResponse::new())
+    }
+
+    async fn stop_container(
+        &self,
+        _ctx: &ttrpc::r#async::TtrpcContext,
+        req: StopContainerRequest,
+    ) -> ttrpc::Result<StopContainerResponse> {
+        let plugin = self.0.clone();
+        let id = req.container.id.clone();
+        let _ = tokio::task::spawn_blocking(move || plugin.release(&id)).await;
+        Ok(StopContainerResponse::new())
+    }
+
+    async fn remove_container(
+        &self,
+        _ctx: &ttrpc::r#async::TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<RemoveContainerResponse> {
+        let plugin = self.0.clone();
+        let id = req.container.id.clone();
+        let _ = tokio::task::spawn_blocking(move || plugin.release(&id)).await;
+        Ok(RemoveContainerResponse::new())
+    }
+
+    async fn state_change(
+        &self,
+        _ctx: &ttrpc::r#async::TtrpcContext,
+        req: StateChangeEvent,
+    ) -> ttrpc::Result<Empty> {
+        let plugin = self.0.clone();
+        let event = req.event.enum_value_or_default();
+        let c = req.container.unwrap_or_default();
+        let _ = tokio::task::spawn_blocking(move || match event {
+            Event::START_CONTAINER => plugin.bind(&c),
+            Event::STOP_CONTAINER | Event::REMOVE_CONTAINER => plugin.release(&c.id),
+            _ => {}
+        })
+        .await;
+        Ok(Empty::new())
+    }
+}
+
+/// Runs the plugin in the foreground until SIGTERM or SIGINT: connects to
+/// the runtime's NRI socket, registers and serves; when the runtime goes
+/// (a restart), connects again every second.
+pub fn run(
+    cfg: &Config,
+    socket: &Path,
+    say: Arc<dyn Fn(&str) + Send + Sync>,
+) -> Result<(), NriError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(NriError::Runtime)?;
+    rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(NriError::Runtime)?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(NriError::Runtime)?;
+        let plugin = Arc::new(Plugin {
+            cfg: cfg.clone(),
+            runtime: Mutex::new(String::new()),
+            synchronized: Mutex::new(Vec::new()),
+            say: say.clone(),
+        });
+        let mut waiting_said = false;
+        loop {
+            let session = session(plugin.clone(), socket);
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                ended = session => {
+                    match ended {
+                        Ok(()) => {
+                            say("the runtime closed the connection: connecting again");
+                            waiting_said = false;
+                        }
+                        Err(e) if !waiting_said => {
+                            say(&format!("waiting for the runtime at {}: {e}", socket.display()));
+                            waiting_said = true;
+                        }
+                        Err(_) => {}
+                    }
+                    plugin.synchronized.lock().expect("not poisoned").clear();
+                    tokio::select! {
+                        _ = term.recv() => break,
+                        _ = int.recv() => break,
+                        _ = tokio::time::sleep(RECONNECT) => {}
+                    }
+                }
+            }
+        }
+        say("stopped");
+        Ok(())
+    })
+}
+
+/// Writes one frame of connection `id` to the trunk.
+async fn send_frame(
+    trunk: &tokio::sync::Mutex<OwnedWriteHalf>,
+    id: u32,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let mut frame = Vec::with_capacity(8 + payload.len());
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    trunk.lock().await.write_all(&frame).await
+}
+
+/// Copies what a local end writes into frames of connection `id`.
+async fn pump(
+    mut from: tokio::net::unix::OwnedReadHalf,
+    trunk: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    id: u32,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        send_frame(&trunk, id, &buf[..n]).await?;
+    }
+}
+
+/// One connection to the runtime, until it closes: the multiplexer, the
+/// plugin's ttrpc service on connection 1 (served on a private socket the
+/// multiplexer feeds), the runtime's on connection 2, registration.
+async fn session(plugin: Arc<Plugin>, socket: &Path) -> Result<(), NriError> {
+    let io = |what: &str, e: std::io::Error| NriError::Protocol(format!("{what}: {e}"));
+    let trunk = UnixStream::connect(socket)
+        .await
+        .map_err(|e| io("connect", e))?;
+    let (mut trunk_in, trunk_out) = trunk.into_split();
+    let trunk_out = Arc::new(tokio::sync::Mutex::new(trunk_out));
+
+    // Connection 1: the plugin's service, served by ttrpc on a socket of
+    // the plugin's own (0700 directory in the state directory).
+    let dir = private_dir(&plugin.cfg.runtime.state_dir).map_err(|e| io("state directory", e))?;
+    let path = dir.join(format!("plugin-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| io("serve", e))?;
+    let services = api_ttrpc::create_plugin(Arc::new(Service(plugin.clone())));
+    let mut server = ttrpc::r#async::Server::new()
+        .set_domain_unix()
+        .add_listener(listener.into_raw_fd())
+        .map_err(|e| NriError::Protocol(e.to_string()))?
+        .register_service(services);
+    server
+        .start()
+        .await
+        .map_err(|e| NriError::Protocol(e.to_string()))?;
+    let plugin_side = UnixStream::connect(&path)
+        .await
+        .map_err(|e| io("connect to the plugin's service", e))?;
+    let _ = std::fs::remove_file(&path);
+    let (plugin_in, mut plugin_out) = plugin_side.into_split();
+
+    // Connection 2: the runtime's service, a ttrpc client on one end of a
+    // socket pair the multiplexer feeds from the other.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| io("socketpair", e))?;
+    ours.set_nonblocking(true)
+        .map_err(|e| io("socketpair", e))?;
+    let ours = UnixStream::from_std(ours).map_err(|e| io("socketpair", e))?;
+    let (runtime_in, mut runtime_out) = ours.into_split();
+    let client = api_ttrpc::RuntimeClient::new(ttrpc::r#async::Client::new(theirs.into_raw_fd()));
+
+    let pumps = [
+        tokio::spawn(pump(plugin_in, trunk_out.clone(), PLUGIN_CONN)),
+        tokio::spawn(pump(runtime_in, trunk_out.clone(), RUNTIME_CONN)),
+    ];
+    let demux = tokio::spawn(async move {
+        let mut header = [0u8; 8];
+        loop {
+            trunk_in.read_exact(&mut header).await?;
+            let id = u32::from_be_bytes(header[..4].try_into().expect("4 bytes"));
+            let len = u32::from_be_bytes(header[4..].try_into().expect("4 bytes")) as usize;
+            if len > MAX_FRAME {
+                return Err(std::io::Error::other(format!(
+                    "a frame of {len} bytes, over NRI's {MAX_FRAME}"
+                )));
+            }
+            let mut payload = vec![0u8; len];
+            trunk_in.read_exact(&mut payload).await?;
+            match id {
+                PLUGIN_CONN => plugin_out.write_all(&payload).await?,
+                RUNTIME_CONN => runtime_out.write_all(&payload).await?,
+                _ => {}
+            }
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), std::io::Error>(())
+    });
+
+    let mut req = RegisterPluginRequest::new();
+    req.plugin_name = PLUGIN_NAME.into();
+    req.plugin_idx = PLUGIN_INDEX.into();
+    let registered = client
+        .register_plugin(ttrpc::context::with_timeout(5_000_000_000), &req)
+        .await;
+    let result = match registered {
+        Ok(_) => {
+            (plugin.say)(&format!(
+                "registered with the runtime at {} as {PLUGIN_INDEX}-{PLUGIN_NAME}",
+                socket.display()
+            ));
+            // Served until the runtime closes the connection.
+            let _ = demux.await;
+            Ok(())
+        }
+        Err(e) => {
+            demux.abort();
+            Err(NriError::Protocol(format!("registration failed: {e}")))
+        }
+    };
+    for p in pumps {
+        p.abort();
+    }
+    let _ = server.shutdown().await;
+    result
+}
+
+/// `<state_dir>/nri`, root's alone.
+fn private_dir(state_dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = state_dir.join("nri");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// Used by tests: the mask as a list of events.
+pub fn subscribed() -> HashMap<&'static str, bool> {
+    let m = event_mask();
+    [
+        ("CREATE_CONTAINER", Event::CREATE_CONTAINER),
+        ("START_CONTAINER", Event::START_CONTAINER),
+        ("STOP_CONTAINER", Event::STOP_CONTAINER),
+        ("REMOVE_CONTAINER", Event::REMOVE_CONTAINER),
+        ("RUN_POD_SANDBOX", Event::RUN_POD_SANDBOX),
+    ]
+    .into_iter()
+    .map(|(n, e)| (n, m & (1 << (e as i32 - 1)) != 0))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_subscribes_to_the_container_events_it_needs_and_no_pod_event() {
+        let s = subscribed();
+        assert!(s["CREATE_CONTAINER"] && s["START_CONTAINER"]);
+        assert!(s["STOP_CONTAINER"] && s["REMOVE_CONTAINER"]);
+        assert!(!s["RUN_POD_SANDBOX"]);
+        assert_eq!(event_mask(), (1 << 3) | (1 << 5) | (1 << 9) | (1 << 10));
+    }
+
+    #[test]
+    fn containers_the_runtime_or_the_hook_places_are_left_to_them() {
+        let mut pod = PodSandbox::new();
+        let c = api::Container::new();
+        assert!(!placed_elsewhere(&pod, &c));
+        pod.runtime_handler = "gpushare".into();
+        assert!(placed_elsewhere(&pod, &c));
+        let pod = PodSandbox::new();
+        let mut c = api::Container::new();
+        let mut hooks = api::Hooks::new();
+        let mut h = api::Hook::new();
+        h.path = "/usr/bin/gpushare-hook".into();
+        hooks.prestart.push(h);
+        c.hooks = protobuf::MessageField::some(hooks);
+        assert!(placed_elsewhere(&pod, &c));
+    }
+
+    #[test]
+    fn edits_become_an_adjustment() {
+        let edits = ContainerEdits {
+            devices: vec![crate::edits::DeviceEdit {
+                path: "/dev/nvidia1".into(),
+                host_path: "/dev/nvidia1".into(),
+                major: 195,
+                minor: 1,
+                file_mode: 0o666,
+            }],
+            mounts: vec![crate::edits::MountEdit {
+                destination: "/tmp/nvidia-mps".into(),
+                source: "/run/gpushare/mps/GPU-1/pipe".into(),
+                typ: "bind".into(),
+                options: vec!["bind".into(), "ro".into()],
+            }],
+            env: vec!["NVIDIA_VISIBLE_DEVICES=GPU-1".into()],
+            annotations: vec![("gpushare/gpus".into(), "GPU-1".into())],
+        };
+        let a = adjustment(&edits);
+        let d = &a.linux.devices[0];
+        assert_eq!(
+            (d.path.as_str(), d.type_.as_str(), d.major, d.minor),
+            ("/dev/nvidia1", "c", 195, 1)
+        );
+        assert_eq!(d.file_mode.value, 0o666);
+        assert_eq!(a.mounts[0].source, "/run/gpushare/mps/GPU-1/pipe");
+        assert_eq!(
+            (a.env[0].key.as_str(), a.env[0].value.as_str()),
+            ("NVIDIA_VISIBLE_DEVICES", "GPU-1")
+        );
+        assert_eq!(a.annotations["gpushare/gpus"], "GPU-1");
+    }
+}
