@@ -143,6 +143,20 @@ impl Cri {
         )
     }
 
+    fn remove_container(&mut self, id: &str) {
+        self.rt
+            .block_on(self.client.stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout: 0,
+            }))
+            .unwrap_or_else(|e| panic!("StopContainer: {e}"));
+        self.rt
+            .block_on(self.client.remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            }))
+            .unwrap_or_else(|e| panic!("RemoveContainer: {e}"));
+    }
+
     fn remove_pod(&mut self, id: &str) {
         self.rt
             .block_on(self.client.stop_pod_sandbox(StopPodSandboxRequest {
@@ -717,7 +731,7 @@ fn containerd_1_7_nri_plugin_places_gpu_pods_with_no_runtime_replaced() {
         std::fs::create_dir_all(nri.join(d)).unwrap();
     }
     let socket = nri.join("nri.sock");
-    let (_daemon, sock, _d) = cri_node_with(&engines, &node, None, &[], &|doc| {
+    let (mut daemon, sock, containerd) = cri_node_with(&engines, &node, None, &[], &|doc| {
         let mut t = toml_edit::Table::new();
         t["disable"] = toml_edit::value(false);
         t["socket_path"] = toml_edit::value(socket.display().to_string());
@@ -768,6 +782,57 @@ fn containerd_1_7_nri_plugin_places_gpu_pods_with_no_runtime_replaced() {
         "bound to its process at start: {doc}"
     );
 
+    // The plugin restarts (killed, started again): the hold is kept, and a
+    // container that came and went while it was away is not left held.
+    let kill = |p: &std::process::Child, signal| {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.id() as i32), signal);
+    };
+    let short = cri
+        .start_container(&pod, "short", &[("NVIDIA_VISIBLE_DEVICES", "0")])
+        .expect("a second GPU container starts");
+    assert_eq!(node.ledger().len(), 2);
+    kill(&plugin, nix::sys::signal::Signal::SIGKILL);
+    let _ = plugin.wait();
+    cri.remove_container(&short);
+    assert_eq!(node.ledger().len(), 2, "no plugin saw it go");
+    let log = node.dir.path().join("nri-plugin-2.log");
+    let registered = |n: usize| {
+        let log = log.clone();
+        move || std::fs::read_to_string(&log).is_ok_and(|l| l.matches("registered").count() >= n)
+    };
+    let mut plugin = Command::new(cli())
+        .env("GPUSHARE_CONFIG", &node.config)
+        .args(["nri", "--socket"])
+        .arg(&socket)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the restarted NRI plugin to register", registered(1));
+    wait_for("Synchronize to drop the gone container's hold", || {
+        node.ledger().len() == 1
+    });
+    let held = node.ledger();
+    assert_eq!(held[0]["id"], id.as_str());
+    assert!(held[0]["pid"].as_i64().is_some(), "still bound: {held:?}");
+
+    // containerd restarts: the plugin connects again by itself, and its
+    // containers (still running under their shims) keep their holds.
+    kill(&daemon.child, nix::sys::signal::Signal::SIGTERM);
+    let _ = daemon.child.wait();
+    let again = start_containerd(
+        &engines,
+        &node,
+        &containerd,
+        &containerd.join("config.toml"),
+        &sock,
+    );
+    // The old daemon's process is gone; only the new one is stopped (and
+    // its mounts undone) at the end.
+    std::mem::forget(std::mem::replace(&mut daemon, again));
+    wait_for("the NRI plugin to register again", registered(2));
+    let mut cri = Cri::connect(&sock);
+    assert_eq!(node.ledger().len(), 1, "{:?}", node.ledger());
+
     // An MPS client: its share and pipe directory in its environment.
     gpushare(&node, &["mps", "start", "--gpu", "0"]);
     let mps = cri
@@ -799,9 +864,6 @@ fn containerd_1_7_nri_plugin_places_gpu_pods_with_no_runtime_replaced() {
     cri.remove_pod(&pod.0);
     gpushare(&node, &["mps", "stop"]);
     assert!(node.ledger().is_empty(), "{:?}", node.ledger());
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(plugin.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
+    kill(&plugin, nix::sys::signal::Signal::SIGTERM);
     let _ = plugin.wait();
 }
