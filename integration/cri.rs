@@ -731,17 +731,25 @@ fn containerd_1_7_nri_plugin_places_gpu_pods_with_no_runtime_replaced() {
         std::fs::create_dir_all(nri.join(d)).unwrap();
     }
     let socket = nri.join("nri.sock");
-    let (mut daemon, sock, containerd) = cri_node_with(&engines, &node, None, &[], &|doc| {
-        let mut t = toml_edit::Table::new();
-        t["disable"] = toml_edit::value(false);
-        t["socket_path"] = toml_edit::value(socket.display().to_string());
-        t["plugin_path"] = toml_edit::value(nri.join("plugins").display().to_string());
-        t["plugin_config_path"] = toml_edit::value(nri.join("conf").display().to_string());
-        doc["plugins"]
-            .as_table_mut()
-            .unwrap()
-            .insert("io.containerd.nri.v1.nri", toml_edit::Item::Table(t));
-    });
+    // containerd 1.7's own NRI table (off by default), on private paths;
+    // `gpushare install containerd --mode nri` turns it on.
+    let units = node.dir.path().join("units");
+    let (mut daemon, sock, containerd) = cri_node_with(
+        &engines,
+        &node,
+        Some(&["--mode", "nri", "--unit-dir", units.to_str().unwrap()]),
+        &[],
+        &|doc| {
+            let t = doc["plugins"]["io.containerd.nri.v1.nri"]
+                .as_table_mut()
+                .expect("containerd 1.7's default config has an NRI table");
+            assert_eq!(t["disable"].as_bool(), Some(true), "off by default");
+            t["socket_path"] = toml_edit::value(socket.display().to_string());
+            t["plugin_path"] = toml_edit::value(nri.join("plugins").display().to_string());
+            t["plugin_config_path"] = toml_edit::value(nri.join("conf").display().to_string());
+        },
+    );
+    assert!(units.join("gpushare-nri.service").is_file());
     let log = node.dir.path().join("nri-plugin.log");
     let mut plugin = Command::new(cli())
         .env("GPUSHARE_CONFIG", &node.config)

@@ -496,3 +496,65 @@ fn a_gpushare_config_that_is_missing_is_an_error_everywhere() {
     );
     assert!(!hooks.exists(), "nothing written");
 }
+
+#[test]
+fn containerd_mode_nri_turns_nri_on_writes_the_unit_and_uninstall_takes_both_out() {
+    let node = Node::new(1, "");
+    let file = node.path().join("config.toml");
+    let original = fixture("install/containerd-v2.toml");
+    std::fs::write(&file, &original).unwrap();
+    let units = node.path().join("units");
+    let args = [
+        "containerd",
+        "--config",
+        file.to_str().unwrap(),
+        "--mode",
+        "nri",
+        "--unit-dir",
+        units.to_str().unwrap(),
+        "--gpushare-config",
+        node.config.to_str().unwrap(),
+    ];
+    let out = install(&node, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("systemctl enable --now gpushare-nri.service"),
+        "{}",
+        stdout(&out)
+    );
+    let doc: toml::Table = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    let nri = &doc["plugins"]["io.containerd.nri.v1.nri"];
+    assert_eq!(nri["disable"].as_bool(), Some(false), "{doc}");
+    assert_eq!(nri["socket_path"].as_str(), Some("/var/run/nri/nri.sock"));
+    assert!(
+        doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+            .get("gpushare")
+            .is_none(),
+        "no runtime is replaced or added"
+    );
+    let unit = std::fs::read_to_string(units.join("gpushare-nri.service")).unwrap();
+    assert!(
+        unit.contains(&format!("ExecStart={} nri\n", bin_cli()))
+            && unit.contains(&format!(
+                "Environment=GPUSHARE_CONFIG={}",
+                node.config.display()
+            ))
+            && unit.contains("After=containerd.service"),
+        "{unit}"
+    );
+    assert!(stdout(&install(&node, &args)).contains("nothing to change"));
+    let out = install(
+        &node,
+        &[
+            "containerd",
+            "--config",
+            file.to_str().unwrap(),
+            "--unit-dir",
+            units.to_str().unwrap(),
+            "--uninstall",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
+    assert!(!units.join("gpushare-nri.service").exists());
+}

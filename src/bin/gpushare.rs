@@ -88,10 +88,14 @@ enum Command {
         /// hook), when not the default.
         #[arg(long)]
         gpushare_config: Option<PathBuf>,
-        /// containerd: shim (gpushare-runtime as runc's binary, the default)
-        /// or hook (runc with gpushare's hooks in a base runtime spec).
+        /// containerd: shim (gpushare-runtime as runc's binary, the default),
+        /// hook (runc with gpushare's hooks in a base runtime spec) or nri
+        /// (NRI turned on, and a systemd unit for `gpushare nri`).
         #[arg(long, value_enum, default_value = "shim")]
         mode: ModeArg,
+        /// Where `--mode nri` writes its systemd unit.
+        #[arg(long, default_value = gpushare::install::UNIT_DIR)]
+        unit_dir: PathBuf,
     },
     /// Kubernetes: the kubelet device plugin that lets the scheduler count
     /// GPU shares (gpushare.io/gpu-percent); runs in the foreground.
@@ -134,6 +138,7 @@ enum CdiAction {
 enum ModeArg {
     Shim,
     Hook,
+    Nri,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -308,6 +313,7 @@ fn run(command: Command) -> Result<i32, Error> {
             set_default,
             gpushare_config,
             mode,
+            unit_dir,
         } => {
             let exe = std::env::current_exe().unwrap_or_default();
             let opts = install::Options {
@@ -323,6 +329,8 @@ fn run(command: Command) -> Result<i32, Error> {
                 bin_dir: exe.parent().map(PathBuf::from).unwrap_or_default(),
                 gpushare_config,
                 hook_mode: mode == ModeArg::Hook,
+                nri_mode: mode == ModeArg::Nri,
+                unit_dir,
             };
             for line in install::run(&opts, dry_run)? {
                 // A diff ends with its own newline.

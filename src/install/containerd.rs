@@ -82,6 +82,35 @@ pub enum ContainerdMode<'a> {
     Shim(&'a Path),
     /// runc itself, with a base runtime spec that carries gpushare's hooks.
     Hook(&'a Path),
+    /// No runtime of gpushare's: NRI turned on for `gpushare nri`.
+    Nri,
+}
+
+/// containerd's NRI plugin, the same id in config versions 2 and 3.
+const NRI_PLUGIN: &str = "io.containerd.nri.v1.nri";
+/// The mark on an NRI table install wrote, so uninstall takes it out.
+const NRI_MARK: &str =
+    "# Added by gpushare install --mode nri: containerd's NRI, for gpushare nri.\n";
+
+/// containerd's config with NRI turned on (`disable = false`), its other
+/// settings kept; a table install makes is marked for uninstall.
+fn enable_nri(path: &Path, doc: &mut DocumentMut) -> Result<(), InstallError> {
+    let plugins = doc
+        .entry("plugins")
+        .or_insert_with(|| Item::Table(Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| shape(path, "`plugins` is not a table"))?;
+    let nri = plugins.entry(NRI_PLUGIN).or_insert_with(|| {
+        let mut t = Table::new();
+        t.decor_mut().set_prefix(format!("\n{NRI_MARK}"));
+        t.insert("socket_path", toml_edit::value(crate::nri::DEFAULT_SOCKET));
+        Item::Table(t)
+    });
+    let nri = nri
+        .as_table_mut()
+        .ok_or_else(|| shape(path, &format!("`plugins.\"{NRI_PLUGIN}\"` is not a table")))?;
+    nri.insert("disable", toml_edit::value(false));
+    Ok(())
 }
 
 /// containerd's config with a `gpushare` CRI runtime: runc's shim v2 with
@@ -93,6 +122,10 @@ pub fn containerd_install(
     mode: ContainerdMode,
 ) -> Result<String, InstallError> {
     let (mut doc, version) = containerd_parse(path, text)?;
+    if let ContainerdMode::Nri = mode {
+        enable_nri(path, &mut doc)?;
+        return Ok(doc.to_string());
+    }
     let keys = cri_runtimes_path(version).expect("checked");
     let mut table = doc.as_table_mut();
     let mut default_runtime = "runc".to_owned();
@@ -150,6 +183,7 @@ pub fn containerd_install(
                 toml_edit::value(spec.display().to_string()),
             );
         }
+        ContainerdMode::Nri => unreachable!("returned above"),
     }
     // The device plugin's allocation reaches the container as an
     // annotation kubelet writes; containerd passes a container's CRI
@@ -169,6 +203,21 @@ pub fn containerd_uninstall(
     let Some(text) = text else { return Ok(None) };
     let (mut doc, version) = containerd_parse(path, Some(text))?;
     let keys = cri_runtimes_path(version).expect("checked");
+    let ours_nri = doc
+        .get("plugins")
+        .and_then(|p| p.get(NRI_PLUGIN))
+        .and_then(Item::as_table)
+        .is_some_and(|t| {
+            t.decor()
+                .prefix()
+                .and_then(|p| p.as_str())
+                .is_some_and(|p| p.contains(NRI_MARK))
+        });
+    if ours_nri {
+        if let Some(p) = doc.get_mut("plugins").and_then(Item::as_table_mut) {
+            p.remove(NRI_PLUGIN);
+        }
+    }
     let mut table = Some(doc.as_table_mut());
     for k in keys {
         table = table

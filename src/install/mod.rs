@@ -89,6 +89,11 @@ pub struct Options {
     pub gpushare_config: Option<PathBuf>,
     /// containerd: bring gpushare in by hooks in a base runtime spec.
     pub hook_mode: bool,
+    /// containerd: bring gpushare in by its NRI plugin (NRI turned on, a
+    /// systemd unit for `gpushare nri`).
+    pub nri_mode: bool,
+    /// Where the NRI plugin's systemd unit goes.
+    pub unit_dir: PathBuf,
 }
 
 impl Options {
@@ -113,6 +118,16 @@ impl Options {
                 ));
                 *p = Some(abs);
             }
+        }
+        if o.unit_dir.is_relative() {
+            let abs = std::path::absolute(&o.unit_dir)
+                .map_err(|e| InstallError::from(crate::sys::io("resolve", &o.unit_dir)(e)))?;
+            said.push(format!(
+                "--unit-dir {} is relative: taken as {} (from the working directory)",
+                o.unit_dir.display(),
+                abs.display()
+            ));
+            o.unit_dir = abs;
         }
         if let Some(c) = o.gpushare_config.as_ref().filter(|_| !o.uninstall) {
             if std::fs::metadata(c).is_err() {
@@ -144,6 +159,8 @@ pub const DOCKER_CONFIG: &str = "/etc/docker/daemon.json";
 pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 pub const HOOKS_DIR: &str = "/usr/share/containers/oci/hooks.d";
 pub const CRIO_DROP_IN_DIR: &str = "/etc/crio/crio.conf.d";
+pub const UNIT_DIR: &str = "/etc/systemd/system";
+const NRI_UNIT: &str = "gpushare-nri.service";
 const HOOKS_FILE: &str = "oci-gpushare-hook.json";
 const CRIO_DROP_IN: &str = "99-gpushare.conf";
 pub const RUNTIME_NAME: &str = "gpushare";
@@ -216,6 +233,12 @@ pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
             "containerd (podman and CRI-O always use the hook)",
         ));
     }
+    if o.nri_mode && o.engine != Engine::Containerd {
+        return Err(InstallError::Option(
+            "mode nri",
+            "containerd (CRI-O's NRI is its own setting: [crio.nri] enable_nri = true)",
+        ));
+    }
     match o.engine {
         Engine::Docker | Engine::Containerd => {
             let default = if o.engine == Engine::Docker {
@@ -229,6 +252,8 @@ pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
             let spec_path = base_spec_path(&path);
             let mode = if o.hook_mode {
                 ContainerdMode::Hook(&spec_path)
+            } else if o.nri_mode {
+                ContainerdMode::Nri
             } else {
                 ContainerdMode::Shim(&runtime)
             };
@@ -301,10 +326,24 @@ pub fn plan(o: &Options) -> Result<Vec<Change>, InstallError> {
                         });
                     }
                 }
-                if !o.uninstall && !o.hook_mode {
+                if !o.uninstall && !o.hook_mode && !o.nri_mode {
                     if let Some(binary) = runc_binary_name(&path, text.as_deref())? {
                         changes.extend(keep_runc_binary(o, &path, &binary)?);
                     }
+                }
+                // The NRI plugin's unit: written in NRI mode, taken out by
+                // any uninstall.
+                let unit = o.unit_dir.join(NRI_UNIT);
+                let unit_before = read(&unit)?;
+                let unit_after = (o.nri_mode && !o.uninstall)
+                    .then(|| nri_unit(&o.bin_dir, o.gpushare_config.as_deref()).into_bytes());
+                if unit_before.is_some() || unit_after.is_some() {
+                    changes.push(Change {
+                        path: unit,
+                        before: unit_before,
+                        after: unit_after,
+                        owned: true,
+                    });
                 }
             }
             Ok(changes)
@@ -557,7 +596,36 @@ pub fn run(o: &Options, dry_run: bool) -> Result<Vec<String>, InstallError> {
     out.extend(backups.iter().map(|b| format!("backup: {}", b.display())));
     out.extend(note);
     out.push(restart_hint(o.engine).into());
+    if o.nri_mode && !o.uninstall {
+        out.push(format!(
+            "then start the NRI plugin: systemctl daemon-reload && systemctl enable --now {NRI_UNIT}"
+        ));
+    }
     Ok(out)
+}
+
+/// The systemd unit of `gpushare nri`: started after containerd, restarted
+/// whenever it stops.
+pub fn nri_unit(bin_dir: &Path, gpushare_config: Option<&Path>) -> String {
+    let env = gpushare_config
+        .map(|c| format!("Environment={}={}\n", crate::config::ENV_VAR, c.display()))
+        .unwrap_or_default();
+    format!(
+        "# Written by `gpushare install containerd --mode nri`; `--uninstall` removes it.\n\
+         [Unit]\n\
+         Description=gpushare NRI plugin: GPU containers placed as containerd creates them\n\
+         After=containerd.service\n\
+         Wants=containerd.service\n\
+         \n\
+         [Service]\n\
+         {env}ExecStart={} nri\n\
+         Restart=always\n\
+         RestartSec=1\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        bin_dir.join("gpushare").display()
+    )
 }
 
 /// What to run so the engine reads its new configuration.
