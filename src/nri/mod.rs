@@ -26,8 +26,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 
 use crate::bundle::Bundle;
@@ -53,6 +51,8 @@ use crate::request::Request;
 pub mod api {
     include!(concat!(env!("OUT_DIR"), "/nri/api.rs"));
 }
+
+pub mod mux;
 
 #[allow(
     clippy::all,
@@ -84,11 +84,6 @@ pub const PLUGIN_NAME: &str = "gpushare";
 /// Its index: plugins are called in ascending order, and gpushare runs
 /// before resource plugins (which commonly take 50 and up).
 pub const PLUGIN_INDEX: &str = "10";
-/// The multiplexed connections (NRI pkg/net/multiplex).
-const PLUGIN_CONN: u32 = 1;
-const RUNTIME_CONN: u32 = 2;
-/// NRI's largest frame: a ttrpc header and message.
-const MAX_FRAME: usize = 10 + (4 << 20);
 /// How long to wait before connecting again to a runtime that went away.
 const RECONNECT: Duration = Duration::from_secs(1);
 
@@ -547,35 +542,6 @@ pub fn run(
     })
 }
 
-/// Writes one frame of connection `id` to the trunk.
-async fn send_frame(
-    trunk: &tokio::sync::Mutex<OwnedWriteHalf>,
-    id: u32,
-    payload: &[u8],
-) -> std::io::Result<()> {
-    let mut frame = Vec::with_capacity(8 + payload.len());
-    frame.extend_from_slice(&id.to_be_bytes());
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
-    trunk.lock().await.write_all(&frame).await
-}
-
-/// Copies what a local end writes into frames of connection `id`.
-async fn pump(
-    mut from: tokio::net::unix::OwnedReadHalf,
-    trunk: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
-    id: u32,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        send_frame(&trunk, id, &buf[..n]).await?;
-    }
-}
-
 /// One connection to the runtime, until it closes: the multiplexer, the
 /// plugin's ttrpc service on connection 1 (served on a private socket the
 /// multiplexer feeds), the runtime's on connection 2, registration.
@@ -584,66 +550,28 @@ async fn session(plugin: Arc<Plugin>, socket: &Path) -> Result<(), NriError> {
     let trunk = UnixStream::connect(socket)
         .await
         .map_err(|e| io("connect", e))?;
-    let (mut trunk_in, trunk_out) = trunk.into_split();
-    let trunk_out = Arc::new(tokio::sync::Mutex::new(trunk_out));
-
     // Connection 1: the plugin's service, served by ttrpc on a socket of
     // the plugin's own (0700 directory in the state directory).
     let dir = private_dir(&plugin.cfg.runtime.state_dir).map_err(|e| io("state directory", e))?;
-    let path = dir.join(format!("plugin-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| io("serve", e))?;
     let services = api_ttrpc::create_plugin(Arc::new(Service(plugin.clone())));
-    let mut server = ttrpc::r#async::Server::new()
-        .set_domain_unix()
-        .add_listener(listener.into_raw_fd())
-        .map_err(|e| NriError::Protocol(e.to_string()))?
-        .register_service(services);
-    server
-        .start()
-        .await
-        .map_err(|e| NriError::Protocol(e.to_string()))?;
-    let plugin_side = UnixStream::connect(&path)
-        .await
-        .map_err(|e| io("connect to the plugin's service", e))?;
-    let _ = std::fs::remove_file(&path);
-    let (plugin_in, mut plugin_out) = plugin_side.into_split();
-
+    let (mut server, plugin_side) = mux::serve(
+        &dir.join(format!("plugin-{}.sock", std::process::id())),
+        services,
+    )
+    .await
+    .map_err(NriError::Protocol)?;
     // Connection 2: the runtime's service, a ttrpc client on one end of a
     // socket pair the multiplexer feeds from the other.
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| io("socketpair", e))?;
-    ours.set_nonblocking(true)
-        .map_err(|e| io("socketpair", e))?;
-    let ours = UnixStream::from_std(ours).map_err(|e| io("socketpair", e))?;
-    let (runtime_in, mut runtime_out) = ours.into_split();
-    let client = api_ttrpc::RuntimeClient::new(ttrpc::r#async::Client::new(theirs.into_raw_fd()));
-
-    let pumps = [
-        tokio::spawn(pump(plugin_in, trunk_out.clone(), PLUGIN_CONN)),
-        tokio::spawn(pump(runtime_in, trunk_out.clone(), RUNTIME_CONN)),
-    ];
-    let demux = tokio::spawn(async move {
-        let mut header = [0u8; 8];
-        loop {
-            trunk_in.read_exact(&mut header).await?;
-            let id = u32::from_be_bytes(header[..4].try_into().expect("4 bytes"));
-            let len = u32::from_be_bytes(header[4..].try_into().expect("4 bytes")) as usize;
-            if len > MAX_FRAME {
-                return Err(std::io::Error::other(format!(
-                    "a frame of {len} bytes, over NRI's {MAX_FRAME}"
-                )));
-            }
-            let mut payload = vec![0u8; len];
-            trunk_in.read_exact(&mut payload).await?;
-            match id {
-                PLUGIN_CONN => plugin_out.write_all(&payload).await?,
-                RUNTIME_CONN => runtime_out.write_all(&payload).await?,
-                _ => {}
-            }
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), std::io::Error>(())
-    });
+    let (runtime_side, client_end) = mux::pair().map_err(|e| io("socketpair", e))?;
+    let client =
+        api_ttrpc::RuntimeClient::new(ttrpc::r#async::Client::new(client_end.into_raw_fd()));
+    let mut m = mux::start(
+        trunk,
+        vec![
+            (mux::PLUGIN_CONN, plugin_side),
+            (mux::RUNTIME_CONN, runtime_side),
+        ],
+    );
 
     let mut req = RegisterPluginRequest::new();
     req.plugin_name = PLUGIN_NAME.into();
@@ -658,17 +586,12 @@ async fn session(plugin: Arc<Plugin>, socket: &Path) -> Result<(), NriError> {
                 socket.display()
             ));
             // Served until the runtime closes the connection.
-            let _ = demux.await;
+            let _ = (&mut m.demux).await;
             Ok(())
         }
-        Err(e) => {
-            demux.abort();
-            Err(NriError::Protocol(format!("registration failed: {e}")))
-        }
+        Err(e) => Err(NriError::Protocol(format!("registration failed: {e}"))),
     };
-    for p in pumps {
-        p.abort();
-    }
+    drop(m);
     let _ = server.shutdown().await;
     result
 }
