@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 mod bins;
 pub mod kubelet;
+pub mod nri_runtime;
 pub use bins::{cli as bin_cli, hook as bin_hook, runtime as bin_runtime};
 
 pub struct Node {
