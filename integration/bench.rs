@@ -26,7 +26,11 @@
 //!    shim is, and reaps them.
 //! 4. 200 GPU creates at once (shim + stand-in): no lock convoy.
 //! 5. The hook used alone (podman, CRI-O), timed inside runc.
-//! 6. With `GPUSHARE_BENCH_BASELINE=DIR` (another build's three binaries):
+//! 6. The NRI plugin (`gpushare nri`), driven by a test NRI runtime as
+//!    containerd drives it: a GPU container's life (CreateContainer, its
+//!    start and its removal) as round trips to the resident plugin, and the
+//!    plugin's CPU per life, beside plain runc's long-running life.
+//! 7. With `GPUSHARE_BENCH_BASELINE=DIR` (another build's three binaries):
 //!    that build beside this one, each on a node of its own with nothing
 //!    held, so earlier designs are measured in the same run.
 
@@ -39,6 +43,9 @@ use serde_json::json;
 
 #[path = "../tests/common/bins.rs"]
 mod bins;
+#[path = "../tests/common/nri_runtime.rs"]
+#[allow(dead_code)]
+mod nri_runtime;
 
 /// Wall time (µs), CPU time (µs) and peak RSS (KiB) of one child.
 #[derive(Clone, Copy, Default)]
@@ -810,6 +817,74 @@ fn main() {
         }
     }
 
+    // 6. The NRI plugin: no process per container, one round trip per
+    // event of a GPU container's life.
+    {
+        use gpushare::nri::api::Event;
+        let nri_dir = w.join("nri");
+        std::fs::create_dir_all(&nri_dir).unwrap();
+        let runtime_side = nri_runtime::NriRuntime::start(&nri_dir);
+        let mut plugin = Command::new(cli)
+            .env("GPUSHARE_CONFIG", &config)
+            .args(["nri", "--socket"])
+            .arg(&runtime_side.socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (conn, _) = runtime_side.accept();
+        runtime_side.configure(&conn);
+        runtime_side.synchronize(&conn, vec![]);
+        let cpu_of = |pid: u32| -> f64 {
+            // utime + stime, in clock ticks (fields 14 and 15 of stat).
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let f: Vec<&str> = after.split(' ').collect();
+            let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+            ticks * 1e6
+                / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                    .unwrap()
+                    .unwrap() as f64
+        };
+        let pod = nri_runtime::pod("bench-pod", "");
+        let me = std::process::id();
+        let lives = n.max(200);
+        let cpu_before = cpu_of(plugin.id());
+        let mut walls = Vec::new();
+        let mut creates = Vec::new();
+        for i in 0..lives {
+            let c =
+                nri_runtime::container(&format!("nri-{i}"), &["NVIDIA_VISIBLE_DEVICES=all"], me);
+            let t = Instant::now();
+            let r = runtime_side.create(&conn, &pod, &c).expect("placed");
+            creates.push(t.elapsed().as_secs_f64() * 1e6);
+            assert!(r.adjust.is_some());
+            runtime_side.event(&conn, Event::START_CONTAINER, &pod, &c);
+            runtime_side.event(&conn, Event::REMOVE_CONTAINER, &pod, &c);
+            walls.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        let cpu_per_life = (cpu_of(plugin.id()) - cpu_before) / lives as f64;
+        assert_eq!(held(&state), n_held, "every NRI life released its GPU");
+        let (label, base_wall, base_cpu, _) = &shares[0];
+        let life = median(walls);
+        println!();
+        println!("the NRI plugin ({lives} GPU lives: CreateContainer, start, removal, as round trips to the resident plugin):");
+        println!(
+            "  per life: wall {life:.0} µs (CreateContainer {:.0} µs), the plugin's cpu {cpu_per_life:.0} µs",
+            median(creates)
+        );
+        println!(
+            "  as a share of runc's {label}: wall {}   cpu {}",
+            share(life, *base_wall),
+            share(cpu_per_life, *base_cpu)
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(plugin.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = plugin.wait();
+    }
+
     // 4. 200 creates at once.
     let many = 200;
     let many_b = bundle(
@@ -929,7 +1004,7 @@ fn main() {
         );
     }
 
-    // 6. Another build beside this one.
+    // 7. Another build beside this one.
     if let Some(dir) = std::env::var_os("GPUSHARE_BENCH_BASELINE").filter(|d| !d.is_empty()) {
         baseline(&bench, Path::new(&dir), runtime, cli);
     }

@@ -289,3 +289,95 @@ fn the_device_plugin_image_imports_into_containerd_and_serves_kubelet() {
         .output();
     ctr(&["container", "rm", &id]);
 }
+
+/// The image runs the NRI plugin as install/k8s/nri-plugin.yaml does: in
+/// the host's root (mounted at /host, `--host-root`), it connects to the
+/// runtime's socket (a test NRI runtime here), registers, and answers a GPU
+/// container's creation with the node's GPU.
+#[test]
+fn the_image_runs_the_nri_plugin_in_the_hosts_root() {
+    use common::engine::*;
+    use common::nri_runtime::{container, pod, NriRuntime};
+    let image = built("GPUSHARE_IMAGE");
+    let engines = Engines::debian13();
+    let node = Node::new("image-nri");
+    let (d, config, sock, _) = containerd_dir(&node);
+    let _daemon = start_containerd(&engines, &node, &d, &config, &sock);
+    let ctr = |args: &[&str]| ctr_k8s(&engines, &sock, args);
+    ctr(&["images", "import", image.to_str().unwrap()]);
+    let name = format!("localhost/gpushare:{}", env!("CARGO_PKG_VERSION"));
+    let nri_dir = node.dir.path().join("nri");
+    std::fs::create_dir_all(&nri_dir).unwrap();
+    let runtime = NriRuntime::start(&nri_dir);
+    let id = node.id(0);
+    ctr(&[
+        "run",
+        "-d",
+        "--mount",
+        "type=bind,src=/,dst=/host,options=rbind:rw",
+        "--env",
+        &format!("GPUSHARE_CONFIG={}", node.config.display()),
+        &name,
+        &id,
+        "/usr/bin/gpushare",
+        "nri",
+        "--host-root",
+        "/host",
+        "--socket",
+        runtime.socket.to_str().unwrap(),
+    ]);
+    let (conn, registered) = runtime.accept();
+    assert_eq!(registered.plugin_name, "gpushare");
+    runtime.configure(&conn);
+    runtime.synchronize(&conn, vec![]);
+    let r = runtime
+        .create(
+            &conn,
+            &pod("image-pod", ""),
+            &container("c1", &["NVIDIA_VISIBLE_DEVICES=1"], std::process::id()),
+        )
+        .expect("placed");
+    let paths: Vec<String> = r
+        .adjust
+        .linux
+        .devices
+        .iter()
+        .map(|d| d.path.clone())
+        .collect();
+    assert!(paths.contains(&"/dev/nvidia1".to_owned()), "{paths:?}");
+    assert_eq!(node.ledger().len(), 1);
+    let _ = engines
+        .command("ctr")
+        .arg("--address")
+        .arg(&sock)
+        .args([
+            "--namespace",
+            "k8s.io",
+            "task",
+            "kill",
+            "--signal",
+            "SIGKILL",
+            &id,
+        ])
+        .output();
+    wait_for("the plugin's task to end", || {
+        !String::from_utf8_lossy(
+            &engines
+                .command("ctr")
+                .arg("--address")
+                .arg(&sock)
+                .args(["--namespace", "k8s.io", "task", "ls", "-q"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .contains(&id)
+    });
+    let _ = engines
+        .command("ctr")
+        .arg("--address")
+        .arg(&sock)
+        .args(["--namespace", "k8s.io", "task", "delete", &id])
+        .output();
+    ctr(&["container", "rm", &id]);
+}

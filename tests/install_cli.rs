@@ -228,6 +228,16 @@ fn the_device_plugins_daemonset_runs_this_versions_image_as_the_plugin() {
     }
     assert!(ds.contains("gpushare.io/runtime: \"true\""));
     assert!(ds.contains("drop: [\"ALL\"]") && !ds.contains("privileged: true"));
+    let nri = std::fs::read_to_string(format!("{root}/install/k8s/nri-plugin.yaml")).unwrap();
+    assert!(
+        nri.contains(&format!(
+            "image: localhost/gpushare:{}\n",
+            env!("CARGO_PKG_VERSION")
+        )) && nri.contains("\"--host-root\", \"/host\"")
+            && nri.contains("hostPID: true")
+            && nri.contains("add: [\"SYS_CHROOT\"]"),
+        "the NRI DaemonSet runs this version's image in the host's root"
+    );
     let example =
         std::fs::read_to_string(format!("{root}/install/k8s/gpu-percent-example.yaml")).unwrap();
     assert!(example.contains("gpushare.io/gpu-percent: 30"));

@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 mod bins;
 #[path = "../../tests/common/kubelet.rs"]
 pub mod kubelet;
+#[path = "../../tests/common/nri_runtime.rs"]
+pub mod nri_runtime;
 pub use bins::{cli, hook, runtime};
 pub const BUSYBOX: &str = "/bin/busybox";
 

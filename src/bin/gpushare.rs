@@ -110,6 +110,9 @@ enum Command {
         /// The runtime's NRI socket.
         #[arg(long, default_value = gpushare::nri::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Run in the host's root, mounted here (the plugin in a container).
+        #[arg(long)]
+        host_root: Option<PathBuf>,
     },
     /// CDI: name GPUs as devices (`--device gpushare.io/gpu=0`).
     Cdi {
@@ -263,7 +266,10 @@ fn run(command: Command) -> Result<i32, Error> {
                 eprintln!("gpushare device-plugin: {}", visible(line))
             })?;
         }
-        Command::Nri { socket } => {
+        Command::Nri { socket, host_root } => {
+            if let Some(root) = &host_root {
+                gpushare::nri::enter_host_root(root)?;
+            }
             let cfg = Config::load()?;
             gpushare::nri::run(
                 &cfg,

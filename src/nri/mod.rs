@@ -91,6 +91,12 @@ const RECONNECT: Duration = Duration::from_secs(1);
 pub enum NriError {
     #[error("cannot start the NRI plugin: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot enter the host's root {root}: {source}; mount the host's / there (a hostPath volume) and give the container CAP_SYS_CHROOT")]
+    HostRoot {
+        root: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("NRI: {0}")]
     Protocol(String),
 }
@@ -210,10 +216,30 @@ struct Plugin {
     /// Ids of the containers a Synchronize has shown so far (it may come
     /// in parts).
     synchronized: Mutex<Vec<String>>,
+    /// The ledger, opened once and kept: a resident plugin pays SQLite's
+    /// open once, not at every event.
+    ledger: Mutex<Option<Ledger>>,
     say: Arc<dyn Fn(&str) + Send + Sync>,
 }
 
 impl Plugin {
+    /// Runs `f` on the kept ledger, opening it the first time.
+    fn with_ledger<T>(
+        &self,
+        f: impl FnOnce(&mut Ledger) -> Result<T, crate::ledger::LedgerError>,
+    ) -> Result<T, crate::ledger::LedgerError> {
+        let mut kept = self.ledger.lock().expect("not poisoned");
+        if kept.is_none() {
+            *kept = Some(Ledger::open(&self.cfg.runtime.state_dir)?);
+        }
+        let result = f(kept.as_mut().expect("opened"));
+        if result.is_err() {
+            // Opened afresh next time (the file may have been moved aside).
+            *kept = None;
+        }
+        result
+    }
+
     fn container(&self, id: &str) -> Container {
         Container {
             root: format!("nri:{}", self.runtime.lock().expect("not poisoned")),
@@ -239,14 +265,18 @@ impl Plugin {
         if !request.is_gpu() {
             return Ok(None);
         }
-        let mut ledger = Ledger::open(&self.cfg.runtime.state_dir).map_err(|e| fail(false, &e))?;
+        let mut kept = self.ledger.lock().expect("not poisoned");
+        if kept.is_none() {
+            *kept = Some(Ledger::open(&self.cfg.runtime.state_dir).map_err(|e| fail(false, &e))?);
+        }
+        let ledger = kept.as_mut().expect("opened");
         let placed = placement::place(
             &bundle,
             &request,
             self.container(&c.id),
             Source::Nri,
             &self.cfg,
-            &mut ledger,
+            ledger,
         )
         .map_err(|e| fail(e.is_refusal(), &e))?;
         let Some(Placement {
@@ -272,10 +302,7 @@ impl Plugin {
             return;
         }
         let container = self.container(&c.id);
-        let result = (|| -> Result<(), crate::ledger::LedgerError> {
-            let Some(mut ledger) = Ledger::open_if_exists(&self.cfg.runtime.state_dir)? else {
-                return Ok(());
-            };
+        let result = self.with_ledger(|ledger| {
             let unbound: Vec<i64> = ledger
                 .holds_of(&container)?
                 .iter()
@@ -290,7 +317,7 @@ impl Plugin {
                 tx.bind(&container, r, c.pid as i32)?;
             }
             tx.commit()
-        })();
+        });
         if let Err(e) = result {
             (self.say)(&format!(
                 "container {}: cannot bind its hold to pid {}: {}",
@@ -304,10 +331,7 @@ impl Plugin {
     /// Releases a stopped or removed container's holds.
     fn release(&self, id: &str) {
         let container = self.container(id);
-        let result = (|| -> Result<(), crate::ledger::LedgerError> {
-            let Some(mut ledger) = Ledger::open_if_exists(&self.cfg.runtime.state_dir)? else {
-                return Ok(());
-            };
+        let result = self.with_ledger(|ledger| {
             let held: Vec<i64> = ledger
                 .holds_of(&container)?
                 .iter()
@@ -317,7 +341,7 @@ impl Plugin {
                 return Ok(());
             }
             ledger.release(&container, &held)
-        })();
+        });
         if let Err(e) = result {
             (self.say)(&format!(
                 "container {id}: cannot release its hold: {}",
@@ -331,10 +355,7 @@ impl Plugin {
     fn reconcile(&self, containers: &[api::Container]) {
         let root = self.container("").root;
         let ids: Vec<String> = self.synchronized.lock().expect("not poisoned").clone();
-        let holds = match Ledger::open_if_exists(&self.cfg.runtime.state_dir) {
-            Ok(Some(l)) => l.holds().unwrap_or_default(),
-            _ => Vec::new(),
-        };
+        let holds = self.with_ledger(|l| l.holds()).unwrap_or_default();
         for h in holds
             .iter()
             .filter(|h| h.container.root == root && !ids.contains(&h.container.id))
@@ -487,6 +508,20 @@ impl api_ttrpc::Plugin for Service {
     }
 }
 
+/// For the plugin run in a container (install/k8s/nri-plugin.yaml): makes
+/// the host's root, mounted at `root`, this process's root, so that every
+/// path it reads or names in an adjustment (the runtime's socket, the
+/// config, the ledger, `/dev`, the driver's files, MPS's directories) is
+/// the host's, as when it runs on the host.
+pub fn enter_host_root(root: &Path) -> Result<(), NriError> {
+    let err = |source| NriError::HostRoot {
+        root: root.to_owned(),
+        source,
+    };
+    std::os::unix::fs::chroot(root).map_err(err)?;
+    std::env::set_current_dir("/").map_err(err)
+}
+
 /// Runs the plugin in the foreground until SIGTERM or SIGINT: connects to
 /// the runtime's NRI socket, registers and serves; when the runtime goes
 /// (a restart), connects again every second.
@@ -508,6 +543,7 @@ pub fn run(
             cfg: cfg.clone(),
             runtime: Mutex::new(String::new()),
             synchronized: Mutex::new(Vec::new()),
+            ledger: Mutex::new(None),
             say: say.clone(),
         });
         let mut waiting_said = false;
