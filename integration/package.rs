@@ -346,38 +346,6 @@ fn the_image_runs_the_nri_plugin_in_the_hosts_root() {
         .collect();
     assert!(paths.contains(&"/dev/nvidia1".to_owned()), "{paths:?}");
     assert_eq!(node.ledger().len(), 1);
-    let _ = engines
-        .command("ctr")
-        .arg("--address")
-        .arg(&sock)
-        .args([
-            "--namespace",
-            "k8s.io",
-            "task",
-            "kill",
-            "--signal",
-            "SIGKILL",
-            &id,
-        ])
-        .output();
-    wait_for("the plugin's task to end", || {
-        !String::from_utf8_lossy(
-            &engines
-                .command("ctr")
-                .arg("--address")
-                .arg(&sock)
-                .args(["--namespace", "k8s.io", "task", "ls", "-q"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .contains(&id)
-    });
-    let _ = engines
-        .command("ctr")
-        .arg("--address")
-        .arg(&sock)
-        .args(["--namespace", "k8s.io", "task", "delete", &id])
-        .output();
+    ctr(&["task", "delete", "--force", &id]);
     ctr(&["container", "rm", &id]);
 }
