@@ -304,6 +304,28 @@ fn status_json(node: &Node) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// GPU 0's MPS daemon started and a client of it at 25 % in `pod`: its id,
+/// and what it sees (its share and pipe directory variables, the pipe
+/// directory's files).
+fn mps_client(node: &Node, cri: &mut Cri, pod: &(String, PodSandboxConfig)) -> (String, String) {
+    gpushare(node, &["mps", "start", "--gpu", "0"]);
+    let id = cri
+        .start_container(
+            pod,
+            "mps-client",
+            &[
+                ("NVIDIA_VISIBLE_DEVICES", "0"),
+                ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "25"),
+            ],
+        )
+        .expect("the MPS client starts");
+    let t = cri.exec(
+        &id,
+        "echo share=$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE pipe=$CUDA_MPS_PIPE_DIRECTORY; ls /tmp/nvidia-mps",
+    );
+    (id, t)
+}
+
 /// What both modes must show, kubelet's way.
 fn the_node_path(node: &Node, sock: &Path, containerd: &Path, shim: bool) {
     let mut cri = Cri::connect(sock);
@@ -382,26 +404,7 @@ fn the_node_path(node: &Node, sock: &Path, containerd: &Path, shim: bool) {
 
     // An MPS client: GPU 0's daemon runs; the container gets its pipe
     // directory and (through the shim) its share and the pipe variable.
-    let out = Command::new(cli())
-        .env("GPUSHARE_CONFIG", &node.config)
-        .args(["mps", "start", "--gpu", "0"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let mps = cri
-        .start_container(
-            &pod,
-            "mps-client",
-            &[
-                ("NVIDIA_VISIBLE_DEVICES", "0"),
-                ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "25"),
-            ],
-        )
-        .expect("the MPS client starts");
-    let t = cri.exec(
-        &mps,
-        "echo share=$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE pipe=$CUDA_MPS_PIPE_DIRECTORY; ls /tmp/nvidia-mps",
-    );
+    let (mps, t) = mps_client(node, &mut cri, &pod);
     let pipe = if shim { "/tmp/nvidia-mps" } else { "" };
     assert!(
         t.contains(&format!("share=25 pipe={pipe}\n")) && t.contains("control"),
@@ -842,21 +845,7 @@ fn containerd_1_7_nri_plugin_places_gpu_pods_with_no_runtime_replaced() {
     assert_eq!(node.ledger().len(), 1, "{:?}", node.ledger());
 
     // An MPS client: its share and pipe directory in its environment.
-    gpushare(&node, &["mps", "start", "--gpu", "0"]);
-    let mps = cri
-        .start_container(
-            &pod,
-            "mps-client",
-            &[
-                ("NVIDIA_VISIBLE_DEVICES", "0"),
-                ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "25"),
-            ],
-        )
-        .expect("the MPS client starts");
-    let t = cri.exec(
-        &mps,
-        "echo share=$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE pipe=$CUDA_MPS_PIPE_DIRECTORY; ls /tmp/nvidia-mps",
-    );
+    let (_, t) = mps_client(&node, &mut cri, &pod);
     assert!(
         t.contains("share=25 pipe=/tmp/nvidia-mps\n") && t.contains("control"),
         "{t}"

@@ -11,6 +11,13 @@ use toml::{Table, Value};
 pub const DEFAULT_PATH: &str = "/etc/gpushare/config.toml";
 pub const ENV_VAR: &str = "GPUSHARE_CONFIG";
 
+/// The name engines know gpushare's runtime by (containerd's and CRI-O's
+/// runtime handler, Docker's runtime, the RuntimeClass's handler).
+pub const RUNTIME_HANDLER: &str = "gpushare";
+
+/// Where containerd and CRI-O serve NRI by default.
+pub const NRI_SOCKET: &str = "/var/run/nri/nri.sock";
+
 /// Every table and key the node config knows.
 pub const SECTIONS: &[(&str, &[&str])] = &[
     (

@@ -5,24 +5,13 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 
+use common::kubelet::Plugin;
 use common::nri_runtime::{container, pod, NriRuntime};
 use common::*;
 use gpushare::nri::api::Event;
 use serde_json::json;
-
-struct Plugin(Child);
-
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn the_plugin_places_gpu_containers_from_nri_events_and_reconciles_after_a_reconnect() {

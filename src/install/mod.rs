@@ -163,7 +163,7 @@ pub const UNIT_DIR: &str = "/etc/systemd/system";
 const NRI_UNIT: &str = "gpushare-nri.service";
 const HOOKS_FILE: &str = "oci-gpushare-hook.json";
 const CRIO_DROP_IN: &str = "99-gpushare.conf";
-pub const RUNTIME_NAME: &str = "gpushare";
+pub const RUNTIME_NAME: &str = crate::config::RUNTIME_HANDLER;
 
 pub(crate) fn malformed_json(path: &Path, e: &serde_json::Error) -> InstallError {
     InstallError::Malformed {

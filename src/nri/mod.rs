@@ -78,7 +78,7 @@ use api::{
     StopContainerRequest, StopContainerResponse, SynchronizeRequest, SynchronizeResponse,
 };
 
-pub const DEFAULT_SOCKET: &str = "/var/run/nri/nri.sock";
+pub const DEFAULT_SOCKET: &str = crate::config::NRI_SOCKET;
 /// The name the plugin registers under.
 pub const PLUGIN_NAME: &str = "gpushare";
 /// Its index: plugins are called in ascending order, and gpushare runs
@@ -124,7 +124,7 @@ fn event_mask() -> i32 {
 /// (its pod runs under the `gpushare` runtime handler) or the hook (the
 /// container's hooks run gpushare-hook).
 fn placed_elsewhere(pod: &PodSandbox, c: &api::Container) -> bool {
-    if pod.runtime_handler == crate::install::RUNTIME_NAME {
+    if pod.runtime_handler == crate::config::RUNTIME_HANDLER {
         return true;
     }
     let hooks = c.hooks.as_ref();
@@ -462,9 +462,8 @@ impl api_ttrpc::Plugin for Service {
         _ctx: &ttrpc::r#async::TtrpcContext,
         req: StartContainerRequest,
     ) -> ttrpc::Result<StartContainerResponse> {
-        let plugin = self.0.clone();
-        let c = req.container.unwrap_or_default();
-        let _ = tokio::task::spawn_blocking(move || plugin.bind(&c)).await;
+        self.on(Event::START_CONTAINER, req.container.unwrap_or_default())
+            .await;
         Ok(StartContainerResponse::new())
     }
 
@@ -473,9 +472,8 @@ impl api_ttrpc::Plugin for Service {
         _ctx: &ttrpc::r#async::TtrpcContext,
         req: StopContainerRequest,
     ) -> ttrpc::Result<StopContainerResponse> {
-        let plugin = self.0.clone();
-        let id = req.container.id.clone();
-        let _ = tokio::task::spawn_blocking(move || plugin.release(&id)).await;
+        self.on(Event::STOP_CONTAINER, req.container.unwrap_or_default())
+            .await;
         Ok(StopContainerResponse::new())
     }
 
@@ -484,9 +482,8 @@ impl api_ttrpc::Plugin for Service {
         _ctx: &ttrpc::r#async::TtrpcContext,
         req: RemoveContainerRequest,
     ) -> ttrpc::Result<RemoveContainerResponse> {
-        let plugin = self.0.clone();
-        let id = req.container.id.clone();
-        let _ = tokio::task::spawn_blocking(move || plugin.release(&id)).await;
+        self.on(Event::REMOVE_CONTAINER, req.container.unwrap_or_default())
+            .await;
         Ok(RemoveContainerResponse::new())
     }
 
@@ -495,16 +492,27 @@ impl api_ttrpc::Plugin for Service {
         _ctx: &ttrpc::r#async::TtrpcContext,
         req: StateChangeEvent,
     ) -> ttrpc::Result<Empty> {
+        self.on(
+            req.event.enum_value_or_default(),
+            req.container.unwrap_or_default(),
+        )
+        .await;
+        Ok(Empty::new())
+    }
+}
+
+impl Service {
+    /// A container's start binds its hold; its stop or removal releases
+    /// it (SQLite off the server's thread). Newer runtimes send these as
+    /// calls of their own, older ones as a StateChangeEvent.
+    async fn on(&self, event: Event, c: api::Container) {
         let plugin = self.0.clone();
-        let event = req.event.enum_value_or_default();
-        let c = req.container.unwrap_or_default();
         let _ = tokio::task::spawn_blocking(move || match event {
             Event::START_CONTAINER => plugin.bind(&c),
             Event::STOP_CONTAINER | Event::REMOVE_CONTAINER => plugin.release(&c.id),
             _ => {}
         })
         .await;
-        Ok(Empty::new())
     }
 }
 

@@ -107,8 +107,9 @@ impl Kubelet {
     }
 }
 
-/// The plugin, run as a DaemonSet runs it; SIGTERM on drop.
-pub struct Plugin(Child);
+/// A plugin's process (the device plugin's, the NRI plugin's), killed on
+/// drop.
+pub struct Plugin(pub Child);
 
 impl Plugin {
     /// `gpushare device-plugin --kubelet-dir dir`, `command` being the
