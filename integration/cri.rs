@@ -785,6 +785,14 @@ fn containerd_1_7_nri_plugin_places_gpu_pods_with_no_runtime_replaced() {
         format!("NVIDIA_VISIBLE_DEVICES={uuid1}"),
         "the plugin sets the environment, as a hook cannot"
     );
+    let libs = cri.exec(
+        &id,
+        "test -e /usr/lib/x86_64-linux-gnu/libcuda.so.1 && echo has-libcuda; grep libnvidia-ml /proc/self/mountinfo",
+    );
+    assert!(
+        libs.contains("has-libcuda") && libs.contains(" ro,"),
+        "the driver's files, read-only: {libs}"
+    );
     let c = &doc["gpus"][1]["containers"][0];
     assert_eq!(c["id"], id.as_str(), "{doc}");
     assert_eq!(c["names"]["pod"], "nri-pod", "{doc}");

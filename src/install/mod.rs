@@ -811,6 +811,30 @@ mod tests {
     }
 
     #[test]
+    fn nri_is_turned_on_in_both_config_versions_and_a_table_install_made_goes_again() {
+        for name in ["containerd-v2.toml", "containerd-v3.toml"] {
+            let text = fixture(name);
+            let on = containerd_install(&p(), Some(&text), ContainerdMode::Nri).unwrap();
+            let doc: toml::Table = on.parse().unwrap();
+            let nri = &doc["plugins"]["io.containerd.nri.v1.nri"];
+            assert_eq!(nri["disable"].as_bool(), Some(false), "{name}: {on}");
+            assert!(!on.contains("BinaryName"), "{name}: no runtime added");
+            let off = containerd_uninstall(&p(), Some(&on)).unwrap().unwrap();
+            assert!(!off.contains("io.containerd.nri.v1.nri"), "{name}: {off}");
+        }
+        // NRI's own table (containerd's default config) is kept, turned on.
+        let own = "version = 2\n[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = true\n  socket_path = \"/x/nri.sock\"\n";
+        let on = containerd_install(&p(), Some(own), ContainerdMode::Nri).unwrap();
+        assert!(on.contains("socket_path = \"/x/nri.sock\""), "{on}");
+        assert!(on.contains("disable = false"), "{on}");
+        let off = containerd_uninstall(&p(), Some(&on)).unwrap().unwrap();
+        assert!(
+            off.contains("io.containerd.nri.v1.nri"),
+            "not ours to take out: {off}"
+        );
+    }
+
+    #[test]
     fn containerd_v3_and_empty() {
         let original = fixture("containerd-v3.toml");
         let once =
