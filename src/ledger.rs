@@ -196,10 +196,23 @@ fn standing(
     timeout: u64,
     now: u64,
 ) -> Standing {
+    standing_by(pid, start, created, timeout, now, &mut |p| p.is_alive())
+}
+
+/// `standing`, with whether a process lives asked of `alive` (a resident
+/// process may know it more cheaply than `/proc` says it).
+fn standing_by(
+    pid: Option<i32>,
+    start: Option<u64>,
+    created: u64,
+    timeout: u64,
+    now: u64,
+    alive: &mut dyn FnMut(Process) -> bool,
+) -> Standing {
     match (pid, start) {
         (None, _) if now.saturating_sub(created) < timeout => Standing::Reserved,
         (None, _) => Standing::Gone,
-        (Some(pid), Some(start)) if (Process { pid, start }).is_alive() => Standing::Running,
+        (Some(pid), Some(start)) if alive(Process { pid, start }) => Standing::Running,
         (Some(_), _) => Standing::Gone,
     }
 }
@@ -598,6 +611,16 @@ impl Transaction<'_> {
     /// already holds among them. The holds that no longer count are
     /// removed with this commit.
     pub fn tally(&mut self, timeout: u64, container: &Container) -> Result<Tally, LedgerError> {
+        self.tally_by(timeout, container, &mut |p| p.is_alive())
+    }
+
+    /// `tally`, with whether a hold's process lives asked of `alive`.
+    pub fn tally_by(
+        &mut self,
+        timeout: u64,
+        container: &Container,
+        alive: &mut dyn FnMut(Process) -> bool,
+    ) -> Result<Tally, LedgerError> {
         let now = now();
         let mut tally = Tally::default();
         let mut gone: Vec<i64> = Vec::new();
@@ -616,12 +639,13 @@ impl Transaction<'_> {
                     let pid: Option<i32> = r.get(3)?;
                     let start: Option<i64> = r.get(4)?;
                     let created: i64 = r.get(5)?;
-                    let counts = standing(
+                    let counts = standing_by(
                         pid,
                         start.and_then(|s| u64::try_from(s).ok()),
                         u64::try_from(created).unwrap_or(0),
                         timeout,
                         now,
+                        alive,
                     ) != Standing::Gone;
                     Ok((r.get::<_, i64>(0)?, counts))
                 })()

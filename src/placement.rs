@@ -307,6 +307,22 @@ pub fn place<'a>(
     cfg: &Config,
     ledger: &'a mut Ledger,
 ) -> Result<Option<Placement<'a>>, PlacementError> {
+    place_by(bundle, request, container, source, cfg, ledger, &mut |p| {
+        p.is_alive()
+    })
+}
+
+/// `place`, with whether a hold's process lives asked of `alive` (the
+/// resident NRI plugin keeps a descriptor of each process it has seen).
+pub fn place_by<'a>(
+    bundle: &Bundle,
+    request: &Request,
+    container: Container,
+    source: Source,
+    cfg: &Config,
+    ledger: &'a mut Ledger,
+    alive: &mut dyn FnMut(crate::sys::Process) -> bool,
+) -> Result<Option<Placement<'a>>, PlacementError> {
     if !request.is_gpu() {
         return Ok(None);
     }
@@ -326,7 +342,8 @@ pub fn place<'a>(
         &inventory,
         source == Source::Hook,
     )?;
-    let Tally { mut load, held } = tx.tally(cfg.runtime.reservation_timeout_seconds, &container)?;
+    let Tally { mut load, held } =
+        tx.tally_by(cfg.runtime.reservation_timeout_seconds, &container, alive)?;
     if !held.is_empty() {
         return Err(PlacementError::AlreadyHeld {
             id: shown(&container.id),

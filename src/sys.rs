@@ -232,7 +232,61 @@ fn process_stat(pid: i32) -> Option<(char, u64)> {
     Some((state, rest.nth(18)?.parse().ok()?))
 }
 
-/// Why `open_regular` opened nothing.
+/// Processes watched through pidfds, for a long-lived caller (the NRI
+/// plugin): once a process is seen alive, its exit is learnt by polling a
+/// descriptor of it (readable once it has exited), not by reading `/proc`
+/// again. Entries not asked about since the last `prune` go.
+#[derive(Default)]
+pub struct Watch {
+    fds: std::collections::HashMap<(i32, u64), (OwnedFd, bool)>,
+}
+
+impl Watch {
+    /// Whether `p` lives (as `Process::is_alive` says).
+    pub fn alive(&mut self, p: Process) -> bool {
+        if let Some((fd, seen)) = self.fds.get_mut(&(p.pid, p.start)) {
+            *seen = true;
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no wait.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } == 0 {
+                return true;
+            }
+            self.fds.remove(&(p.pid, p.start));
+            return false;
+        }
+        if !p.is_alive() {
+            return false;
+        }
+        // SAFETY: pidfd_open takes a pid and flags and returns a new
+        // descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid, 0) };
+        if fd < 0 {
+            // Alive by /proc; just not watched (an older kernel).
+            return true;
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // The pid may have changed hands between the look and the open:
+        // the descriptor names this process only if the pid still has its
+        // start time now.
+        if !p.is_alive() {
+            return false;
+        }
+        self.fds.insert((p.pid, p.start), (fd, true));
+        true
+    }
+
+    /// Forgets the processes not asked about since the last prune.
+    pub fn prune(&mut self) {
+        self.fds.retain(|_, (_, seen)| std::mem::take(seen));
+    }
+}
+
+/// Why `open_regular` opened nothing./// Why `open_regular` opened nothing.
 #[derive(Debug)]
 pub enum Irregular {
     Io(std::io::Error),
@@ -347,6 +401,43 @@ pub fn open_in_root(root: BorrowedFd, rel: &Path, flags: OFlag) -> Result<OwnedF
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watched_process_is_alive_until_it_exits_and_then_forgotten() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let p = Process::find(child.id() as i32).unwrap();
+        let mut w = Watch::default();
+        assert!(w.alive(p) && w.alive(p), "alive, then from its descriptor");
+        assert_eq!(w.fds.len(), 1);
+        assert!(
+            !w.alive(Process {
+                pid: p.pid,
+                start: p.start + 1
+            }),
+            "another start: not it"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!w.alive(p), "exited");
+        assert!(w.fds.is_empty());
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let q = Process::find(other.id() as i32).unwrap();
+        assert!(w.alive(q));
+        w.prune();
+        w.prune();
+        assert!(
+            w.fds.is_empty(),
+            "not asked about since the last prune: forgotten"
+        );
+        other.kill().unwrap();
+        other.wait().unwrap();
+    }
     use std::os::fd::AsFd;
     use std::time::Duration;
 

@@ -219,6 +219,9 @@ struct Plugin {
     /// The ledger, opened once and kept: a resident plugin pays SQLite's
     /// open once, not at every event.
     ledger: Mutex<Option<Ledger>>,
+    /// The holds' processes, watched by descriptor: a decision asks the
+    /// kernel whether each has exited instead of reading `/proc`.
+    watch: Mutex<crate::sys::Watch>,
     say: Arc<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -270,15 +273,19 @@ impl Plugin {
             *kept = Some(Ledger::open(&self.cfg.runtime.state_dir).map_err(|e| fail(false, &e))?);
         }
         let ledger = kept.as_mut().expect("opened");
-        let placed = placement::place(
+        let mut watch = self.watch.lock().expect("not poisoned");
+        let placed = placement::place_by(
             &bundle,
             &request,
             self.container(&c.id),
             Source::Nri,
             &self.cfg,
             ledger,
+            &mut |p| watch.alive(p),
         )
         .map_err(|e| fail(e.is_refusal(), &e))?;
+        watch.prune();
+        drop(watch);
         let Some(Placement {
             mut tx,
             edits,
@@ -552,6 +559,7 @@ pub fn run(
             runtime: Mutex::new(String::new()),
             synchronized: Mutex::new(Vec::new()),
             ledger: Mutex::new(None),
+            watch: Mutex::new(crate::sys::Watch::default()),
             say: say.clone(),
         });
         let mut waiting_said = false;
