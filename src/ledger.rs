@@ -530,10 +530,7 @@ impl Ledger {
 
     /// The allocation recorded under `key`, if any.
     pub fn allocation(&self, key: &str) -> Result<Option<Allocation>, LedgerError> {
-        Ok(select_allocations(&self.conn)
-            .map_err(sqlite(&self.path))?
-            .into_iter()
-            .find(|a| a.key == key))
+        allocation_by_key(&self.conn, key).map_err(sqlite(&self.path))
     }
 
     /// Every allocation recorded.
@@ -565,13 +562,37 @@ impl Allocation {
     pub fn percentage(&self) -> f64 {
         f64::from(self.units) * 100.0 / f64::from(self.units_per_gpu.max(1))
     }
+
+    /// The share as `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` says it ("30",
+    /// "15.5"); `None` for the whole GPU, which needs no share.
+    pub fn share_text(&self) -> Option<String> {
+        (self.units < self.units_per_gpu).then(|| format!("{}", self.percentage()))
+    }
+
+    /// The pinned-memory limit in proportion to the units, of a GPU with
+    /// `memory_mib` (at least 1 MiB).
+    pub fn pinned_mib(&self, memory_mib: u64) -> u64 {
+        (memory_mib * u64::from(self.units) / u64::from(self.units_per_gpu.max(1))).max(1)
+    }
 }
 
 fn select_allocations(conn: &Connection) -> rusqlite::Result<Vec<Allocation>> {
-    let mut st = conn.prepare(
-        "SELECT key, gpu, units, units_per_gpu, devices, created FROM allocations ORDER BY key",
-    )?;
-    let rows = st.query_map([], |r| {
+    allocations_where(conn, "", [])
+}
+
+fn allocation_by_key(conn: &Connection, key: &str) -> rusqlite::Result<Option<Allocation>> {
+    Ok(allocations_where(conn, "WHERE key = ?1", [key])?.pop())
+}
+
+fn allocations_where<P: rusqlite::Params>(
+    conn: &Connection,
+    filter: &str,
+    params: P,
+) -> rusqlite::Result<Vec<Allocation>> {
+    let mut st = conn.prepare(&format!(
+        "SELECT key, gpu, units, units_per_gpu, devices, created FROM allocations {filter} ORDER BY key"
+    ))?;
+    let rows = st.query_map(params, |r| {
         let devices: String = r.get(4)?;
         Ok(Allocation {
             key: r.get(0)?,
@@ -595,10 +616,7 @@ pub struct Transaction<'a> {
 impl Transaction<'_> {
     /// The device plugin's allocation recorded under `key`, if any.
     pub fn allocation(&self, key: &str) -> Result<Option<Allocation>, LedgerError> {
-        Ok(select_allocations(&self.tx)
-            .map_err(sqlite(self.path))?
-            .into_iter()
-            .find(|a| a.key == key))
+        allocation_by_key(&self.tx, key).map_err(sqlite(self.path))
     }
 
     /// Every hold (standing not judged).

@@ -203,18 +203,16 @@ fn refuse_uninjected(caps: &Capabilities, cfg: &Config) -> Result<(), RequestErr
 /// allocation keeps its request, unless the node requires one. Through
 /// the hook alone (`keeps_env`), whose container's environment cannot be
 /// changed, own variables that contradict the allocation are refused.
-pub fn allocated(
+fn allocated(
     request: &Request,
-    allocation: Option<&Allocation>,
-    key: Option<&str>,
+    bundle: &Bundle,
+    recorded: impl FnOnce(&str) -> Result<Option<Allocation>, LedgerError>,
     cfg: &Config,
     inv: &Inventory,
     keeps_env: bool,
 ) -> Result<Request, PlacementError> {
-    let Some(a) = allocation else {
-        if let Some(key) = key {
-            return Err(PlacementError::UnknownAllocation { key: shown(key) });
-        }
+    let annotations = bundle.annotations();
+    let Some(key) = annotations.get(ALLOCATION_ANNOTATION) else {
         if cfg.device_plugin.require_allocation {
             return Err(PlacementError::AllocationRequired {
                 resource: cfg.device_plugin.resource.clone(),
@@ -223,21 +221,23 @@ pub fn allocated(
         }
         return Ok(request.clone());
     };
-    let whole = a.units >= a.units_per_gpu;
-    let share = (!whole).then(|| Percentage {
-        text: format!("{}", a.percentage()),
+    let Some(a) = recorded(key)? else {
+        return Err(PlacementError::UnknownAllocation { key: shown(key) });
+    };
+    let share = a.share_text().map(|text| Percentage {
+        text,
         value: a.percentage(),
     });
-    let pinned = match (whole, cfg.device_plugin.proportional_pinned_memory) {
-        (false, true) => inv
+    let pinned = match (
+        share.is_some(),
+        cfg.device_plugin.proportional_pinned_memory,
+    ) {
+        (true, true) => inv
             .gpus
             .iter()
             .find(|g| g.uuid == a.gpu)
             .and_then(|g| g.memory_mib)
-            .map(|m| {
-                let mib = (m * u64::from(a.units) / u64::from(a.units_per_gpu.max(1))).max(1);
-                crate::request::parse_limit(&format!("{mib}M"))
-            })
+            .map(|m| crate::request::parse_limit(&format!("{}M", a.pinned_mib(m))))
             .transpose()?,
         _ => request.pinned_mem_limit.clone(),
     };
@@ -331,13 +331,10 @@ pub fn place_by<'a>(
     crate::ids::check_id(&container.id, shown)?;
     let inventory = Inventory::load(cfg)?;
     let mut tx = ledger.begin()?;
-    let annotations = bundle.annotations();
-    let key = annotations.get(ALLOCATION_ANNOTATION).copied();
-    let allocation = key.map(|k| tx.allocation(k)).transpose()?.flatten();
     let request = &allocated(
         request,
-        allocation.as_ref(),
-        key,
+        bundle,
+        |k| tx.allocation(k),
         cfg,
         &inventory,
         source == Source::Hook,
@@ -420,13 +417,11 @@ pub fn preview(bundle: &Bundle, cfg: &Config) -> Result<Option<Plan>, PlacementE
             .collect(),
         None => Vec::new(),
     };
-    let annotations = bundle.annotations();
-    let key = annotations.get(ALLOCATION_ANNOTATION).copied();
-    let allocation = match (&ledger, key) {
-        (Some(l), Some(k)) => l.allocation(k).ok().flatten(),
-        _ => None,
+    let recorded = |k: &str| match &ledger {
+        Some(l) => l.allocation(k),
+        None => Ok(None),
     };
-    let request = allocated(&request, allocation.as_ref(), key, cfg, &inventory, false)?;
+    let request = allocated(&request, bundle, recorded, cfg, &inventory, false)?;
     let mut load = Load::of_holds(&holds);
     mark_mps(cfg, &inventory, &mut load);
     plan(

@@ -60,8 +60,6 @@ const POLL: Duration = Duration::from_secs(1);
 pub enum DevicePluginError {
     #[error("cannot start the device plugin: {0}")]
     Runtime(#[source] std::io::Error),
-    #[error(transparent)]
-    Io(#[from] crate::sys::IoError),
     #[error("cannot serve on {path}: {source}; is another device plugin of gpushare running?")]
     Serve {
         path: PathBuf,
@@ -75,6 +73,36 @@ pub enum DevicePluginError {
 impl DevicePluginError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, DevicePluginError::Refused { .. })
+    }
+}
+
+/// The GPUs' health as the plugin tells it: every GPU seen since it
+/// started stays listed, unhealthy while the inventory no longer has it or
+/// NVML (where the node has it; the image's static build has none)
+/// reports it lost.
+struct Health {
+    cfg: Config,
+    nvml: Option<crate::telemetry::Nvml>,
+    seen: Vec<String>,
+}
+
+impl Health {
+    fn list(&mut self, units_per_gpu: u32) -> Vec<Device> {
+        let present: Vec<String> = Inventory::load(&self.cfg)
+            .map(|i| {
+                i.gpus
+                    .into_iter()
+                    .map(|g| g.uuid)
+                    .filter(|u| !self.nvml.as_ref().is_some_and(|n| n.lost(u)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for g in &present {
+            if !self.seen.contains(g) {
+                self.seen.push(g.clone());
+            }
+        }
+        device_list(&self.seen, &present, units_per_gpu)
     }
 }
 
@@ -98,11 +126,6 @@ fn device_list(seen: &[String], present: &[String], units_per_gpu: u32) -> Vec<D
         .collect()
 }
 
-/// 30.0 → "30", 15.5 → "15.5".
-fn decimal(p: f64) -> String {
-    format!("{p}")
-}
-
 /// What a container with allocation `a` is told: its GPU, its share under
 /// MPS unless it has the whole GPU, a pinned-memory limit in proportion
 /// when configured, and the annotation the runtime and the hook look up.
@@ -113,11 +136,10 @@ pub fn container_response(
 ) -> ContainerAllocateResponse {
     let mut envs = std::collections::HashMap::new();
     envs.insert(VISIBLE_DEVICES.to_owned(), a.gpu.clone());
-    if a.units < a.units_per_gpu {
-        envs.insert(THREAD_PERCENTAGE.to_owned(), decimal(a.percentage()));
+    if let Some(share) = a.share_text() {
+        envs.insert(THREAD_PERCENTAGE.to_owned(), share);
         if let (true, Some(m)) = (cfg.device_plugin.proportional_pinned_memory, memory_mib) {
-            let mib = m * u64::from(a.units) / u64::from(a.units_per_gpu.max(1));
-            envs.insert(PINNED_MEM_LIMIT.to_owned(), format!("{}M", mib.max(1)));
+            envs.insert(PINNED_MEM_LIMIT.to_owned(), format!("{}M", a.pinned_mib(m)));
         }
     }
     let mut annotations = std::collections::HashMap::new();
@@ -267,40 +289,25 @@ async fn serve(
     say: &mut dyn FnMut(&str),
 ) -> Result<(), DevicePluginError> {
     let units = cfg.device_plugin.units_per_gpu;
-    // Health: every GPU seen stays listed; the ones the inventory no
-    // longer has are unhealthy until they return. The first list is read
-    // before kubelet can ask.
-    // NVML where the node has it (the image's static build has none): a
-    // GPU it reports lost is unhealthy though still listed.
-    let nvml = std::sync::Arc::new(crate::telemetry::open().ok());
-    let present = move |cfg: &Config, nvml: &Option<crate::telemetry::Nvml>| -> Vec<String> {
-        Inventory::load(cfg)
-            .map(|i| {
-                i.gpus
-                    .into_iter()
-                    .map(|g| g.uuid)
-                    .filter(|u| !nvml.as_ref().is_some_and(|n| n.lost(u)))
-                    .collect()
-            })
-            .unwrap_or_default()
+    // The first list is read before kubelet can ask; then every POLL.
+    let mut health = Health {
+        cfg: cfg.clone(),
+        nvml: crate::telemetry::open().ok(),
+        seen: Vec::new(),
     };
-    let mut seen = present(&cfg, &nvml);
-    let (tx, rx) = watch::channel(device_list(&seen, &seen, units));
-    let health_cfg = cfg.clone();
+    let (tx, rx) = watch::channel(health.list(units));
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(POLL).await;
-            let cfg = health_cfg.clone();
-            let nvml = nvml.clone();
-            let now_present = tokio::task::spawn_blocking(move || present(&cfg, &nvml))
-                .await
-                .unwrap_or_default();
-            for g in &now_present {
-                if !seen.contains(g) {
-                    seen.push(g.clone());
-                }
-            }
-            let list = device_list(&seen, &now_present, units);
+            let Ok((h, list)) = tokio::task::spawn_blocking(move || {
+                let list = health.list(units);
+                (health, list)
+            })
+            .await
+            else {
+                return;
+            };
+            health = h;
             tx.send_if_modified(|now| {
                 let changed = *now != list;
                 *now = list;

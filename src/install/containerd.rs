@@ -103,7 +103,7 @@ fn enable_nri(path: &Path, doc: &mut DocumentMut) -> Result<(), InstallError> {
     let nri = plugins.entry(NRI_PLUGIN).or_insert_with(|| {
         let mut t = Table::new();
         t.decor_mut().set_prefix(format!("\n{NRI_MARK}"));
-        t.insert("socket_path", toml_edit::value(crate::nri::DEFAULT_SOCKET));
+        t.insert("socket_path", toml_edit::value(crate::config::NRI_SOCKET));
         Item::Table(t)
     });
     let nri = nri

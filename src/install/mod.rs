@@ -104,31 +104,26 @@ impl Options {
     pub fn resolved(&self) -> Result<(Options, Vec<String>), InstallError> {
         let mut o = self.clone();
         let mut said = Vec::new();
-        for (flag, p) in [
-            ("--config", &mut o.config),
-            ("--gpushare-config", &mut o.gpushare_config),
-        ] {
-            if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
-                let abs = std::path::absolute(rel)
-                    .map_err(|e| InstallError::from(crate::sys::io("resolve", rel)(e)))?;
+        let mut absolute = |flag: &str, p: &mut PathBuf| -> Result<(), InstallError> {
+            if p.is_relative() {
+                let abs = std::path::absolute(&*p)
+                    .map_err(|e| InstallError::from(crate::sys::io("resolve", p)(e)))?;
                 said.push(format!(
                     "{flag} {} is relative: taken as {} (from the working directory)",
-                    rel.display(),
+                    p.display(),
                     abs.display()
                 ));
-                *p = Some(abs);
+                *p = abs;
             }
+            Ok(())
+        };
+        if let Some(p) = o.config.as_mut() {
+            absolute("--config", p)?;
         }
-        if o.unit_dir.is_relative() {
-            let abs = std::path::absolute(&o.unit_dir)
-                .map_err(|e| InstallError::from(crate::sys::io("resolve", &o.unit_dir)(e)))?;
-            said.push(format!(
-                "--unit-dir {} is relative: taken as {} (from the working directory)",
-                o.unit_dir.display(),
-                abs.display()
-            ));
-            o.unit_dir = abs;
+        if let Some(p) = o.gpushare_config.as_mut() {
+            absolute("--gpushare-config", p)?;
         }
+        absolute("--unit-dir", &mut o.unit_dir)?;
         if let Some(c) = o.gpushare_config.as_ref().filter(|_| !o.uninstall) {
             if std::fs::metadata(c).is_err() {
                 return Err(InstallError::MissingConfig(c.clone()));

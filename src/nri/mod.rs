@@ -18,7 +18,6 @@
 //! registers (name, index), is configured (answering the events it wants,
 //! a bit `1 << (event - 1)` each) and synchronized, then receives events.
 
-use std::collections::HashMap;
 use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -227,10 +226,10 @@ struct Plugin {
 
 impl Plugin {
     /// Runs `f` on the kept ledger, opening it the first time.
-    fn with_ledger<T>(
+    fn with_ledger<T, E: From<crate::ledger::LedgerError>>(
         &self,
-        f: impl FnOnce(&mut Ledger) -> Result<T, crate::ledger::LedgerError>,
-    ) -> Result<T, crate::ledger::LedgerError> {
+        f: impl FnOnce(&mut Ledger) -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut kept = self.ledger.lock().expect("not poisoned");
         if kept.is_none() {
             *kept = Some(Ledger::open(&self.cfg.runtime.state_dir)?);
@@ -268,38 +267,37 @@ impl Plugin {
         if !request.is_gpu() {
             return Ok(None);
         }
-        let mut kept = self.ledger.lock().expect("not poisoned");
-        if kept.is_none() {
-            *kept = Some(Ledger::open(&self.cfg.runtime.state_dir).map_err(|e| fail(false, &e))?);
-        }
-        let ledger = kept.as_mut().expect("opened");
-        let mut watch = self.watch.lock().expect("not poisoned");
-        let placed = placement::place_by(
-            &bundle,
-            &request,
-            self.container(&c.id),
-            Source::Nri,
-            &self.cfg,
-            ledger,
-            &mut |p| watch.alive(p),
-        )
-        .map_err(|e| fail(e.is_refusal(), &e))?;
-        watch.prune();
-        drop(watch);
-        let Some(Placement {
-            mut tx,
-            edits,
-            hold,
-            warnings,
-        }) = placed
-        else {
+        let placed = self.with_ledger(|ledger| {
+            let mut watch = self.watch.lock().expect("not poisoned");
+            let placed = placement::place_by(
+                &bundle,
+                &request,
+                self.container(&c.id),
+                Source::Nri,
+                &self.cfg,
+                ledger,
+                &mut |p| watch.alive(p),
+            )?;
+            watch.prune();
+            let Some(Placement {
+                mut tx,
+                edits,
+                hold,
+                warnings,
+            }) = placed
+            else {
+                return Ok(None);
+            };
+            tx.insert(&hold)?;
+            tx.commit()?;
+            Ok::<_, placement::PlacementError>(Some((edits, warnings)))
+        });
+        let Some((edits, warnings)) = placed.map_err(|e| fail(e.is_refusal(), &e))? else {
             return Ok(None);
         };
         for w in &warnings {
             (self.say)(&format!("container {}: warning: {w}", c.id));
         }
-        tx.insert(&hold).map_err(|e| fail(false, &e))?;
-        tx.commit().map_err(|e| fail(false, &e))?;
         Ok(Some(adjustment(&edits)))
     }
 
@@ -660,24 +658,25 @@ fn private_dir(state_dir: &Path) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Used by tests: the mask as a list of events.
-pub fn subscribed() -> HashMap<&'static str, bool> {
-    let m = event_mask();
-    [
-        ("CREATE_CONTAINER", Event::CREATE_CONTAINER),
-        ("START_CONTAINER", Event::START_CONTAINER),
-        ("STOP_CONTAINER", Event::STOP_CONTAINER),
-        ("REMOVE_CONTAINER", Event::REMOVE_CONTAINER),
-        ("RUN_POD_SANDBOX", Event::RUN_POD_SANDBOX),
-    ]
-    .into_iter()
-    .map(|(n, e)| (n, m & (1 << (e as i32 - 1)) != 0))
-    .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    /// The mask as a list of events.
+    fn subscribed() -> HashMap<&'static str, bool> {
+        let m = event_mask();
+        [
+            ("CREATE_CONTAINER", Event::CREATE_CONTAINER),
+            ("START_CONTAINER", Event::START_CONTAINER),
+            ("STOP_CONTAINER", Event::STOP_CONTAINER),
+            ("REMOVE_CONTAINER", Event::REMOVE_CONTAINER),
+            ("RUN_POD_SANDBOX", Event::RUN_POD_SANDBOX),
+        ]
+        .into_iter()
+        .map(|(n, e)| (n, m & (1 << (e as i32 - 1)) != 0))
+        .collect()
+    }
 
     #[test]
     fn it_subscribes_to_the_container_events_it_needs_and_no_pod_event() {
