@@ -205,7 +205,7 @@ fn bind_reserved(
     else {
         return Ok(false);
     };
-    tx.bind(&hold.container, hold.reservation, pid)?;
+    tx.bind(&hold.container, Some(hold.reservation), pid)?;
     tx.commit()?;
     Ok(true)
 }

@@ -589,7 +589,7 @@ fn allocations_where<P: rusqlite::Params>(
     filter: &str,
     params: P,
 ) -> rusqlite::Result<Vec<Allocation>> {
-    let mut st = conn.prepare(&format!(
+    let mut st = conn.prepare_cached(&format!(
         "SELECT key, gpu, units, units_per_gpu, devices, created FROM allocations {filter} ORDER BY key"
     ))?;
     let rows = st.query_map(params, |r| {
@@ -614,6 +614,12 @@ pub struct Transaction<'a> {
 }
 
 impl Transaction<'_> {
+    /// Runs one statement, prepared once per connection (a resident
+    /// caller keeps its connection, and so its statements).
+    fn run<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.tx.prepare_cached(sql)?.execute(params)
+    }
+
     /// The device plugin's allocation recorded under `key`, if any.
     pub fn allocation(&self, key: &str) -> Result<Option<Allocation>, LedgerError> {
         allocation_by_key(&self.tx, key).map_err(sqlite(self.path))
@@ -682,8 +688,7 @@ impl Transaction<'_> {
             }
         }
         for rowid in gone {
-            self.tx
-                .execute("DELETE FROM holds WHERE rowid = ?1", [rowid])
+            self.run("DELETE FROM holds WHERE rowid = ?1", [rowid])
                 .map_err(sqlite(self.path))?;
         }
         Ok(tally)
@@ -696,17 +701,27 @@ impl Transaction<'_> {
     }
 
     /// Binds the container's init process `pid` (its start time read now)
-    /// to the reservation `reservation` made for it; whether that
-    /// reservation was still there.
-    pub fn bind(&mut self, c: &Container, reservation: i64, pid: i32) -> Result<bool, LedgerError> {
+    /// to the reservation `reservation` made for it, or with `None` to
+    /// every reservation of the container still waiting for its process;
+    /// whether any was there.
+    pub fn bind(
+        &mut self,
+        c: &Container,
+        reservation: Option<i64>,
+        pid: i32,
+    ) -> Result<bool, LedgerError> {
         let start = Process::find(pid).and_then(|p| i64::try_from(p.start).ok());
-        let n = self
-            .tx
-            .execute(
+        let n = match reservation {
+            Some(r) => self.run(
                 "UPDATE holds SET pid = ?1, pid_start = ?2 WHERE root = ?3 AND id = ?4 AND reservation = ?5",
-                params![pid, start, c.root, c.id, reservation],
-            )
-            .map_err(sqlite(self.path))?;
+                params![pid, start, c.root, c.id, r],
+            ),
+            None => self.run(
+                "UPDATE holds SET pid = ?1, pid_start = ?2 WHERE root = ?3 AND id = ?4 AND pid IS NULL",
+                params![pid, start, c.root, c.id],
+            ),
+        }
+        .map_err(sqlite(self.path))?;
         Ok(n > 0)
     }
 
@@ -714,12 +729,11 @@ impl Transaction<'_> {
     /// container a hook's poststop names (the runtime's hold of it
     /// included, where the runtime placed it).
     pub fn remove_in_bundle(&mut self, id: &str, bundle: &str) -> Result<usize, LedgerError> {
-        self.tx
-            .execute(
-                "DELETE FROM holds WHERE id = ?1 AND bundle = ?2",
-                params![id, bundle],
-            )
-            .map_err(sqlite(self.path))
+        self.run(
+            "DELETE FROM holds WHERE id = ?1 AND bundle = ?2",
+            params![id, bundle],
+        )
+        .map_err(sqlite(self.path))
     }
 
     /// Removes the container's rows: those of one reservation, or all.
@@ -730,11 +744,11 @@ impl Transaction<'_> {
         reservation: Option<i64>,
     ) -> Result<usize, LedgerError> {
         let n = match reservation {
-            Some(r) => self.tx.execute(
+            Some(r) => self.run(
                 "DELETE FROM holds WHERE root = ?1 AND id = ?2 AND reservation = ?3",
                 params![c.root, c.id, r],
             ),
-            None => self.tx.execute(
+            None => self.run(
                 "DELETE FROM holds WHERE root = ?1 AND id = ?2",
                 params![c.root, c.id],
             ),
@@ -1162,8 +1176,16 @@ mod tests {
         tx.insert(&h).unwrap();
         tx.commit().unwrap();
         let mut tx = l.begin().unwrap();
-        assert!(tx.bind(&h.container, h.reservation, me().pid).unwrap());
-        assert!(!tx.bind(&h.container, h.reservation + 1, me().pid).unwrap());
+        assert!(tx
+            .bind(&h.container, Some(h.reservation), me().pid)
+            .unwrap());
+        assert!(!tx
+            .bind(&h.container, Some(h.reservation + 1), me().pid)
+            .unwrap());
+        assert!(
+            !tx.bind(&h.container, None, me().pid).unwrap(),
+            "none waits"
+        );
         tx.commit().unwrap();
         let got = l.holds_of(&h.container).unwrap().pop().unwrap();
         assert_eq!((got.pid, got.pid_start), (Some(me().pid), Some(me().start)));

@@ -272,7 +272,7 @@ impl Placed {
     fn bind(&mut self, pid: i32) -> Result<(), LedgerError> {
         let mut tx = self.ledger.begin()?;
         let (c, r) = (&self.hold.container, self.hold.reservation);
-        if !tx.bind(c, r, pid)? {
+        if !tx.bind(c, Some(r), pid)? {
             tx.insert(&Hold {
                 pid: Some(pid),
                 pid_start: Process::find(pid).map(|p| p.start),

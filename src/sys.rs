@@ -233,30 +233,49 @@ fn process_stat(pid: i32) -> Option<(char, u64)> {
 }
 
 /// Processes watched through pidfds, for a long-lived caller (the NRI
-/// plugin): once a process is seen alive, its exit is learnt by polling a
+/// plugin): once a process is seen alive, its exit is learnt from a
 /// descriptor of it (readable once it has exited), not by reading `/proc`
-/// again. Entries not asked about since the last `prune` go.
+/// again. A decision is a round of questions: `refresh` polls every
+/// descriptor at once (one system call however many holds there are), and
+/// `alive` answers from that. Entries not asked about in a round go at the
+/// next refresh.
 #[derive(Default)]
 pub struct Watch {
     fds: std::collections::HashMap<(i32, u64), (OwnedFd, bool)>,
 }
 
 impl Watch {
-    /// Whether `p` lives (as `Process::is_alive` says).
-    pub fn alive(&mut self, p: Process) -> bool {
-        if let Some((fd, seen)) = self.fds.get_mut(&(p.pid, p.start)) {
-            *seen = true;
-            let mut pfd = libc::pollfd {
-                fd: fd.as_raw_fd(),
+    /// Starts a round: forgets the processes not asked about since the
+    /// last refresh, and learns which of the rest have exited.
+    pub fn refresh(&mut self) {
+        self.fds.retain(|_, (_, asked)| std::mem::take(asked));
+        let keys: Vec<(i32, u64)> = self.fds.keys().copied().collect();
+        let mut polled: Vec<libc::pollfd> = keys
+            .iter()
+            .map(|k| libc::pollfd {
+                fd: self.fds[k].0.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
-            };
-            // SAFETY: one valid pollfd, no wait.
-            if unsafe { libc::poll(&mut pfd, 1, 0) } == 0 {
-                return true;
+            })
+            .collect();
+        // SAFETY: a valid array of `polled.len()` pollfds, no wait.
+        let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 0) };
+        if n <= 0 {
+            return;
+        }
+        for (k, p) in keys.iter().zip(&polled) {
+            if p.revents != 0 {
+                self.fds.remove(k);
             }
-            self.fds.remove(&(p.pid, p.start));
-            return false;
+        }
+    }
+
+    /// Whether `p` lives (as `Process::is_alive` says): for a process
+    /// watched, as of the last refresh.
+    pub fn alive(&mut self, p: Process) -> bool {
+        if let Some((_, asked)) = self.fds.get_mut(&(p.pid, p.start)) {
+            *asked = true;
+            return true;
         }
         if !p.is_alive() {
             return false;
@@ -279,14 +298,9 @@ impl Watch {
         self.fds.insert((p.pid, p.start), (fd, true));
         true
     }
-
-    /// Forgets the processes not asked about since the last prune.
-    pub fn prune(&mut self) {
-        self.fds.retain(|_, (_, seen)| std::mem::take(seen));
-    }
 }
 
-/// Why `open_regular` opened nothing./// Why `open_regular` opened nothing.
+/// Why `open_regular` opened nothing.
 #[derive(Debug)]
 pub enum Irregular {
     Io(std::io::Error),
@@ -403,7 +417,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_watched_process_is_alive_until_it_exits_and_then_forgotten() {
+    fn a_watched_process_is_alive_until_a_refresh_sees_it_exited_and_then_forgotten() {
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
@@ -421,20 +435,21 @@ mod tests {
         );
         child.kill().unwrap();
         child.wait().unwrap();
+        assert!(w.alive(p), "until the next refresh, the answer stands");
+        w.refresh();
+        assert!(w.fds.is_empty(), "its descriptor said it exited");
         assert!(!w.alive(p), "exited");
-        assert!(w.fds.is_empty());
         let mut other = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
         let q = Process::find(other.id() as i32).unwrap();
         assert!(w.alive(q));
-        w.prune();
-        w.prune();
-        assert!(
-            w.fds.is_empty(),
-            "not asked about since the last prune: forgotten"
-        );
+        w.refresh();
+        assert!(w.alive(q), "asked about in the round: kept, and alive");
+        w.refresh();
+        w.refresh();
+        assert!(w.fds.is_empty(), "not asked about in a round: forgotten");
         other.kill().unwrap();
         other.wait().unwrap();
     }

@@ -15,7 +15,7 @@ use serde_json::json;
 
 #[test]
 fn the_plugin_places_gpu_containers_from_nri_events_and_reconciles_after_a_reconnect() {
-    let node = Node::new(2, "");
+    let node = Node::new(2, "[policy]\nmax_thread_percentage_per_gpu = 100\n");
     node.fake_mps(0);
     let runtime = NriRuntime::start(node.path());
     let log = std::fs::File::create(node.path().join("nri.log")).unwrap();
@@ -40,11 +40,14 @@ fn the_plugin_places_gpu_containers_from_nri_events_and_reconciles_after_a_recon
     for e in [
         Event::CREATE_CONTAINER,
         Event::START_CONTAINER,
-        Event::STOP_CONTAINER,
         Event::REMOVE_CONTAINER,
     ] {
         assert!(mask & (1 << (e as i32 - 1)) != 0, "{e:?} subscribed");
     }
+    assert!(
+        mask & (1 << (Event::STOP_CONTAINER as i32 - 1)) == 0,
+        "a stop costs every container a round trip; the hold is bound to its process"
+    );
     runtime.synchronize(&conn, vec![]);
 
     // A GPU container: GPU 1's node, the control nodes, its UUID.
@@ -73,7 +76,10 @@ fn the_plugin_places_gpu_containers_from_nri_events_and_reconciles_after_a_recon
     );
     assert_eq!(held[0]["names"]["pod"], "infer-pod");
     runtime.event(&conn, Event::START_CONTAINER, &p, &c1);
-    assert_eq!(node.ledger()[0]["pid"], json!(pid), "bound at start");
+    settled(
+        || node.ledger()[0]["pid"] == json!(pid),
+        "bound after its start",
+    );
 
     // An MPS client: its share and pipe directory in its environment.
     let c2 = container(
@@ -133,9 +139,23 @@ fn the_plugin_places_gpu_containers_from_nri_events_and_reconciles_after_a_recon
     assert!(r.adjust.is_none(), "the runtime handler places it");
     assert_eq!(node.ledger().len(), 2);
 
-    // Removal releases.
+    // Removal releases, before anything else is placed: GPU 0's MPS share
+    // is free again for a client at 80 % (25 + 80 would be over 100) sent
+    // at once after the removal's answer.
     runtime.event(&conn, Event::REMOVE_CONTAINER, &p, &c2);
-    assert_eq!(node.ledger().len(), 1);
+    let c4 = container(
+        "c4",
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=80",
+        ],
+        pid,
+    );
+    runtime
+        .create(&conn, &p, &c4)
+        .expect("c2's share was released first");
+    runtime.event(&conn, Event::REMOVE_CONTAINER, &p, &c4);
+    settled(|| node.ledger().len() == 1, "c2 and c4 released");
 
     // The runtime goes and comes back: the plugin connects again, and
     // Synchronize (c1 is gone meanwhile) releases what no longer exists.
@@ -144,4 +164,17 @@ fn the_plugin_places_gpu_containers_from_nri_events_and_reconciles_after_a_recon
     runtime.configure(&conn);
     runtime.synchronize(&conn, vec![]);
     assert!(node.ledger().is_empty(), "{:?}", node.ledger());
+}
+
+/// Waits (5 s at most) for `cond`: the plugin answers a start or a removal
+/// at once and writes the ledger just after.
+fn settled(cond: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not {what} within 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }

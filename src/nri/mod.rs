@@ -5,10 +5,18 @@
 //! same edits as NRI adjustments: devices (and so their cgroup rules),
 //! mounts, environment. No process starts per container, no runtime is
 //! replaced, and, unlike a hook, it can set the environment. It binds a
-//! container's hold to its pid when it starts and releases it when it stops
-//! or goes; on Synchronize it drops the holds of containers that no longer
-//! exist. Containers the runtime or the hook places (the `gpushare`
-//! runtime handler, gpushare-hook in their hooks) are left to them.
+//! container's hold to its pid when it starts (the hold then counts while
+//! that process lives) and deletes it when the container is removed; on
+//! Synchronize it drops the holds of containers that no longer exist.
+//! Containers the runtime or the hook places (the `gpushare` runtime
+//! handler, gpushare-hook in their hooks) are left to them.
+//!
+//! The runtime waits for each answer, so a start or a removal is answered
+//! at once and its ledger write follows (`Write`): within `SETTLE`, and
+//! always before the plugin places, binds or forgets anything else. Until
+//! then the ledger says what it said before, which only ever counts more
+//! (a reservation counts as its process would; a hold not yet deleted
+//! counts until its process is seen gone), never less.
 //!
 //! Ref: github.com/containerd/nri: the plugin connects to the runtime's
 //! socket, which carries two logical connections multiplexed as frames of
@@ -18,6 +26,7 @@
 //! registers (name, index), is configured (answering the events it wants,
 //! a bit `1 << (event - 1)` each) and synchronized, then receives events.
 
+use std::collections::HashSet;
 use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -85,6 +94,11 @@ pub const PLUGIN_NAME: &str = "gpushare";
 pub const PLUGIN_INDEX: &str = "10";
 /// How long to wait before connecting again to a runtime that went away.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// How long after its answer a start's or a removal's ledger write waits
+/// at most (it goes sooner when another event comes): the runtime's next
+/// call for the same container comes tens of milliseconds later at the
+/// least (runc's work lies between).
+const SETTLE: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Error)]
 pub enum NriError {
@@ -106,12 +120,14 @@ impl NriError {
     }
 }
 
-/// The events gpushare subscribes to, as ConfigureResponse's mask.
+/// The events gpushare subscribes to, as ConfigureResponse's mask. Not a
+/// container's stop: its hold stops counting when its process exits (the
+/// hold is bound to it), so a stop would cost every container on the node
+/// a round trip for nothing; the removal deletes the hold.
 fn event_mask() -> i32 {
     [
         Event::CREATE_CONTAINER,
         Event::START_CONTAINER,
-        Event::STOP_CONTAINER,
         Event::REMOVE_CONTAINER,
     ]
     .iter()
@@ -221,7 +237,20 @@ struct Plugin {
     /// The holds' processes, watched by descriptor: a decision asks the
     /// kernel whether each has exited instead of reading `/proc`.
     watch: Mutex<crate::sys::Watch>,
+    /// Ids of this runtime's containers that hold GPUs in the ledger: those
+    /// it placed, and those a Synchronize found held. The start and removal
+    /// of every other container (most of a node's) touch no ledger.
+    holding: Mutex<HashSet<String>>,
+    /// Ledger writes answered but not yet done, in the order of their
+    /// events.
+    deferred: Mutex<Vec<Write>>,
     say: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+/// A ledger write a start or a removal leaves for after its answer.
+enum Write {
+    Bind { id: String, pid: u32 },
+    Release { id: String },
 }
 
 impl Plugin {
@@ -261,6 +290,7 @@ impl Plugin {
         if placed_elsewhere(pod, c) {
             return Ok(None);
         }
+        self.settle();
         let bundle = Bundle::in_memory(spec_of(pod, c));
         let env = bundle.env().map_err(|e| fail(true, &e))?;
         let request = Request::from_spec(env, &bundle.cdi_devices()).map_err(|e| fail(true, &e))?;
@@ -269,6 +299,7 @@ impl Plugin {
         }
         let placed = self.with_ledger(|ledger| {
             let mut watch = self.watch.lock().expect("not poisoned");
+            watch.refresh();
             let placed = placement::place_by(
                 &bundle,
                 &request,
@@ -278,7 +309,6 @@ impl Plugin {
                 ledger,
                 &mut |p| watch.alive(p),
             )?;
-            watch.prune();
             let Some(Placement {
                 mut tx,
                 edits,
@@ -295,85 +325,104 @@ impl Plugin {
         let Some((edits, warnings)) = placed.map_err(|e| fail(e.is_refusal(), &e))? else {
             return Ok(None);
         };
+        self.holding
+            .lock()
+            .expect("not poisoned")
+            .insert(c.id.clone());
         for w in &warnings {
             (self.say)(&format!("container {}: warning: {w}", c.id));
         }
         Ok(Some(adjustment(&edits)))
     }
 
-    /// Binds a started container's hold to its process.
-    fn bind(&self, c: &api::Container) {
-        if c.pid == 0 {
+    /// Leaves `w` for after the answer, for a container that holds a GPU,
+    /// and makes sure it is done within `SETTLE`.
+    fn defer(self: &Arc<Self>, w: Write) {
+        let (Write::Bind { id, .. } | Write::Release { id }) = &w;
+        if !self.holding.lock().expect("not poisoned").contains(id) {
             return;
         }
-        let container = self.container(&c.id);
+        let mut deferred = self.deferred.lock().expect("not poisoned");
+        if deferred.is_empty() {
+            let plugin = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SETTLE).await;
+                plugin.settle();
+            });
+        }
+        deferred.push(w);
+    }
+
+    /// Does the deferred ledger writes.
+    fn settle(&self) {
+        let deferred = std::mem::take(&mut *self.deferred.lock().expect("not poisoned"));
+        self.write(deferred);
+    }
+
+    /// Binds started containers' holds to their processes and deletes
+    /// removed containers' holds, in order, in one transaction: for the
+    /// containers that hold a GPU.
+    fn write(&self, writes: Vec<Write>) {
+        let writes: Vec<Write> = {
+            let mut holding = self.holding.lock().expect("not poisoned");
+            writes
+                .into_iter()
+                .filter(|w| match w {
+                    Write::Bind { id, pid } => *pid != 0 && holding.contains(id),
+                    Write::Release { id } => holding.remove(id),
+                })
+                .collect()
+        };
+        if writes.is_empty() {
+            return;
+        }
         let result = self.with_ledger(|ledger| {
-            let unbound: Vec<i64> = ledger
-                .holds_of(&container)?
-                .iter()
-                .filter(|h| h.pid.is_none())
-                .map(|h| h.reservation)
-                .collect();
-            if unbound.is_empty() {
-                return Ok(());
-            }
             let mut tx = ledger.begin()?;
-            for r in unbound {
-                tx.bind(&container, r, c.pid as i32)?;
+            for w in &writes {
+                match w {
+                    Write::Bind { id, pid } => tx.bind(&self.container(id), None, *pid as i32)?,
+                    Write::Release { id } => tx.remove(&self.container(id), None)? > 0,
+                };
             }
             tx.commit()
         });
         if let Err(e) = result {
-            (self.say)(&format!(
-                "container {}: cannot bind its hold to pid {}: {}",
-                c.id,
-                c.pid,
-                crate::text::one_line(&e)
-            ));
-        }
-    }
-
-    /// Releases a stopped or removed container's holds.
-    fn release(&self, id: &str) {
-        let container = self.container(id);
-        let result = self.with_ledger(|ledger| {
-            let held: Vec<i64> = ledger
-                .holds_of(&container)?
+            let ids: Vec<&str> = writes
                 .iter()
-                .map(|h| h.reservation)
+                .map(|(Write::Bind { id, .. } | Write::Release { id })| id.as_str())
                 .collect();
-            if held.is_empty() {
-                return Ok(());
-            }
-            ledger.release(&container, &held)
-        });
-        if let Err(e) = result {
             (self.say)(&format!(
-                "container {id}: cannot release its hold: {}",
+                "cannot record the start or removal of container {}: {}",
+                ids.join(", "),
                 crate::text::one_line(&e)
             ));
         }
     }
 
     /// After a (complete) Synchronize: the holds of this runtime's
-    /// containers that no longer exist go; running ones are bound.
+    /// containers that no longer exist go; running ones are bound; the
+    /// rest are this plugin's to release.
     fn reconcile(&self, containers: &[api::Container]) {
+        self.settle();
         let root = self.container("").root;
         let ids: Vec<String> = self.synchronized.lock().expect("not poisoned").clone();
         let holds = self.with_ledger(|l| l.holds()).unwrap_or_default();
-        for h in holds
-            .iter()
-            .filter(|h| h.container.root == root && !ids.contains(&h.container.id))
-        {
-            (self.say)(&format!(
-                "container {} is gone: its hold released",
-                h.container.id
-            ));
-            self.release(&h.container.id);
+        let mine: HashSet<String> = holds
+            .into_iter()
+            .filter(|h| h.container.root == root)
+            .map(|h| h.container.id)
+            .collect();
+        *self.holding.lock().expect("not poisoned") = mine.clone();
+        let mut writes = Vec::new();
+        for id in mine.into_iter().filter(|id| !ids.contains(id)) {
+            (self.say)(&format!("container {id} is gone: its hold released"));
+            writes.push(Write::Release { id });
         }
-        for c in containers {
-            self.bind(c);
-        }
+        writes.extend(containers.iter().map(|c| Write::Bind {
+            id: c.id.clone(),
+            pid: c.pid,
+        }));
+        self.write(writes);
     }
 }
 
@@ -422,10 +471,7 @@ impl api_ttrpc::Plugin for Service {
             .expect("not poisoned")
             .extend(req.containers.iter().map(|c| c.id.clone()));
         if !req.more {
-            let containers = req.containers.clone();
-            tokio::task::spawn_blocking(move || plugin.reconcile(&containers))
-                .await
-                .map_err(|e| status(false, e.to_string()))?;
+            plugin.reconcile(&req.containers);
         }
         Ok(SynchronizeResponse::new())
     }
@@ -444,15 +490,10 @@ impl api_ttrpc::Plugin for Service {
         _ctx: &ttrpc::r#async::TtrpcContext,
         req: CreateContainerRequest,
     ) -> ttrpc::Result<CreateContainerResponse> {
-        let plugin = self.0.clone();
-        let placed = tokio::task::spawn_blocking(move || {
-            plugin.place(
-                req.pod.as_ref().unwrap_or_default(),
-                req.container.as_ref().unwrap_or_default(),
-            )
-        })
-        .await
-        .map_err(|e| status(false, e.to_string()))?;
+        let placed = self.0.place(
+            req.pod.as_ref().unwrap_or_default(),
+            req.container.as_ref().unwrap_or_default(),
+        );
         let mut r = CreateContainerResponse::new();
         match placed {
             Ok(Some(adj)) => r.adjust = protobuf::MessageField::some(adj),
@@ -467,18 +508,16 @@ impl api_ttrpc::Plugin for Service {
         _ctx: &ttrpc::r#async::TtrpcContext,
         req: StartContainerRequest,
     ) -> ttrpc::Result<StartContainerResponse> {
-        self.on(Event::START_CONTAINER, req.container.unwrap_or_default())
-            .await;
+        self.on(Event::START_CONTAINER, req.container.unwrap_or_default());
         Ok(StartContainerResponse::new())
     }
 
     async fn stop_container(
         &self,
         _ctx: &ttrpc::r#async::TtrpcContext,
-        req: StopContainerRequest,
+        _: StopContainerRequest,
     ) -> ttrpc::Result<StopContainerResponse> {
-        self.on(Event::STOP_CONTAINER, req.container.unwrap_or_default())
-            .await;
+        // Not subscribed to (see event_mask).
         Ok(StopContainerResponse::new())
     }
 
@@ -487,8 +526,7 @@ impl api_ttrpc::Plugin for Service {
         _ctx: &ttrpc::r#async::TtrpcContext,
         req: RemoveContainerRequest,
     ) -> ttrpc::Result<RemoveContainerResponse> {
-        self.on(Event::REMOVE_CONTAINER, req.container.unwrap_or_default())
-            .await;
+        self.on(Event::REMOVE_CONTAINER, req.container.unwrap_or_default());
         Ok(RemoveContainerResponse::new())
     }
 
@@ -500,24 +538,24 @@ impl api_ttrpc::Plugin for Service {
         self.on(
             req.event.enum_value_or_default(),
             req.container.unwrap_or_default(),
-        )
-        .await;
+        );
         Ok(Empty::new())
     }
 }
 
 impl Service {
-    /// A container's start binds its hold; its stop or removal releases
-    /// it (SQLite off the server's thread). Newer runtimes send these as
-    /// calls of their own, older ones as a StateChangeEvent.
-    async fn on(&self, event: Event, c: api::Container) {
-        let plugin = self.0.clone();
-        let _ = tokio::task::spawn_blocking(move || match event {
-            Event::START_CONTAINER => plugin.bind(&c),
-            Event::STOP_CONTAINER | Event::REMOVE_CONTAINER => plugin.release(&c.id),
+    /// A container's start binds its hold; its removal deletes it, each
+    /// after the answer. Newer runtimes send these as calls of their own,
+    /// older ones as a StateChangeEvent.
+    fn on(&self, event: Event, c: api::Container) {
+        match event {
+            Event::START_CONTAINER => self.0.defer(Write::Bind {
+                id: c.id,
+                pid: c.pid,
+            }),
+            Event::REMOVE_CONTAINER => self.0.defer(Write::Release { id: c.id }),
             _ => {}
-        })
-        .await;
+        }
     }
 }
 
@@ -558,6 +596,8 @@ pub fn run(
             synchronized: Mutex::new(Vec::new()),
             ledger: Mutex::new(None),
             watch: Mutex::new(crate::sys::Watch::default()),
+            holding: Mutex::new(HashSet::new()),
+            deferred: Mutex::new(Vec::new()),
             say: say.clone(),
         });
         let mut waiting_said = false;
@@ -578,6 +618,7 @@ pub fn run(
                         }
                         Err(_) => {}
                     }
+                    plugin.settle();
                     plugin.synchronized.lock().expect("not poisoned").clear();
                     tokio::select! {
                         _ = term.recv() => break,
@@ -587,6 +628,7 @@ pub fn run(
                 }
             }
         }
+        plugin.settle();
         say("stopped");
         Ok(())
     })
@@ -679,12 +721,12 @@ mod tests {
     }
 
     #[test]
-    fn it_subscribes_to_the_container_events_it_needs_and_no_pod_event() {
+    fn it_subscribes_to_creation_start_and_removal_alone() {
         let s = subscribed();
         assert!(s["CREATE_CONTAINER"] && s["START_CONTAINER"]);
-        assert!(s["STOP_CONTAINER"] && s["REMOVE_CONTAINER"]);
-        assert!(!s["RUN_POD_SANDBOX"]);
-        assert_eq!(event_mask(), (1 << 3) | (1 << 5) | (1 << 9) | (1 << 10));
+        assert!(s["REMOVE_CONTAINER"]);
+        assert!(!s["STOP_CONTAINER"] && !s["RUN_POD_SANDBOX"]);
+        assert_eq!(event_mask(), (1 << 3) | (1 << 5) | (1 << 10));
     }
 
     #[test]
