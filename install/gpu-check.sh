@@ -20,9 +20,15 @@
 #     (cuCtxGetExecAffinity), and `gpushare status` while both hold the GPU;
 #  4. a third client, given the control utility by the `utility`
 #     capability, sends `quit`: the daemon must refuse it and keep serving;
-#  5. the bench (install/bench.sh's: the shim, whole lives against the
-#     stand-in and against plain runc, 200 creates at once, the hook alone),
-#     staged with its C helpers by `prepare`.
+#  5. throughput: four clients running the same kernel loop at once for a
+#     fixed time, under MPS at 25 % each and without MPS (time-slicing):
+#     the aggregate kernels per second of each, side by side;
+#  6. the device plugin (`gpushare device-plugin`, kubelet's side played by
+#     the staged bench binary) allocates 30 units: the container created
+#     with that allocation, under MPS, gets about 30 % of the SMs;
+#  7. the bench (install/bench.sh's: the shim, whole lives against the
+#     stand-in and against plain runc, 200 creates at once, the hook alone,
+#     the NRI plugin), staged with its C helpers by `prepare`.
 # Without a driver it runs against a simulated node as far as it can and
 # says what it could not check.
 set -uo pipefail
@@ -108,7 +114,9 @@ TOML
   fi
   show "$BIN/gpushare" inventory
 
-  # bundle NAME SCRIPT ENV...: a bundle on its own copy of the probe image.
+  # bundle NAME SCRIPT ENV...: a bundle on its own copy of the probe image
+  # (with the annotations in $ANNOTATIONS, a JSON object).
+  ANNOTATIONS='{}'
   bundle() {
     local name=$1 script=$2; shift 2
     local env='"PATH=/usr/bin:/bin"'
@@ -123,6 +131,7 @@ TOML
    "noNewPrivileges": true},
  "root": {"path": "rootfs", "readonly": false},
  "hostname": "$name",
+ "annotations": $ANNOTATIONS,
  "mounts": [
    {"destination": "/proc", "type": "proc", "source": "proc"},
    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
@@ -219,7 +228,85 @@ PY
   expect "the daemon still runs after a client's quit" 'running' "$WORK/mps-status.out"
   show "$BIN/gpushare" mps stop --gpu 0
 
-  section "5. what gpushare costs a container on this host (the bench, against plain runc)"
+  section "5. throughput: four clients, the same kernel loop for ${TP_SECONDS:=20} s, with MPS (25 % each) and without"
+  # clients MODE ENV...: four containers at once, each running the loop;
+  # their aggregate kernels per second into $WORK/tp-MODE.rate.
+  clients() {
+    local mode=$1; shift
+    for i in 1 2 3 4; do
+      bundle "tp-$mode-$i" "cuda-probe --kernels $TP_SECONDS" NVIDIA_VISIBLE_DEVICES=0 "$@"
+      "$BIN/gpushare-runtime" --root "$RUNC_ROOT" create --bundle "$WORK/tp-$mode-$i" "gc-tp-$mode-$i" </dev/null >"$WORK/tp-$mode-$i.out" 2>&1
+    done
+    for i in 1 2 3 4; do "$runc_path" --root "$RUNC_ROOT" start "gc-tp-$mode-$i"; done
+    for i in 1 2 3 4; do
+      for _ in $(seq 1 $((TP_SECONDS * 2 + 120))); do "$runc_path" --root "$RUNC_ROOT" state "gc-tp-$mode-$i" 2>/dev/null | grep -q '"stopped"' && break; sleep 0.5; done
+      "$runc_path" --root "$RUNC_ROOT" delete --force "gc-tp-$mode-$i" >/dev/null 2>&1
+      say "-- $mode, client $i: $(grep -E '^(kernels|libcuda|context)' "$WORK/tp-$mode-$i.out" | tr '\n' ' ')"
+    done
+    cat "$WORK"/tp-"$mode"-?.out | sed -n 's|^kernels: .*, \([0-9.]*\)/s$|\1|p' |
+      awk '{s += $1; n++} END {if (n == 4) printf "%.1f", s}' >"$WORK/tp-$mode.rate"
+  }
+  show "$BIN/gpushare" mps start --gpu 0
+  clients mps CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25
+  show "$BIN/gpushare" mps stop --gpu 0
+  clients timeslice
+  local mps_rate slice_rate
+  mps_rate=$(cat "$WORK/tp-mps.rate")
+  slice_rate=$(cat "$WORK/tp-timeslice.rate")
+  if [ $real = 1 ]; then
+    if [ -n "$mps_rate" ] && [ -n "$slice_rate" ]; then
+      say "aggregate kernels per second: MPS at 25 % each $mps_rate, time-slicing $slice_rate"
+      say "ok: both ran four clients to the end"
+    else
+      say "FAILED: not every client ran its loop to the end (MPS: '${mps_rate}', time-slicing: '${slice_rate}')"
+      fails=$((fails + 1))
+    fi
+  else
+    say "(no GPU: the clients' libcuda answers without a device; no kernel ran)"
+    expect "the real libcuda answered (throughput clients)" 'cuInit=(100|999)' "$WORK/tp-timeslice-1.out"
+  fi
+
+  section "6. the device plugin's allocation (30 units) applied to a container"
+  mkdir -p "$WORK/kubelet"
+  "$BIN/gpushare" device-plugin --kubelet-dir "$WORK/kubelet" 2>"$WORK/device-plugin.log" &
+  local dp=$!
+  if [ -x "$STAGE/bench/shim" ]; then
+    show timeout 60 "$STAGE/bench/shim" --kubelet-allocate "$WORK/kubelet" 30 >"$WORK/alloc.out"
+  else
+    say "FAILED: no staged bench (kubelet's side of the allocation): run install/gpu-check.sh prepare"
+    fails=$((fails + 1))
+  fi
+  kill "$dp" 2>/dev/null; wait "$dp" 2>/dev/null
+  tee -a "$REPORT" <"$WORK/device-plugin.log"
+  local key
+  key=$(sed -n 's|^annotation gpushare.io/allocation=||p' "$WORK/alloc.out" 2>/dev/null)
+  if [ -n "$key" ]; then
+    show "$BIN/gpushare" mps start --gpu 0
+    # The pod's own variables ask for something else: the allocation wins.
+    ANNOTATIONS="{\"gpushare.io/allocation\": \"$key\"}"
+    bundle alloc "cuda-probe; env | grep -E '^(NVIDIA_VISIBLE_DEVICES|CUDA_MPS_ACTIVE_THREAD_PERCENTAGE)='" NVIDIA_VISIBLE_DEVICES=0 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=80
+    ANNOTATIONS='{}'
+    show timeout 120 "$BIN/gpushare-runtime" --root "$RUNC_ROOT" run --bundle "$WORK/alloc" gc-alloc </dev/null >"$WORK/alloc-run.out"
+    cat "$WORK/alloc-run.out" # (show put it in the report)
+    show "$BIN/gpushare" mps stop --gpu 0
+    expect "the allocation's share in the container" '^CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30$' "$WORK/alloc-run.out"
+    if [ $real = 1 ]; then
+      local sms c
+      sms=$(sed -n 's/^device 0: .*, \([0-9]*\) SMs$/\1/p' "$WORK/shim.out")
+      c=$(sed -n 's/^context: SM count //p' "$WORK/alloc-run.out")
+      say "SMs: device $sms, the allocated container $c"
+      if [ -n "$sms" ] && [ -n "$c" ] && [ $((c * 100)) -le $((sms * 45)) ] && [ $((c * 100)) -ge $((sms * 15)) ]; then
+        say "ok: the allocated container's SM count is about 30 %"
+      else
+        say "FAILED: the allocated container's SM count is not about 30 %"; fails=$((fails + 1))
+      fi
+    fi
+  else
+    say "FAILED: the device plugin gave no allocation"
+    fails=$((fails + 1))
+  fi
+
+  section "7. what gpushare costs a container on this host (the bench, against plain runc)"
   if [ -x "$STAGE/bench/shim" ]; then
     show env PATH="$(dirname "$runc_path"):$PATH" GPUSHARE_BIN_DIR="$BIN" \
       GPUSHARE_BENCH_PREBUILT="$STAGE/bench" BENCH_N="${BENCH_N:-100}" \
@@ -232,7 +319,7 @@ PY
   fi
 
   section "result"
-  if [ $real = 0 ]; then say "simulated node: the checks that need a GPU (cuInit = 0, SM shares) were not run"; fi
+  if [ $real = 0 ]; then say "simulated node: the checks that need a GPU were not run: cuInit = 0 and a context (1, 2), the MPS clients' SM shares and status with both (3), the kernel throughput with and without MPS (5), the allocated container's SM count (6)"; fi
   say "failed checks: $fails"
   [ $fails -eq 0 ]
 }

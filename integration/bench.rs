@@ -36,6 +36,11 @@
 //! 7. With `GPUSHARE_BENCH_BASELINE=DIR` (another build's three binaries):
 //!    that build beside this one, each on a node of its own with nothing
 //!    held, so earlier designs are measured in the same run.
+//!
+//! Two helper modes serve install/gpu-check.sh on a machine with no
+//! compiler and no kubelet: `--stage-helpers DIR` (the C helpers, built
+//! beforehand) and `--kubelet-allocate DIR UNITS` (kubelet's side of one
+//! device-plugin allocation).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -46,6 +51,9 @@ use serde_json::json;
 
 #[path = "../tests/common/bins.rs"]
 mod bins;
+#[path = "../tests/common/kubelet.rs"]
+#[allow(dead_code)]
+mod kubelet;
 #[path = "../tests/common/nri_runtime.rs"]
 #[allow(dead_code)]
 mod nri_runtime;
@@ -480,6 +488,58 @@ impl Bench {
     }
 }
 
+/// `--kubelet-allocate DIR UNITS` (install/gpu-check.sh, on a node with no
+/// kubelet): does what kubelet does for a container asking for UNITS of
+/// the device plugin's resource. It serves kubelet's registration on
+/// `DIR/kubelet.sock`, waits for `gpushare device-plugin --kubelet-dir DIR`
+/// to register, takes the first UNITS devices of the first GPU in its list,
+/// asks Allocate, and prints the answer: `annotation K=V` and `env K=V`
+/// lines.
+fn kubelet_allocate(dir: &Path, units: usize) {
+    use gpushare::device_plugin::api::{AllocateRequest, ContainerAllocateRequest, Empty};
+    let mut k = kubelet::Kubelet::start(dir);
+    let r = kubelet::Kubelet::next_registration(&k.rt, &mut k.registered);
+    println!("registered: {} at {}", r.resource_name, r.endpoint);
+    let mut client = k.plugin();
+    let mut stream =
+        k.rt.block_on(client.list_and_watch(Empty {}))
+            .expect("ListAndWatch")
+            .into_inner();
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    let devices = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg =
+            k.rt.block_on(async { tokio::time::timeout(left, stream.message()).await })
+                .expect("a device list within 20 s")
+                .expect("ListAndWatch")
+                .expect("the stream stays open");
+        if !msg.devices.is_empty() {
+            break msg.devices;
+        }
+    };
+    let gpu = devices[0].id.rsplit_once("::").expect("<uuid>::<n>").0;
+    let ids: Vec<String> = devices
+        .iter()
+        .filter(|d| d.id.rsplit_once("::").is_some_and(|(g, _)| g == gpu))
+        .take(units)
+        .map(|d| d.id.clone())
+        .collect();
+    assert_eq!(ids.len(), units, "GPU {gpu} lists fewer than {units} units");
+    let answer =
+        k.rt.block_on(client.allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest { devices_ids: ids }],
+        }))
+        .unwrap_or_else(|e| panic!("Allocate: {}", e.message()))
+        .into_inner();
+    let c = &answer.container_responses[0];
+    for (key, v) in &c.annotations {
+        println!("annotation {key}={v}");
+    }
+    for (key, v) in &c.envs {
+        println!("env {key}={v}");
+    }
+}
+
 fn main() {
     if let Ok(hook) = std::env::var("GPUSHARE_BENCH_WRAP") {
         wrap_hook(&hook);
@@ -487,6 +547,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--stage-helpers") {
         stage_helpers(Path::new(args.get(i + 1).expect("--stage-helpers DIR")));
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--kubelet-allocate") {
+        let units = args.get(i + 2).and_then(|u| u.parse().ok());
+        kubelet_allocate(
+            Path::new(args.get(i + 1).expect("--kubelet-allocate DIR UNITS")),
+            units.expect("--kubelet-allocate DIR UNITS"),
+        );
         return;
     }
     assert!(
