@@ -157,8 +157,24 @@ fn the_plugin_places_gpu_containers_from_nri_events_and_reconciles_after_a_recon
     runtime.event(&conn, Event::REMOVE_CONTAINER, &p, &c4);
     settled(|| node.ledger().len() == 1, "c2 and c4 released");
 
-    // The runtime goes and comes back: the plugin connects again, and
-    // Synchronize (c1 is gone meanwhile) releases what no longer exists.
+    // c5 is created, and the runtime goes before its start reaches the
+    // plugin. It comes back: the plugin connects again, and Synchronize, in
+    // two parts, shows c5 running and c1 gone meanwhile: c1's hold goes,
+    // c5's stays and is bound to its process.
+    let c5 = container("c5", &["NVIDIA_VISIBLE_DEVICES=0"], pid);
+    runtime.create(&conn, &p, &c5).expect("placed");
+    drop(conn);
+    let (conn, _) = runtime.accept();
+    runtime.configure(&conn);
+    runtime.synchronize_parts(&conn, vec![vec![c5.clone()], vec![]]);
+    let held = node.ledger();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (&held[0]["id"], &held[0]["pid"]),
+        (&json!("c5"), &json!(pid))
+    );
+
+    // And once more, with c5 gone too: nothing is left held.
     drop(conn);
     let (conn, _) = runtime.accept();
     runtime.configure(&conn);

@@ -228,9 +228,9 @@ fn adjustment(edits: &ContainerEdits) -> ContainerAdjustment {
 struct Plugin {
     cfg: Config,
     runtime: Mutex<String>,
-    /// Ids of the containers a Synchronize has shown so far (it may come
-    /// in parts).
-    synchronized: Mutex<Vec<String>>,
+    /// The containers a Synchronize has shown so far (it may come in
+    /// parts): their ids and pids.
+    synchronized: Mutex<Vec<(String, u32)>>,
     /// The ledger, opened once and kept: a resident plugin pays SQLite's
     /// open once, not at every event.
     ledger: Mutex<Option<Ledger>>,
@@ -400,12 +400,13 @@ impl Plugin {
     }
 
     /// After a (complete) Synchronize: the holds of this runtime's
-    /// containers that no longer exist go; running ones are bound; the
-    /// rest are this plugin's to release.
-    fn reconcile(&self, containers: &[api::Container]) {
+    /// containers that no longer exist go; running ones (of every part)
+    /// are bound; the rest are this plugin's to release.
+    fn reconcile(&self) {
         self.settle();
         let root = self.container("").root;
-        let ids: Vec<String> = self.synchronized.lock().expect("not poisoned").clone();
+        let shown: Vec<(String, u32)> =
+            std::mem::take(&mut *self.synchronized.lock().expect("not poisoned"));
         let holds = self.with_ledger(|l| l.holds()).unwrap_or_default();
         let mine: HashSet<String> = holds
             .into_iter()
@@ -414,14 +415,14 @@ impl Plugin {
             .collect();
         *self.holding.lock().expect("not poisoned") = mine.clone();
         let mut writes = Vec::new();
-        for id in mine.into_iter().filter(|id| !ids.contains(id)) {
+        for id in mine
+            .into_iter()
+            .filter(|id| !shown.iter().any(|(s, _)| s == id))
+        {
             (self.say)(&format!("container {id} is gone: its hold released"));
             writes.push(Write::Release { id });
         }
-        writes.extend(containers.iter().map(|c| Write::Bind {
-            id: c.id.clone(),
-            pid: c.pid,
-        }));
+        writes.extend(shown.into_iter().map(|(id, pid)| Write::Bind { id, pid }));
         self.write(writes);
     }
 }
@@ -464,14 +465,14 @@ impl api_ttrpc::Plugin for Service {
         _ctx: &ttrpc::r#async::TtrpcContext,
         req: SynchronizeRequest,
     ) -> ttrpc::Result<SynchronizeResponse> {
-        let plugin = self.0.clone();
+        let plugin = &self.0;
         plugin
             .synchronized
             .lock()
             .expect("not poisoned")
-            .extend(req.containers.iter().map(|c| c.id.clone()));
+            .extend(req.containers.iter().map(|c| (c.id.clone(), c.pid)));
         if !req.more {
-            plugin.reconcile(&req.containers);
+            plugin.reconcile();
         }
         Ok(SynchronizeResponse::new())
     }

@@ -115,11 +115,21 @@ impl NriRuntime {
     }
 
     pub fn synchronize(&self, c: &Connection, containers: Vec<Container>) {
-        let mut req = SynchronizeRequest::new();
-        req.containers = containers;
-        self.rt
-            .block_on(c.plugin.synchronize(ctx(), &req))
-            .expect("Synchronize");
+        self.synchronize_parts(c, vec![containers]);
+    }
+
+    /// Synchronize in parts, as a runtime with many containers sends it
+    /// (`more` on every part but the last).
+    pub fn synchronize_parts(&self, c: &Connection, parts: Vec<Vec<Container>>) {
+        let last = parts.len().saturating_sub(1);
+        for (i, containers) in parts.into_iter().enumerate() {
+            let mut req = SynchronizeRequest::new();
+            req.containers = containers;
+            req.more = i < last;
+            self.rt
+                .block_on(c.plugin.synchronize(ctx(), &req))
+                .expect("Synchronize");
+        }
     }
 
     /// CreateContainer: the adjustment, or the error's message.
