@@ -505,18 +505,7 @@ fn kubelet_allocate(dir: &Path, units: usize) {
         k.rt.block_on(client.list_and_watch(Empty {}))
             .expect("ListAndWatch")
             .into_inner();
-    let deadline = Instant::now() + std::time::Duration::from_secs(20);
-    let devices = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg =
-            k.rt.block_on(async { tokio::time::timeout(left, stream.message()).await })
-                .expect("a device list within 20 s")
-                .expect("ListAndWatch")
-                .expect("the stream stays open");
-        if !msg.devices.is_empty() {
-            break msg.devices;
-        }
-    };
+    let devices = kubelet::Kubelet::list_until(&k.rt, &mut stream, "devices", |d| !d.is_empty());
     let gpu = devices[0].id.rsplit_once("::").expect("<uuid>::<n>").0;
     let ids: Vec<String> = devices
         .iter()

@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use common::kubelet::{Kubelet, Plugin};
 use common::*;
@@ -20,27 +19,6 @@ use tonic::transport::Channel;
 
 fn units(gpu: u32, range: std::ops::Range<u32>) -> Vec<String> {
     range.map(|n| format!("{}::{n}", uuid(gpu))).collect()
-}
-
-/// The next device list the plugin sends that `ok` accepts (20 s at most).
-fn list_until(
-    rt: &tokio::runtime::Runtime,
-    stream: &mut tonic::Streaming<ListAndWatchResponse>,
-    what: &str,
-    ok: impl Fn(&[Device]) -> bool,
-) -> Vec<Device> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = rt
-            .block_on(async { tokio::time::timeout(left, stream.message()).await })
-            .unwrap_or_else(|_| panic!("no device list with {what} within 20 s"))
-            .unwrap()
-            .expect("the stream stays open");
-        if ok(&msg.devices) {
-            return msg.devices;
-        }
-    }
 }
 
 #[test]
@@ -75,7 +53,7 @@ fn kubelet_registers_lists_prefers_one_gpu_allocates_and_sees_health_and_restart
         .block_on(client.list_and_watch(Empty {}))
         .unwrap()
         .into_inner();
-    let devices = list_until(&kubelet.rt, &mut stream, "200 devices", |d| d.len() == 200);
+    let devices = Kubelet::list_until(&kubelet.rt, &mut stream, "200 devices", |d| d.len() == 200);
     assert!(devices.iter().all(|d| d.health == "Healthy"));
     assert_eq!(devices[0].id, format!("{}::0", uuid(0)));
     assert_eq!(devices[199].id, format!("{}::99", uuid(1)));
@@ -218,13 +196,13 @@ fn kubelet_registers_lists_prefers_one_gpu_allocates_and_sees_health_and_restart
     let text = std::fs::read_to_string(&inv).unwrap();
     let gpu1_only: String = text.split("\n\n").skip(1).collect::<Vec<_>>().join("\n\n");
     std::fs::write(&inv, &gpu1_only).unwrap();
-    let d = list_until(&kubelet.rt, &mut stream, "GPU 0 unhealthy", |d| {
+    let d = Kubelet::list_until(&kubelet.rt, &mut stream, "GPU 0 unhealthy", |d| {
         d.iter().any(|x| x.health == "Unhealthy")
     });
     assert!(d.len() == 200 && d[..100].iter().all(|x| x.health == "Unhealthy"));
     assert!(d[100..].iter().all(|x| x.health == "Healthy"));
     std::fs::write(&inv, &text).unwrap();
-    list_until(&kubelet.rt, &mut stream, "GPU 0 back", |d| {
+    Kubelet::list_until(&kubelet.rt, &mut stream, "GPU 0 back", |d| {
         d.iter().all(|x| x.health == "Healthy")
     });
 

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gpushare::device_plugin::api::device_plugin_client::DevicePluginClient;
 use gpushare::device_plugin::api::registration_server::{Registration, RegistrationServer};
@@ -93,6 +93,27 @@ impl Kubelet {
         rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), rx.recv()).await })
             .expect("the plugin registered within 20 s")
             .unwrap()
+    }
+
+    /// The next device list the plugin sends that `ok` accepts (20 s at most).
+    pub fn list_until(
+        rt: &tokio::runtime::Runtime,
+        stream: &mut tonic::Streaming<ListAndWatchResponse>,
+        what: &str,
+        ok: impl Fn(&[Device]) -> bool,
+    ) -> Vec<Device> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = rt
+                .block_on(async { tokio::time::timeout(left, stream.message()).await })
+                .unwrap_or_else(|_| panic!("no device list with {what} within 20 s"))
+                .unwrap()
+                .expect("the stream stays open");
+            if ok(&msg.devices) {
+                return msg.devices;
+            }
+        }
     }
 
     /// A client of the plugin's socket, as kubelet's device manager.
