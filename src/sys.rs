@@ -249,15 +249,18 @@ impl Watch {
     /// last refresh, and learns which of the rest have exited.
     pub fn refresh(&mut self) {
         self.fds.retain(|_, (_, asked)| std::mem::take(asked));
-        let keys: Vec<(i32, u64)> = self.fds.keys().copied().collect();
-        let mut polled: Vec<libc::pollfd> = keys
+        let (keys, mut polled): (Vec<(i32, u64)>, Vec<libc::pollfd>) = self
+            .fds
             .iter()
-            .map(|k| libc::pollfd {
-                fd: self.fds[k].0.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
+            .map(|(k, (fd, _))| {
+                let p = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                (*k, p)
             })
-            .collect();
+            .unzip();
         // SAFETY: a valid array of `polled.len()` pollfds, no wait.
         let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 0) };
         if n <= 0 {
