@@ -97,7 +97,12 @@ const NRI_MARK: &str =
 fn enable_nri(path: &Path, doc: &mut DocumentMut) -> Result<(), InstallError> {
     let plugins = doc
         .entry("plugins")
-        .or_insert_with(|| Item::Table(Table::new()))
+        .or_insert_with(|| {
+            // Written only as the header of the tables under it.
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        })
         .as_table_mut()
         .ok_or_else(|| shape(path, "`plugins` is not a table"))?;
     let nri = plugins.entry(NRI_PLUGIN).or_insert_with(|| {
@@ -109,7 +114,8 @@ fn enable_nri(path: &Path, doc: &mut DocumentMut) -> Result<(), InstallError> {
     let nri = nri
         .as_table_mut()
         .ok_or_else(|| shape(path, &format!("`plugins.\"{NRI_PLUGIN}\"` is not a table")))?;
-    nri.insert("disable", toml_edit::value(false));
+    // Assigned in place: the key keeps its place and indentation.
+    nri["disable"] = toml_edit::value(false);
     Ok(())
 }
 
